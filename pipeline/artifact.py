@@ -1,0 +1,125 @@
+"""The trained-model artifact: written by rank 0, read by scoring.
+
+``<lake>/models/<name>/<run id>/``
+    model.pt            state_dict, loadable with torch.load(weights_only=True)
+    model.json          model spec, label names, preprocessing parameters, dataset version
+    metrics.json        final train/val/test metrics
+    history.json        per-epoch metrics
+    training_curve.png  loss and accuracy per epoch
+    config.json         resolved config of the training run
+    checkpoints/        per-epoch checkpoints
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline import lake
+
+
+def model_dir(lake_root: str, name: str, run_id: str) -> str:
+    return f"{lake_root.rstrip('/')}/models/{name}/{run_id}"
+
+
+def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, history: list[dict],
+         config: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    lake.write_bytes(f"{uri}/model.pt", buf.getvalue())
+    lake.write_json(f"{uri}/model.json", spec)
+    lake.write_json(f"{uri}/metrics.json", metrics)
+    lake.write_json(f"{uri}/history.json", history)
+    lake.write_json(f"{uri}/config.json", config)
+    lake.write_bytes(f"{uri}/training_curve.png", _curve_png(history))
+
+
+def _curve_png(history: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], label="val")
+    a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend()
+    b.plot(epochs, [h["train_accuracy"] for h in history], label="train")
+    b.plot(epochs, [h["val_accuracy"] for h in history], label="val")
+    b.set_xlabel("epoch"); b.set_ylabel("accuracy"); b.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def resolve(lake_root: str, ref: str) -> tuple[str, str, str]:
+    """'NAME@RUN_ID' or 'NAME@latest' -> (name, run_id, uri). Raises ModelNotFound."""
+    if "@" not in ref:
+        raise ModelNotFound(f"model reference {ref!r} must be NAME@RUN_ID or NAME@latest")
+    name, run_id = ref.split("@", 1)
+    parent = f"{lake_root.rstrip('/')}/models/{name}"
+    if run_id == "latest":
+        try:
+            run_id = lake.get_latest(parent)
+        except FileNotFoundError:
+            raise ModelNotFound(f"no trained model named {name!r} under {parent}; run jobs/train.py first") from None
+    uri = model_dir(lake_root, name, run_id)
+    if not lake.exists(f"{uri}/model.pt"):
+        runs = [r for r in lake.listdir(parent) if not r.startswith("_")]
+        raise ModelNotFound(f"model {name}@{run_id} not found at {uri}; runs available: {runs or 'none'}")
+    return name, run_id, uri
+
+
+@dataclass
+class LoadedModel:
+    """Everything scoring needs: the network in eval mode plus its preprocessing parameters."""
+    model: Any
+    spec: dict[str, Any]
+    name: str
+    run_id: str
+    device: Any
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.spec["label_names"]
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """uint8 (N, C, H, W) -> float32 (N, classes) probabilities."""
+        import torch
+
+        norm = self.spec["normalization"]
+        mean = torch.tensor(norm["mean"], device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(norm["std"], device=self.device).view(1, -1, 1, 1)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(self.device)
+                x = (x.float() / 255.0 - mean) / std
+                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
+
+
+def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedModel:
+    import torch
+
+    from pipeline.models import build_model
+
+    name, run_id, uri = resolve(lake_root, ref)
+    spec = lake.read_json(f"{uri}/model.json")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(spec["model"])
+    state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
+    model.load_state_dict(state)
+    model.to(dev).eval()
+    return LoadedModel(model=model, spec=spec, name=name, run_id=run_id, device=dev)

@@ -1,0 +1,63 @@
+"""Shared command line of the jobs: --config, --set, one session, exit codes.
+
+Library code raises; this is the only place an exception becomes an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+from pipeline.config import ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
+
+
+class NoInput(RuntimeError):
+    """Raised when a job finds no input to process (a scheduler may treat this as 'skip')."""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config, e.g. conf/digits.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    return p
+
+
+def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
+            add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+            argv: list[str] | None = None) -> int:
+    p = parser(description)
+    if add_args:
+        add_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    for noisy in ("py4j", "petastorm", "horovod", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"{stage}: invalid config: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    from pipeline.session import get_spark
+
+    spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg)
+    try:
+        body(spark, cfg, args)
+        return EXIT_OK
+    except NoInput as e:
+        print(f"{stage}: no input: {e}", file=sys.stderr)
+        return EXIT_NO_INPUT
+    except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
+        logging.getLogger(stage).exception("failed")
+        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        spark.stop()

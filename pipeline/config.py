@@ -1,0 +1,243 @@
+"""Typed, validated configuration.
+
+Defaults live in ``conf/*.yaml``; ``--set a.b=value`` overrides them. Every section is a
+dataclass, so an unknown key or a value of the wrong type fails at start-up with the dotted
+key in the message, before Spark starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class LakeConf:
+    # URI under which the jobs write raw/, curated/, models/, predictions/, quarantine/.
+    # A relative path is taken relative to the working directory and made a file:// URI.
+    root: str = "lake"
+
+
+@dataclass
+class SparkConf:
+    # Used only when spark-submit did not set a master (local runs, tests).
+    master: str = "local[2]"
+    shuffle_partitions: int = 4
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ImageConf:
+    height: int = 8
+    width: int = 8
+    channels: Literal[1, 3] = 1
+    resize: Literal["stretch", "crop", "pad"] = "stretch"
+    # Images with more pixels than this are quarantined before decoding (decompression bombs).
+    max_pixels: int = 40_000_000
+
+
+@dataclass
+class DatasetConf:
+    name: str = "digits"
+    kind: Literal["images", "tabular"] = "images"
+    # Raw labelled input that preprocess reads; relative URIs resolve under lake.root.
+    source: str = "raw/digits/labelled"
+    # Root of new, unlabelled input for scoring, partitioned as dt=YYYY-MM-DD/.
+    score_source: str = "raw/digits/incoming"
+    # "folder": class from the parent folder name; "file": a path,label CSV (labels_file).
+    label_source: Literal["folder", "file"] = "folder"
+    labels_file: str = ""
+    image: ImageConf = field(default_factory=ImageConf)
+
+
+@dataclass
+class SplitConf:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    # Changing the seed reshuffles which records land in which split.
+    seed: int = 17
+
+
+@dataclass
+class PreprocessConf:
+    split: SplitConf = field(default_factory=SplitConf)
+    # Parquet files (= Petastorm row groups here) per split. Petastorm shards by row group,
+    # so a multiple of the training world size keeps the shards near-equal.
+    files_per_split: int = 4
+    # Fail the run if more than this fraction of the input is quarantined.
+    max_bad_fraction: float = 0.05
+
+
+@dataclass
+class TrainConf:
+    model_name: str = "digits-cnn"
+    arch: Literal["cnn", "resnet", "mlp"] = "cnn"
+    num_proc: int = 2
+    # "latest" follows curated/<dataset>/_latest; or name a version.
+    dataset_version: str = "latest"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # Linear warm-up to lr * world_size over this many epochs.
+    warmup_epochs: int = 1
+    scale_lr_by_world_size: bool = True
+    fp16_allreduce: bool = False
+    # Stop when val accuracy has not improved for this many epochs (0 = never).
+    early_stopping_patience: int = 0
+    shuffle_buffer: int = 2048
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+
+
+@dataclass
+class ScoreConf:
+    # NAME@RUN_ID or NAME@latest.
+    model: str = "digits-cnn@latest"
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    lake: LakeConf = field(default_factory=LakeConf)
+    spark: SparkConf = field(default_factory=SparkConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    preprocess: PreprocessConf = field(default_factory=PreprocessConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    score: ScoreConf = field(default_factory=ScoreConf)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def uri(self, *parts: str) -> str:
+        """A URI under lake.root."""
+        return "/".join([self.lake.root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+    def resolve(self, uri: str) -> str:
+        """Absolute URIs pass through; relative ones resolve under lake.root."""
+        return uri if "://" in uri else self.uri(uri)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in known:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"unknown config key '{where}'; known keys here: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    # YAML parsing gives 3 -> int, 0.1 -> float, true -> bool, [1,2] -> list.
+    return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+
+
+def _normalise_root(root: str) -> str:
+    if "://" in root:
+        return root.rstrip("/")
+    return "file://" + os.path.abspath(root)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or the defaults), apply ``dotted.key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    cfg.lake.root = _normalise_root(cfg.lake.root)
+    _check(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (e.g. from a manifest or checkpoint)."""
+    return _build(Config, data)
+
+
+def _check(cfg: Config) -> None:
+    s = cfg.preprocess.split
+    if min(s.train, s.val, s.test) < 0 or abs(s.train + s.val + s.test - 1.0) > 1e-6:
+        raise ConfigError(
+            f"preprocess.split: train+val+test must be 1 and each >= 0, got {s.train}+{s.val}+{s.test}"
+        )
+    for key, v in [("train.num_proc", cfg.train.num_proc), ("train.epochs", cfg.train.epochs),
+                   ("train.batch_size", cfg.train.batch_size), ("score.batch_size", cfg.score.batch_size),
+                   ("preprocess.files_per_split", cfg.preprocess.files_per_split),
+                   ("dataset.image.height", cfg.dataset.image.height),
+                   ("dataset.image.width", cfg.dataset.image.width)]:
+        if v < 1:
+            raise ConfigError(f"{key} must be >= 1, got {v}")
+    if not 0 <= cfg.preprocess.max_bad_fraction <= 1:
+        raise ConfigError(f"preprocess.max_bad_fraction must be in [0, 1], got {cfg.preprocess.max_bad_fraction}")
+    if "@" not in cfg.score.model:
+        raise ConfigError(f"score.model must be NAME@RUN_ID or NAME@latest, got {cfg.score.model!r}")
+    if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
+        raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")

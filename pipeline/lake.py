@@ -1,0 +1,98 @@
+"""Small-file I/O and atomic moves on the lake, through fsspec.
+
+Parquet goes through Spark or pyarrow; everything else the jobs write (manifests, pointers,
+model artifacts, checkpoints) goes through these helpers so that file://, hdfs:// and s3a://
+lakes behave the same. They also run on executors, where there is no Spark session.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+
+LATEST = "_latest"
+
+
+def _fs(uri: str):
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write via a temporary sibling and rename, so readers never see a partial file."""
+    fs, path = _fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def makedirs(uri: str) -> None:
+    fs, path = _fs(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def listdir(uri: str) -> list[str]:
+    """Base names of the entries under a directory URI ([] if it does not exist)."""
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def remove(uri: str) -> None:
+    fs, path = _fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def move(src: str, dst: str) -> None:
+    fs, s = _fs(src)
+    _, d = _fs(dst)
+    fs.mv(s, d, recursive=True)
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a file:// URI (for libraries that want a path)."""
+    return _fs(uri)[1]
+
+
+def set_latest(parent_uri: str, name: str) -> None:
+    """Point <parent>/_latest at a completed output. Call only after the output is whole."""
+    write_bytes(f"{parent_uri}/{LATEST}", (name + "\n").encode())
+
+
+def get_latest(parent_uri: str) -> str:
+    uri = f"{parent_uri}/{LATEST}"
+    if not exists(uri):
+        raise FileNotFoundError(f"no completed output under {parent_uri} (missing {LATEST}); run the previous stage first")
+    return read_bytes(uri).decode().strip()
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC timestamp plus a short random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]

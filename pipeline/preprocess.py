@@ -1,0 +1,185 @@
+"""Stage 1: raw files in the lake -> curated, versioned, Petastorm-ready Parquet.
+
+Output: ``<lake>/curated/<dataset>/v=<version>/{train,val,test}/`` plus ``_manifest.json``;
+bad records under ``<lake>/quarantine/<dataset>/<version>/``. ``curated/<dataset>/_latest``
+moves to the new version only after everything above is written.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import lake, manifest, quarantine
+from pipeline.config import Config, SplitConf
+from pipeline.images import DECODED_DDL, ImageSpec, decode_frames
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+MISSING_LABEL = "missing_label"
+
+
+# --- transforms: DataFrame in, DataFrame out -------------------------------------------------
+
+def read_files(spark: SparkSession, source_uri: str) -> DataFrame:
+    """Every file under source_uri as (path, content). Non-images are kept so they get quarantined."""
+    return (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+            .load(source_uri).select("path", "content"))
+
+
+def with_relative_id(df: DataFrame, source_uri: str) -> DataFrame:
+    """id = path relative to the source root: stable if the lake moves, used for splits and joins."""
+    root = lake.local_path(source_uri).rstrip("/") + "/"
+    return df.withColumn("id", F.expr(f"substring(path, instr(path, '{root}') + {len(root)})"))
+
+
+def with_folder_label(df: DataFrame) -> DataFrame:
+    return df.withColumn("label_name", F.element_at(F.split("path", "/"), -2))
+
+
+def with_file_label(df: DataFrame, labels: DataFrame) -> DataFrame:
+    """labels: (path, label) with path relative to the source root."""
+    labels = labels.select(F.col("path").alias("_lp"), F.col("label").cast("string").alias("label_name"))
+    return df.join(labels, df["id"] == labels["_lp"], "left").drop("_lp")
+
+
+def with_split(df: DataFrame, split: SplitConf, key: str = "id") -> DataFrame:
+    """Deterministic split from a hash of the key: the same on every run and any partitioning."""
+    u = F.pmod(F.xxhash64(F.lit(split.seed), F.col(key)), F.lit(1_000_000)) / 1_000_000.0
+    return df.withColumn(
+        "split",
+        F.when(u < split.train, "train").when(u < split.train + split.val, "val").otherwise("test"),
+    )
+
+
+def with_label_index(df: DataFrame, label_names: list[str]) -> DataFrame:
+    mapping = F.create_map(*[x for i, n in enumerate(label_names) for x in (F.lit(n), F.lit(i))])
+    return df.withColumn("label", mapping[F.col("label_name")].cast("int"))
+
+
+def sort_labels(names: list[str]) -> list[str]:
+    """Numeric class names sort as numbers ("2" before "10"), others alphabetically."""
+    return sorted(names, key=lambda n: (0, int(n), "") if n.lstrip("-").isdigit() else (1, 0, n))
+
+
+# --- the job ----------------------------------------------------------------------------------
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    if cfg.dataset.kind != "images":
+        raise NotImplementedError(f"dataset.kind={cfg.dataset.kind!r} is not supported by this build")
+    return _run_images(spark, cfg)
+
+
+def _run_images(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    ds = cfg.dataset
+    version = lake.new_run_id()
+    source = cfg.resolve(ds.source)
+    out = cfg.uri("curated", ds.name, f"v={version}")
+    quarantine_uri = cfg.uri("quarantine", ds.name, version)
+    spec = ImageSpec.from_conf(ds.image)
+    log.info("preprocess %s: %s -> %s", ds.name, source, out)
+
+    files = with_relative_id(read_files(spark, source), source)
+    decoded = files.mapInPandas(partial(decode_frames, spec=spec), DECODED_DDL)
+    decoded = with_relative_id(decoded, source)
+    if ds.label_source == "folder":
+        decoded = with_folder_label(decoded)
+    else:
+        labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
+        decoded = with_file_label(decoded, labels)
+    decoded = decoded.withColumn(
+        "reason", F.when(F.col("reason").isNull() & F.col("label_name").isNull(), F.lit(MISSING_LABEL))
+        .otherwise(F.col("reason")))
+    decoded = with_split(decoded, cfg.preprocess.split).persist(StorageLevel.MEMORY_AND_DISK)
+
+    try:
+        stats = _collect_stats(decoded, spec.channels, spec.height * spec.width)
+        by_reason = stats["by_reason"]
+        if by_reason:
+            bad = decoded.filter(F.col("reason").isNotNull()).select(
+                F.col("path").alias("source"), "reason", "detail")
+            quarantine.write(quarantine.with_stage(bad, "preprocess.decode"), quarantine_uri)
+        quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
+
+        label_names = sort_labels(list(stats["class_counts"]))
+        good = with_label_index(decoded.filter(F.col("reason").isNull()), label_names)
+        for s in SPLITS:
+            (good.filter(F.col("split") == s).select("id", "path", "image", "label")
+             .repartition(cfg.preprocess.files_per_split)
+             .write.mode("overwrite").parquet(f"{out}/{s}"))
+    finally:
+        decoded.unpersist()
+
+    m = manifest.build(
+        "preprocess", version, cfg.to_dict(),
+        input_count=stats["input_count"], output_count=stats["output_count"],
+        quarantined_by_reason=by_reason,
+        dataset=ds.name, kind="images", version=version, source=source, uri=out,
+        quarantine_uri=quarantine_uri if by_reason else None,
+        splits={s: {"count": stats["split_counts"].get(s, 0),
+                    "class_counts": {n: stats["split_class_counts"].get((s, n), 0) for n in label_names},
+                    "uri": f"{out}/{s}"} for s in SPLITS},
+        label_names=label_names,
+        schema={"id": "string", "path": "string", "label": "int32",
+                "image": f"binary: uint8 HxWxC {spec.height}x{spec.width}x{spec.channels}, row-major"},
+        image={"height": spec.height, "width": spec.width, "channels": spec.channels,
+               "resize": spec.resize, "max_pixels": spec.max_pixels},
+        normalization=stats["normalization"],
+    )
+    manifest.write(out, m)
+    lake.set_latest(cfg.uri("curated", ds.name), f"v={version}")
+    log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
+             m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
+    return m
+
+
+def _collect_stats(decoded: DataFrame, channels: int, pixels_per_image: int) -> dict[str, Any]:
+    """One small aggregation: counts by (split, reason, class) and train-split pixel moments."""
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for c in range(channels):
+        aggs += [F.sum(F.col("px_sum")[c]).alias(f"s{c}"), F.sum(F.col("px_sumsq")[c]).alias(f"q{c}")]
+    rows = decoded.groupBy("split", "reason", "label_name").agg(*aggs).collect()
+
+    by_reason: dict[str, int] = {}
+    split_counts: dict[str, int] = {}
+    split_class: dict[tuple[str, str], int] = {}
+    classes: dict[str, int] = {}
+    s = [0.0] * channels
+    q = [0.0] * channels
+    pixels_n = 0
+    for r in rows:
+        if r["reason"] is not None:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["n"]
+            continue
+        split_counts[r["split"]] = split_counts.get(r["split"], 0) + r["n"]
+        split_class[(r["split"], r["label_name"])] = r["n"]
+        classes[r["label_name"]] = classes.get(r["label_name"], 0) + r["n"]
+        if r["split"] == "train":
+            pixels_n += r["n"]
+            for c in range(channels):
+                s[c] += r[f"s{c}"]
+                q[c] += r[f"q{c}"]
+    total = sum(split_counts.values())
+    return {
+        "input_count": total + sum(by_reason.values()),
+        "output_count": total,
+        "by_reason": by_reason,
+        "split_counts": split_counts,
+        "split_class_counts": split_class,
+        "class_counts": classes,
+        "normalization": _moments(s, q, pixels_n * pixels_per_image),
+    }
+
+
+def _moments(s: list[float], q: list[float], n_pixels: int) -> dict[str, list[float]]:
+    """Per-channel mean/std in [0, 1] units from summed pixel moments (train split only)."""
+    if n_pixels == 0:
+        return {"mean": [0.0] * len(s), "std": [1.0] * len(s)}
+    mean = [si / n_pixels for si in s]
+    std = [math.sqrt(max(qi / n_pixels - m * m, 0.0)) or 1.0 for qi, m in zip(q, mean)]
+    return {"mean": mean, "std": std}

@@ -1,0 +1,156 @@
+"""Stage 3: new raw files + a trained model -> predictions in the lake.
+
+Reads ``<dataset.score_source>/dt=<date>/``, decodes with the same code and parameters the
+model was trained with, scores in a ``mapInPandas`` that loads the model once per Python
+worker, and replaces ``<lake>/predictions/<model>/dt=<date>/`` atomically: the new partition
+is written and given its manifest under ``_staging/`` first, then swapped in.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import artifact, lake, manifest, quarantine
+from pipeline.config import Config
+from pipeline.cli import NoInput
+from pipeline.images import ImageSpec, Rejected, decode_image
+from pipeline.preprocess import read_files
+
+log = logging.getLogger(__name__)
+
+SCORED_DDL = ("path string, prediction string, label_index int, probability float, "
+              "probabilities array<float>, reason string, detail string")
+
+# One model per Python worker process, kept across batches and tasks (Spark reuses workers).
+_MODELS: dict[tuple[str, str], artifact.LoadedModel] = {}
+
+
+def _task_device() -> str | None:
+    """The GPU Spark assigned to this task, if any; None lets torch pick (CPU without CUDA)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    return None
+
+
+def cached_model(lake_root: str, ref: str, loads=None) -> artifact.LoadedModel:
+    key = (lake_root, ref)
+    if key not in _MODELS:
+        _MODELS[key] = artifact.load_model(lake_root, ref, device=_task_device())
+        if loads is not None:
+            loads.add(1)
+    return _MODELS[key]
+
+
+def score_frames(frames: Iterator[pd.DataFrame], lake_root: str, ref: str, loads=None,
+                 batch_size: int = 256) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (path, content) -> SCORED_DDL; undecodable files carry a reason."""
+    m = cached_model(lake_root, ref, loads)
+    spec = ImageSpec(**{k: m.spec["image"][k] for k in ("height", "width", "channels", "resize", "max_pixels")})
+    names = np.asarray(m.label_names, dtype=object)
+    for pdf in frames:
+        ok_idx, arrays = [], []
+        reasons = [None] * len(pdf)
+        details = [None] * len(pdf)
+        for i, content in enumerate(pdf["content"]):
+            try:
+                arrays.append(decode_image(content, spec))
+                ok_idx.append(i)
+            except Rejected as r:
+                reasons[i], details[i] = r.reason, r.detail[:500]
+        probs = m.predict_proba(np.stack(arrays).transpose(0, 3, 1, 2) if arrays else
+                                np.zeros((0, spec.channels, spec.height, spec.width), np.uint8), batch_size)
+        pred = np.full(len(pdf), -1, dtype=np.int32)
+        prob = np.full(len(pdf), np.nan, dtype=np.float32)
+        all_probs: list[Any] = [None] * len(pdf)
+        if len(ok_idx):
+            top = probs.argmax(1)
+            pred[ok_idx] = top
+            prob[ok_idx] = probs[np.arange(len(top)), top]
+            for j, i in enumerate(ok_idx):
+                all_probs[i] = probs[j].tolist()
+        yield pd.DataFrame({
+            "path": pdf["path"].values,
+            "prediction": [names[p] if p >= 0 else None for p in pred],
+            "label_index": pred, "probability": prob, "probabilities": all_probs,
+            "reason": reasons, "detail": details,
+        })
+
+
+def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
+    name, run_id, model_uri = artifact.resolve(cfg.lake.root, model_ref or cfg.score.model)
+    spec = lake.read_json(f"{model_uri}/model.json")
+    source = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
+    if not lake.exists(source) or not lake.listdir(source):
+        raise NoInput(f"nothing to score for {score_date}: {source} is missing or empty")
+    job_id = lake.new_run_id()
+    scored_at = datetime.now(timezone.utc)
+    ref = f"{name}@{run_id}"  # pinned: a new _latest mid-run must not change the model
+    log.info("scoring %s with %s", source, ref)
+
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
+    loads = spark.sparkContext.accumulator(0)
+    scored = read_files(spark, source).mapInPandas(
+        partial(score_frames, lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size),
+        SCORED_DDL,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        output_count = counts.pop(None, 0)
+        input_count = output_count + sum(counts.values())
+        quarantine_uri = cfg.uri("quarantine", cfg.dataset.name, f"score-{job_id}")
+        if counts:
+            bad = scored.filter(F.col("reason").isNotNull()).select(F.col("path").alias("source"), "reason", "detail")
+            quarantine.write(quarantine.with_stage(bad, "score.decode"), quarantine_uri)
+
+        root = cfg.uri("predictions", name)
+        final = f"{root}/dt={score_date}"
+        staging = f"{root}/_staging/{job_id}/dt={score_date}"
+        (scored.filter(F.col("reason").isNull())
+         .select("path", "prediction", "label_index", "probability", "probabilities",
+                 F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
+                 F.lit(spec["dataset"]["version"]).alias("dataset_version"),
+                 F.lit(scored_at).cast("timestamp").alias("scored_at"))
+         .coalesce(max(1, min(8, output_count // 100_000 + 1)))
+         .write.mode("overwrite").parquet(staging))
+    finally:
+        scored.unpersist()
+
+    m = manifest.build(
+        "score", job_id, cfg.to_dict(), input_count=input_count, output_count=output_count,
+        quarantined_by_reason=counts, date=score_date, source=source, uri=final,
+        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"]},
+        model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+    )
+    manifest.write(staging, m)
+    _swap_in(staging, final, f"{root}/_trash/{job_id}")
+    lake.remove(f"{root}/_staging/{job_id}")
+    log.info("scored %d of %d files (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
+    return m
+
+
+def _swap_in(staging: str, final: str, trash: str) -> None:
+    """Replace a partition: the old one is moved aside before the new one moves in, and deleted last."""
+    had_old = lake.exists(final)
+    if had_old:
+        lake.makedirs(trash.rsplit("/", 1)[0])
+        lake.move(final, trash)
+    try:
+        lake.move(staging, final)
+    except Exception:
+        if had_old:
+            lake.move(trash, final)  # put the previous partition back
+        raise
+    if had_old:
+        lake.remove(trash)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Creates .venv/ with the pinned stack and a locally built horovod 0.28.1.
+# Idempotent: a second run with nothing changed only verifies and exits.
+#   PYTHON=python3.11        interpreter to build the venv from
+#   PIPELINE_CACHE=~/.cache/spark-dl-pipeline   where the horovod wheel is kept
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3.11}"
+CACHE="${PIPELINE_CACHE:-$HOME/.cache/spark-dl-pipeline}"
+TORCH_VERSION="2.13.0"
+HOROVOD_VERSION="0.28.1"
+WHEEL_DIR="$CACHE/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION"
+
+die() { echo "setup: ERROR: $*" >&2; exit 1; }
+log() { echo "setup: $*" >&2; }
+
+# --- system prerequisites ------------------------------------------------------------
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found. Install Python 3.11 (e.g. 'apt-get install python3.11 python3.11-venv python3.11-dev' or pyenv) or set PYTHON=/path/to/python3.11."
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+  || die "$PYTHON is $("$PYTHON" --version 2>&1); this stack needs Python 3.11. Set PYTHON=/path/to/python3.11."
+command -v java >/dev/null || die "java not found. Spark 3.5 needs Java 17: 'apt-get install openjdk-17-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk@17', then put it on PATH or set JAVA_HOME."
+JAVA_MAJOR="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+[ "$JAVA_MAJOR" = "17" ] || die "java is version '$JAVA_MAJOR'; this project is tested with Java 17. Install openjdk-17 and put it first on PATH (or set JAVA_HOME)."
+
+stamp_value() { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1; }
+STAMP="$VENV/.setup-stamp"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] \
+   && "$VENV/bin/python" -c 'import horovod.torch, pyspark, petastorm, pipeline' 2>/dev/null; then
+  log "environment up to date ($VENV)"
+  exit 0
+fi
+
+# --- virtual environment and pinned stack ----------------------------------------------
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# torch goes first and pinned exactly: horovod's build must see this torch, and a looser
+# spec would pull a multi-GB CUDA build.
+"${PIP[@]}" install "torch==$TORCH_VERSION" "setuptools<80" wheel
+"${PIP[@]}" install -e "$ROOT[test]"
+
+# --- horovod, built once into the cache --------------------------------------------------
+WHEEL="$(ls "$WHEEL_DIR"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -1 || true)"
+if [ -z "$WHEEL" ]; then
+  command -v g++ >/dev/null || die "g++ not found; horovod is compiled from source. 'apt-get install build-essential'."
+  CMAKE_BIN="$(command -v cmake || true)"
+  [ -n "$CMAKE_BIN" ] || die "cmake not found; horovod is compiled from source. 'apt-get install cmake' (3.13 to 3.x)."
+  CMAKE_MAJOR="$("$CMAKE_BIN" --version | sed -n 's/cmake version \([0-9]*\).*/\1/p')"
+  # cmake 4 refuses gloo's old cmake_minimum_required unless told otherwise.
+  [ "$CMAKE_MAJOR" -ge 4 ] && export CMAKE_POLICY_VERSION_MINIMUM=3.5
+  log "building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (one-off, ~3-5 min on 2 cores)"
+  BUILD="$(mktemp -d)"
+  trap 'rm -rf "$BUILD"' EXIT
+  "${PIP[@]}" download --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$BUILD"
+  tar -xzf "$BUILD"/horovod-"$HOROVOD_VERSION".tar.gz -C "$BUILD"
+  SRC="$BUILD/horovod-$HOROVOD_VERSION"
+  # torch >= 2.1 headers need C++17, and gloo must use the same standard or the link fails.
+  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
+  grep -q 'CMAKE_CXX_STANDARD 17' "$SRC/horovod/torch/CMakeLists.txt" || die "C++17 patch did not apply to the horovod sdist"
+  mkdir -p "$WHEEL_DIR"
+  (cd "$SRC" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO \
+     MAKEFLAGS="-j$(nproc)" \
+     "$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -w "$WHEEL_DIR" . > "$BUILD/build.log" 2>&1) \
+     || { tail -40 "$BUILD/build.log" >&2; die "horovod build failed (log above)"; }
+  WHEEL="$(ls "$WHEEL_DIR"/horovod-"$HOROVOD_VERSION"-*.whl | head -1)"
+fi
+"${PIP[@]}" install --no-deps --force-reinstall "$WHEEL"
+
+# --- verify ------------------------------------------------------------------------------
+CHECK="$("$VENV/bin/horovodrun" --check-build 2>&1)"
+echo "$CHECK" | grep -q '\[X\] PyTorch' || { echo "$CHECK" >&2; die "horovod was built without PyTorch support"; }
+echo "$CHECK" | grep -q '\[X\] Gloo' || { echo "$CHECK" >&2; die "horovod was built without Gloo"; }
+stamp_value > "$STAMP"
+log "ready: $VENV (horovod $HOROVOD_VERSION with PyTorch + Gloo)"
