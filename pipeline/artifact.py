@@ -94,18 +94,20 @@ class LoadedModel:
     def label_names(self) -> list[str]:
         return self.spec["label_names"]
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """uint8 (N, C, H, W) -> float32 (N, classes) probabilities."""
+    def predict_proba(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Images as uint8 (N, C, H, W) or tabular features as float32 (N, F) -> (N, classes) probabilities."""
         import torch
 
-        norm = self.spec["normalization"]
-        mean = torch.tensor(norm["mean"], device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(norm["std"], device=self.device).view(1, -1, 1, 1)
+        inp = self.spec["input"]
+        if inp["kind"] == "images":
+            norm = inp["normalization"]
+            mean = torch.tensor(norm["mean"], device=self.device).view(1, -1, 1, 1)
+            std = torch.tensor(norm["std"], device=self.device).view(1, -1, 1, 1)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(self.device)
-                x = (x.float() / 255.0 - mean) / std
+            for i in range(0, len(inputs), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size])).to(self.device)
+                x = (x.float() / 255.0 - mean) / std if inp["kind"] == "images" else x.float()
                 out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
 

@@ -45,6 +45,23 @@ class ImageConf:
 
 
 @dataclass
+class TabularConf:
+    format: Literal["csv", "parquet", "json"] = "csv"
+    id_column: str = "id"
+    label_column: str = "label"
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    # Columns present in the files but not used; any other undeclared column is schema drift.
+    ignore: list[str] = field(default_factory=list)
+    # Per categorical column, the most frequent values (train split) get their own slot;
+    # the rest, unseen values and nulls share the unknown slot.
+    max_categories: int = 50
+
+    def columns(self) -> list[str]:
+        return [self.id_column, self.label_column, *self.numeric, *self.categorical, *self.ignore]
+
+
+@dataclass
 class DatasetConf:
     name: str = "digits"
     kind: Literal["images", "tabular"] = "images"
@@ -56,6 +73,7 @@ class DatasetConf:
     label_source: Literal["folder", "file"] = "folder"
     labels_file: str = ""
     image: ImageConf = field(default_factory=ImageConf)
+    tabular: TabularConf = field(default_factory=TabularConf)
 
 
 @dataclass
@@ -73,6 +91,9 @@ class PreprocessConf:
     # Parquet files (= Petastorm row groups here) per split. Petastorm shards by row group,
     # so a multiple of the training world size keeps the shards near-equal.
     files_per_split: int = 4
+    # Upper bound on a Parquet row group. Smaller groups shard more evenly across ranks and
+    # shuffle better; larger ones read faster. Each file holds at least one group.
+    row_group_mb: int = 64
     # Fail the run if more than this fraction of the input is quarantined.
     max_bad_fraction: float = 0.05
 
@@ -139,6 +160,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -239,5 +265,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"preprocess.max_bad_fraction must be in [0, 1], got {cfg.preprocess.max_bad_fraction}")
     if "@" not in cfg.score.model:
         raise ConfigError(f"score.model must be NAME@RUN_ID or NAME@latest, got {cfg.score.model!r}")
+    tab = cfg.dataset.tabular
+    if cfg.dataset.kind == "tabular":
+        if not tab.numeric and not tab.categorical:
+            raise ConfigError("dataset.tabular: declare at least one numeric or categorical column")
+        cols = tab.columns()
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        if dupes:
+            raise ConfigError(f"dataset.tabular: columns declared twice: {dupes}")
     if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
         raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")

@@ -43,6 +43,14 @@ class ImageSpec:
         return self.height * self.width * self.channels
 
 
+@dataclass(frozen=True)
+class ImageLayout:
+    """Just the shape of a stored image blob."""
+    height: int
+    width: int
+    channels: int
+
+
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -116,7 +124,7 @@ def decode_frames(frames: Iterator[pd.DataFrame], spec: ImageSpec) -> Iterator[p
                             "detail": details, "px_sum": sums, "px_sumsq": sumsqs})
 
 
-def images_to_tensor_layout(image_col, spec: ImageSpec) -> np.ndarray:
+def images_to_tensor_layout(image_col, spec: ImageSpec | ImageLayout) -> np.ndarray:
     """A column of HxWxC uint8 blobs -> one (N, C, H, W) uint8 array, with one join, no per-row copy."""
     flat = np.frombuffer(b"".join(image_col), dtype=np.uint8)
     return flat.reshape(-1, spec.height, spec.width, spec.channels).transpose(0, 3, 1, 2)

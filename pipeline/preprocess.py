@@ -15,7 +15,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import lake, manifest, quarantine
+from pipeline import lake, manifest, quarantine, tabular
 from pipeline.config import Config, SplitConf
 from pipeline.images import DECODED_DDL, ImageSpec, decode_frames
 
@@ -36,10 +36,6 @@ def with_relative_id(df: DataFrame, source_uri: str) -> DataFrame:
     """id = path relative to the source root: stable if the lake moves, used for splits and joins."""
     root = lake.local_path(source_uri).rstrip("/") + "/"
     return df.withColumn("id", F.expr(f"substring(path, instr(path, '{root}') + {len(root)})"))
-
-
-def with_folder_label(df: DataFrame) -> DataFrame:
-    return df.withColumn("label_name", F.element_at(F.split("path", "/"), -2))
 
 
 def with_file_label(df: DataFrame, labels: DataFrame) -> DataFrame:
@@ -69,67 +65,84 @@ def sort_labels(names: list[str]) -> list[str]:
 
 # --- the job ----------------------------------------------------------------------------------
 
+def image_records(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
+    """One row per input file: id, source, reason, detail, label_name, image, px_sum, px_sumsq."""
+    ds = cfg.dataset
+    spec = ImageSpec.from_conf(ds.image)
+    decoded = read_files(spark, source).mapInPandas(partial(decode_frames, spec=spec), DECODED_DDL)
+    decoded = with_relative_id(decoded, source).withColumnRenamed("path", "source")
+    if ds.label_source == "folder":
+        decoded = decoded.withColumn("label_name", F.element_at(F.split("source", "/"), -2))
+    else:
+        labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
+        decoded = with_file_label(decoded, labels)
+    return decoded.withColumn(
+        "reason", F.when(F.col("reason").isNull() & F.col("label_name").isNull(), F.lit(MISSING_LABEL))
+        .otherwise(F.col("reason")))
+
+
+def tabular_records(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
+    """One row per input record: id, source, reason, detail, label_name, and the declared columns."""
+    tab = cfg.dataset.tabular
+    df = tabular.with_reason(tabular.read(spark, source, tab), tab)
+    return (df.withColumn("id", F.col(tab.id_column))
+            .withColumn("label_name", F.col(tab.label_column)))
+
+
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    if cfg.dataset.kind != "images":
-        raise NotImplementedError(f"dataset.kind={cfg.dataset.kind!r} is not supported by this build")
-    return _run_images(spark, cfg)
-
-
-def _run_images(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ds = cfg.dataset
     version = lake.new_run_id()
     source = cfg.resolve(ds.source)
     out = cfg.uri("curated", ds.name, f"v={version}")
     quarantine_uri = cfg.uri("quarantine", ds.name, version)
-    spec = ImageSpec.from_conf(ds.image)
-    log.info("preprocess %s: %s -> %s", ds.name, source, out)
+    images = ds.kind == "images"
+    log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
 
-    files = with_relative_id(read_files(spark, source), source)
-    decoded = files.mapInPandas(partial(decode_frames, spec=spec), DECODED_DDL)
-    decoded = with_relative_id(decoded, source)
-    if ds.label_source == "folder":
-        decoded = with_folder_label(decoded)
-    else:
-        labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
-        decoded = with_file_label(decoded, labels)
-    decoded = decoded.withColumn(
-        "reason", F.when(F.col("reason").isNull() & F.col("label_name").isNull(), F.lit(MISSING_LABEL))
-        .otherwise(F.col("reason")))
-    decoded = with_split(decoded, cfg.preprocess.split).persist(StorageLevel.MEMORY_AND_DISK)
-
+    records = image_records(spark, cfg, source) if images else tabular_records(spark, cfg, source)
+    records = with_split(records, cfg.preprocess.split).persist(StorageLevel.MEMORY_AND_DISK)
+    channels = ds.image.channels if images else 0
     try:
-        stats = _collect_stats(decoded, spec.channels, spec.height * spec.width)
+        stats = _collect_stats(records, channels, ds.image.height * ds.image.width)
         by_reason = stats["by_reason"]
         if by_reason:
-            bad = decoded.filter(F.col("reason").isNotNull()).select(
-                F.col("path").alias("source"), "reason", "detail")
-            quarantine.write(quarantine.with_stage(bad, "preprocess.decode"), quarantine_uri)
+            bad = records.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
+            quarantine.write(quarantine.with_stage(bad, "preprocess.validate"), quarantine_uri)
         quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
 
         label_names = sort_labels(list(stats["class_counts"]))
-        good = with_label_index(decoded.filter(F.col("reason").isNull()), label_names)
+        good = with_label_index(records.filter(F.col("reason").isNull()), label_names)
+        if images:
+            payload = [F.col("source").alias("path"), "image"]
+            fitted = {"normalization": stats["normalization"]}
+            schema = {"id": "string", "path": "string", "label": "int32",
+                      "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{channels}, row-major"}
+        else:
+            fitted = {"tabular": tabular.fit(good.filter(F.col("split") == "train"), ds.tabular)}
+            payload = [tabular.features_column(ds.tabular, fitted["tabular"]).alias("features")]
+            schema = {"id": "string", "label": "int32",
+                      "features": f"array<float>[{fitted['tabular']['num_features']}]"}
         for s in SPLITS:
-            (good.filter(F.col("split") == s).select("id", "path", "image", "label")
+            (good.filter(F.col("split") == s).select("id", *payload, "label")
              .repartition(cfg.preprocess.files_per_split)
-             .write.mode("overwrite").parquet(f"{out}/{s}"))
+             .write.mode("overwrite").option("parquet.block.size", cfg.preprocess.row_group_mb * 1024 * 1024)
+             .parquet(f"{out}/{s}"))
     finally:
-        decoded.unpersist()
+        records.unpersist()
 
     m = manifest.build(
         "preprocess", version, cfg.to_dict(),
         input_count=stats["input_count"], output_count=stats["output_count"],
         quarantined_by_reason=by_reason,
-        dataset=ds.name, kind="images", version=version, source=source, uri=out,
+        dataset=ds.name, kind=ds.kind, version=version, source=source, uri=out,
         quarantine_uri=quarantine_uri if by_reason else None,
         splits={s: {"count": stats["split_counts"].get(s, 0),
                     "class_counts": {n: stats["split_class_counts"].get((s, n), 0) for n in label_names},
                     "uri": f"{out}/{s}"} for s in SPLITS},
         label_names=label_names,
-        schema={"id": "string", "path": "string", "label": "int32",
-                "image": f"binary: uint8 HxWxC {spec.height}x{spec.width}x{spec.channels}, row-major"},
-        image={"height": spec.height, "width": spec.width, "channels": spec.channels,
-               "resize": spec.resize, "max_pixels": spec.max_pixels},
-        normalization=stats["normalization"],
+        schema=schema,
+        **({"image": {"height": ds.image.height, "width": ds.image.width, "channels": channels,
+                      "resize": ds.image.resize, "max_pixels": ds.image.max_pixels}} if images else {}),
+        **fitted,
     )
     manifest.write(out, m)
     lake.set_latest(cfg.uri("curated", ds.name), f"v={version}")

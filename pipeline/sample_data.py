@@ -1,11 +1,18 @@
-"""Writes scikit-learn's bundled digits (1797 real 8x8 scans, no network) into the lake.
+"""Writes real, bundled sample data (scikit-learn's, no network) into the lake's raw zone.
 
-    python -m pipeline.sample_data --config conf/digits.yaml [--date YYYY-MM-DD]
+    python -m pipeline.sample_data --config conf/digits.yaml [--date YYYY-MM-DD] [--bad-records]
+    python -m pipeline.sample_data --config conf/breast_cancer.yaml ...
 
-Labelled images go to ``<dataset.source>/<class>/<n>.png`` (class per folder); a held-out
-tenth goes, unlabelled, to ``<dataset.score_source>/dt=<date>/<n>.png`` as new input for
-scoring. Its true labels are written beside, under ``raw/<dataset>/holdout_labels/``, so a
-user can check the predictions.
+images (digits: 1797 real 8x8 scans): labelled PNGs go to ``<dataset.source>/<class>/<n>.png``;
+a held-out tenth goes, unlabelled, to ``<dataset.score_source>/dt=<date>/<n>.png`` as new
+input for scoring.
+
+tabular (breast cancer: 569 real cases, 30 numeric measurements, plus a categorical
+``size_band`` derived from the mean radius): ``<dataset.source>/cases.csv`` with id and
+diagnosis; a held-out tenth without the diagnosis under ``<dataset.score_source>/dt=<date>/``.
+
+The held-out truth is written under ``raw/<dataset>/holdout_labels/`` so predictions can be
+checked. ``--bad-records`` adds one record of every kind the pipeline must quarantine.
 """
 from __future__ import annotations
 
@@ -31,15 +38,42 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_digits(cfg: Config, score_date: str) -> dict[str, int]:
+def _split_holdout(n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(0).permutation(n)
+    k = int(n * HOLDOUT_FRACTION)
+    return order[:k], order[k:]
+
+
+def _write_truth(cfg: Config, score_date: str, rows: list[tuple[str, object]]) -> None:
+    text = "path,label\n" + "".join(f"{k},{v}\n" for k, v in rows)
+    lake.write_bytes(cfg.uri("raw", cfg.dataset.name, "holdout_labels", f"dt={score_date}.csv"), text.encode())
+
+
+def bad_image_files() -> dict[str, bytes]:
+    """One file per image quarantine reason (name -> bytes)."""
+    from PIL import Image
+
+    noisy = _png(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint16) + 1000).save(buf, format="PNG")  # 16-bit: unsupported
+    big = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(big, format="PNG")  # 49M pixels, ~50 kB: a decompression bomb
+    return {
+        "empty.png": b"",
+        "truncated.png": noisy[: len(noisy) // 2],
+        "not_an_image.png": b"name,value\nthis is a csv file with a png extension\n",
+        "sixteen_bit.png": buf.getvalue(),
+        "bomb.png": big.getvalue(),
+    }
+
+
+def write_digits(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # sklearn's scans are 0..16; spread to 0..255 as a scanner would.
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    order = np.random.default_rng(0).permutation(len(images))
-    n_holdout = int(len(images) * HOLDOUT_FRACTION)
-    holdout, labelled = order[:n_holdout], order[n_holdout:]
+    holdout, labelled = _split_holdout(len(images))
 
     source = cfg.resolve(cfg.dataset.source)
     incoming = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
@@ -47,23 +81,81 @@ def write_digits(cfg: Config, score_date: str) -> dict[str, int]:
         lake.write_bytes(f"{source}/{digits.target[i]}/{i:04d}.png", _png(images[i]))
     for i in holdout:
         lake.write_bytes(f"{incoming}/{i:04d}.png", _png(images[i]))
-    labels_csv = "path,label\n" + "".join(f"{i:04d}.png,{digits.target[i]}\n" for i in holdout)
-    lake.write_bytes(cfg.uri("raw", cfg.dataset.name, "holdout_labels", f"dt={score_date}.csv"), labels_csv.encode())
+    _write_truth(cfg, score_date, [(f"{i:04d}.png", digits.target[i]) for i in holdout])
+    bad = bad_image_files() if bad_records else {}
+    for name, data in bad.items():
+        lake.write_bytes(f"{source}/{digits.target[0]}/{name}", data)
+        lake.write_bytes(f"{incoming}/{name}", data)
     log.info("wrote %d labelled images under %s and %d held-out images under %s",
              len(labelled), source, len(holdout), incoming)
-    return {"labelled": len(labelled), "holdout": len(holdout)}
+    return {"labelled": len(labelled) + len(bad), "holdout": len(holdout) + len(bad), "bad": len(bad)}
+
+
+def bad_tabular_lines(good: list[str]) -> list[str]:
+    """One CSV line per tabular quarantine reason, built from a good row (``good`` = its fields)."""
+    i_num = 2  # first numeric column (after id and label)
+    def with_value(tag: str, value: str) -> str:
+        row = list(good)
+        row[0], row[i_num] = f"bad-{tag}", value
+        return ",".join(row)
+    missing_label = list(good)
+    missing_label[0], missing_label[1] = "bad-missing_label", ""
+    return [
+        ",".join(["bad-malformed", *good[1:], "an-extra-field"]),  # one field too many
+        with_value("wrong_type", "twelve"),
+        ",".join(missing_label),
+        with_value("nan", "NaN"),
+        with_value("inf", "inf"),
+    ]
+
+
+def write_breast_cancer(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    tab = cfg.dataset.tabular
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    if tab.numeric and tab.numeric != names:
+        raise ValueError(f"dataset.tabular.numeric must list the breast-cancer features in order: {names}")
+    radius = data.data[:, 0]
+    cuts = np.quantile(radius, [1 / 3, 2 / 3])
+    band = np.where(radius < cuts[0], "small", np.where(radius < cuts[1], "medium", "large"))
+    diagnosis = np.asarray(data.target_names)[data.target]
+    holdout, labelled = _split_holdout(len(data.target))
+
+    def line(i: int, with_label: bool) -> list[str]:
+        return [f"case-{i:04d}", *([diagnosis[i]] if with_label else []), *(repr(float(v)) for v in data.data[i]), band[i]]
+
+    header = [tab.id_column, tab.label_column, *names, "size_band"]
+    rows = [",".join(line(i, True)) for i in labelled]
+    new = [",".join(line(i, False)) for i in holdout]
+    bad = bad_tabular_lines(line(int(labelled[0]), True)) if bad_records else []
+    bad_new = [ln.replace(f",{diagnosis[labelled[0]]},", ",", 1) for ln in bad if "missing_label" not in ln] \
+        if bad_records else []
+    source = cfg.resolve(cfg.dataset.source)
+    incoming = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
+    lake.write_bytes(f"{source}/cases.csv", ("\n".join([",".join(header), *rows, *bad]) + "\n").encode())
+    new_header = [c for c in header if c != tab.label_column]
+    lake.write_bytes(f"{incoming}/cases.csv", ("\n".join([",".join(new_header), *new, *bad_new]) + "\n").encode())
+    _write_truth(cfg, score_date, [(f"case-{i:04d}", diagnosis[i]) for i in holdout])
+    log.info("wrote %d labelled rows to %s and %d new rows to %s", len(rows) + len(bad), source,
+             len(new) + len(bad_new), incoming)
+    return {"labelled": len(rows) + len(bad), "holdout": len(new) + len(bad_new), "bad": len(bad)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--date", default=date.today().isoformat(), help="partition for the held-out images")
+    p.add_argument("--date", default=date.today().isoformat(), help="partition for the held-out records")
+    p.add_argument("--bad-records", action="store_true", help="add one record of every kind that must be quarantined")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    counts = write_digits(cfg, args.date)
-    print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}")
+    write = write_digits if cfg.dataset.kind == "images" else write_breast_cancer
+    counts = write(cfg, args.date, args.bad_records)
+    print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}"
+          f" ({counts['bad']} bad records each)")
 
 
 if __name__ == "__main__":

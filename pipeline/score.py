@@ -1,33 +1,34 @@
-"""Stage 3: new raw files + a trained model -> predictions in the lake.
+"""Stage 3: new raw data + a trained model -> predictions in the lake.
 
-Reads ``<dataset.score_source>/dt=<date>/``, decodes with the same code and parameters the
-model was trained with, scores in a ``mapInPandas`` that loads the model once per Python
-worker, and replaces ``<lake>/predictions/<model>/dt=<date>/`` atomically: the new partition
-is written and given its manifest under ``_staging/`` first, then swapped in.
+Reads ``<dataset.score_source>/dt=<date>/``, prepares it with the same code and fitted
+parameters the model was trained with (image decoding, or the tabular encoder of the model's
+dataset version), scores in a ``mapInPandas`` that loads the model once per Python worker, and
+replaces ``<lake>/predictions/<model>/dt=<date>/`` atomically: the new partition is written
+with its manifest under ``_staging/`` first, then swapped in.
 """
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import artifact, lake, manifest, quarantine
-from pipeline.config import Config
+from pipeline import artifact, lake, manifest, quarantine, tabular
 from pipeline.cli import NoInput
+from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
 from pipeline.preprocess import read_files
 
 log = logging.getLogger(__name__)
 
-SCORED_DDL = ("path string, prediction string, label_index int, probability float, "
-              "probabilities array<float>, reason string, detail string")
+SCORED_DDL = ("key string, prediction string, label_index int, probability float, "
+              "probabilities array<float>, reason string, detail string, source string")
 
 # One model per Python worker process, kept across batches and tasks (Spark reuses workers).
 _MODELS: dict[tuple[str, str], artifact.LoadedModel] = {}
@@ -53,46 +54,77 @@ def cached_model(lake_root: str, ref: str, loads=None) -> artifact.LoadedModel:
     return _MODELS[key]
 
 
-def score_frames(frames: Iterator[pd.DataFrame], lake_root: str, ref: str, loads=None,
-                 batch_size: int = 256) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (path, content) -> SCORED_DDL; undecodable files carry a reason."""
+Prepared = tuple[list[int], np.ndarray, list, list]  # ok rows, model inputs, reasons, details
+
+
+def prepare_images(pdf: pd.DataFrame, m: artifact.LoadedModel) -> Prepared:
+    img = m.spec["input"]["image"]
+    spec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
+    ok, arrays = [], []
+    reasons, details = [None] * len(pdf), [None] * len(pdf)
+    for i, content in enumerate(pdf["content"]):
+        try:
+            arrays.append(decode_image(content, spec))
+            ok.append(i)
+        except Rejected as r:
+            reasons[i], details[i] = r.reason, r.detail[:500]
+    x = (np.stack(arrays).transpose(0, 3, 1, 2) if arrays
+         else np.zeros((0, spec.channels, spec.height, spec.width), np.uint8))
+    return ok, x, reasons, details
+
+
+def prepare_features(pdf: pd.DataFrame, m: artifact.LoadedModel) -> Prepared:
+    ok = [i for i, r in enumerate(pdf["reason"]) if r is None]
+    n = m.spec["model"]["input_shape"][0]
+    x = np.stack([pdf["features"].iloc[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, n), np.float32)
+    return ok, x, list(pdf["reason"]), list(pdf["detail"])
+
+
+def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared], key: str, lake_root: str,
+                 ref: str, loads=None, batch_size: int = 256) -> Iterator[pd.DataFrame]:
+    """mapInPandas body -> SCORED_DDL. Rows that cannot be scored carry a reason instead."""
     m = cached_model(lake_root, ref, loads)
-    spec = ImageSpec(**{k: m.spec["image"][k] for k in ("height", "width", "channels", "resize", "max_pixels")})
     names = np.asarray(m.label_names, dtype=object)
     for pdf in frames:
-        ok_idx, arrays = [], []
-        reasons = [None] * len(pdf)
-        details = [None] * len(pdf)
-        for i, content in enumerate(pdf["content"]):
-            try:
-                arrays.append(decode_image(content, spec))
-                ok_idx.append(i)
-            except Rejected as r:
-                reasons[i], details[i] = r.reason, r.detail[:500]
-        probs = m.predict_proba(np.stack(arrays).transpose(0, 3, 1, 2) if arrays else
-                                np.zeros((0, spec.channels, spec.height, spec.width), np.uint8), batch_size)
+        ok, x, reasons, details = prepare(pdf, m)
+        probs = m.predict_proba(x, batch_size)
         pred = np.full(len(pdf), -1, dtype=np.int32)
         prob = np.full(len(pdf), np.nan, dtype=np.float32)
         all_probs: list[Any] = [None] * len(pdf)
-        if len(ok_idx):
+        if ok:
             top = probs.argmax(1)
-            pred[ok_idx] = top
-            prob[ok_idx] = probs[np.arange(len(top)), top]
-            for j, i in enumerate(ok_idx):
+            pred[ok] = top
+            prob[ok] = probs[np.arange(len(top)), top]
+            for j, i in enumerate(ok):
                 all_probs[i] = probs[j].tolist()
         yield pd.DataFrame({
-            "path": pdf["path"].values,
+            "key": pdf[key].values,
             "prediction": [names[p] if p >= 0 else None for p in pred],
             "label_index": pred, "probability": prob, "probabilities": all_probs,
             "reason": reasons, "detail": details,
+            "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
         })
+
+
+def _scored(spark: SparkSession, spec: dict[str, Any], source: str, kw: dict[str, Any]) -> tuple[DataFrame, str]:
+    """(scored rows, name of the key column) for the model's kind of input."""
+    if spec["input"]["kind"] == "images":
+        body = partial(score_frames, prepare=prepare_images, key="path", **kw)
+        return read_files(spark, source).mapInPandas(body, SCORED_DDL), "path"
+    tab = TabularConf(**spec["input"]["columns"])
+    df = tabular.with_reason(tabular.read(spark, source, tab, label_required=False), tab, label_required=False)
+    df = df.select(F.col(tab.id_column).alias("id"), "source", "reason", "detail",
+                   F.when(F.col("reason").isNull(), tabular.features_column(tab, spec["input"]["tabular"]))
+                   .alias("features"))
+    body = partial(score_frames, prepare=prepare_features, key="id", **kw)
+    return df.mapInPandas(body, SCORED_DDL), "id"
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
     name, run_id, model_uri = artifact.resolve(cfg.lake.root, model_ref or cfg.score.model)
     spec = lake.read_json(f"{model_uri}/model.json")
     source = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
-    if not lake.exists(source) or not lake.listdir(source):
+    if not lake.exists(source) or not [f for f in lake.listdir(source) if not f.startswith((".", "_"))]:
         raise NoInput(f"nothing to score for {score_date}: {source} is missing or empty")
     job_id = lake.new_run_id()
     scored_at = datetime.now(timezone.utc)
@@ -101,28 +133,27 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
-    scored = read_files(spark, source).mapInPandas(
-        partial(score_frames, lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size),
-        SCORED_DDL,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size)
+    scored, key = _scored(spark, spec, source, kw)
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
         output_count = counts.pop(None, 0)
         input_count = output_count + sum(counts.values())
         quarantine_uri = cfg.uri("quarantine", cfg.dataset.name, f"score-{job_id}")
         if counts:
-            bad = scored.filter(F.col("reason").isNotNull()).select(F.col("path").alias("source"), "reason", "detail")
-            quarantine.write(quarantine.with_stage(bad, "score.decode"), quarantine_uri)
+            bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
+            quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
         root = cfg.uri("predictions", name)
         final = f"{root}/dt={score_date}"
         staging = f"{root}/_staging/{job_id}/dt={score_date}"
         (scored.filter(F.col("reason").isNull())
-         .select("path", "prediction", "label_index", "probability", "probabilities",
+         .select(F.col("key").alias(key), "prediction", "label_index", "probability", "probabilities",
                  F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
                  F.lit(spec["dataset"]["version"]).alias("dataset_version"),
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
-         .coalesce(max(1, min(8, output_count // 100_000 + 1)))
+         .coalesce(max(1, min(8, output_count // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
     finally:
         scored.unpersist()
@@ -136,7 +167,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
     lake.remove(f"{root}/_staging/{job_id}")
-    log.info("scored %d of %d files (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
+    log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     return m
 
 

@@ -41,28 +41,35 @@ def resolve_dataset(cfg: Config) -> tuple[str, dict[str, Any]]:
 def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dict[str, Any]:
     """The plain-value parameters every rank receives."""
     data_uri, m = resolve_dataset(cfg)
-    if m.get("kind") != "images":
-        raise TrainingSetupError(f"dataset kind {m.get('kind')!r} is not supported by this trainer")
-    img = m["image"]
+    kind = m["kind"]
     train_rows = m["splits"]["train"]["count"]
     if train_rows < cfg.train.batch_size * world_size:
         raise TrainingSetupError(f"{train_rows} training rows cannot fill one batch of {cfg.train.batch_size} "
                                  f"on each of {world_size} ranks; lower train.batch_size or train.num_proc")
-    if m["config"]["preprocess"]["files_per_split"] < world_size:
+    files = m["config"]["preprocess"]["files_per_split"]
+    if files < world_size:
         raise TrainingSetupError(
-            f"the dataset has {m['config']['preprocess']['files_per_split']} files per split but training uses "
-            f"{world_size} ranks; petastorm needs at least one row group per rank. Re-run preprocess with "
-            f"--set preprocess.files_per_split={world_size} (or a multiple)")
-    model_spec = {"arch": cfg.train.arch, "num_classes": len(m["label_names"]),
-                  "input_shape": [img["channels"], img["height"], img["width"]]}
+            f"the dataset has {files} files per split but training uses {world_size} ranks; petastorm needs "
+            f"at least one row group per rank. Re-run preprocess with --set preprocess.files_per_split={world_size} "
+            f"(or a multiple)")
+    if kind == "images":
+        img = m["image"]
+        shape = [img["channels"], img["height"], img["width"]]
+        data_input = {"kind": kind, "field": "image", "image": img, "normalization": m["normalization"]}
+    else:
+        if cfg.train.arch != "mlp":
+            raise TrainingSetupError(f"train.arch={cfg.train.arch!r} needs images; use train.arch=mlp for tabular data")
+        shape = [m["tabular"]["num_features"]]
+        data_input = {"kind": kind, "field": "features", "tabular": m["tabular"],
+                      "columns": m["config"]["dataset"]["tabular"]}
+    model_spec = {"arch": cfg.train.arch, "num_classes": len(m["label_names"]), "input_shape": shape}
     model_uri = artifact.model_dir(cfg.lake.root, cfg.train.model_name, run_id)
     return {
         "run_id": run_id,
         "train": vars(cfg.train).copy(),
         "config": cfg.to_dict(),
         "model_spec": model_spec,
-        "image": img,
-        "normalization": m["normalization"],
+        "input": data_input,
         "train_url": m["splits"]["train"]["uri"],
         "val_url": m["splits"]["val"]["uri"],
         "test_url": m["splits"]["test"]["uri"],
@@ -73,8 +80,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
         "artifact_spec": {
             "model": model_spec,
             "label_names": m["label_names"],
-            "image": img,
-            "normalization": m["normalization"],
+            "input": data_input,
             "dataset": {"name": m["dataset"], "version": m["version"], "uri": data_uri},
             "model_name": cfg.train.model_name,
             "run_id": run_id,

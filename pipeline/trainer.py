@@ -67,7 +67,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from pipeline import artifact, checkpoints, feed, schedule
-    from pipeline.images import images_to_tensor_layout
+    from pipeline.images import ImageLayout, images_to_tensor_layout
     from pipeline.models import build_model
 
     hvd.init()
@@ -101,23 +101,31 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
 
-    spec = p["image"]
-    mean = torch.tensor(p["normalization"]["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(p["normalization"]["std"], device=device).view(1, -1, 1, 1)
+    inp = p["input"]
+    field = inp["field"]
     pin = device.type == "cuda"
+    if inp["kind"] == "images":
+        layout = ImageLayout(**{k: inp["image"][k] for k in ("height", "width", "channels")})
+        mean = torch.tensor(inp["normalization"]["mean"], device=device).view(1, -1, 1, 1)
+        std = torch.tensor(inp["normalization"]["std"], device=device).view(1, -1, 1, 1)
 
-    class _Spec:  # the three numbers images_to_tensor_layout needs
-        height, width, channels = spec["height"], spec["width"], spec["channels"]
+        def decode(batch) -> np.ndarray:
+            return images_to_tensor_layout(batch.image, layout)
 
-    def decode(batch) -> np.ndarray:
-        return images_to_tensor_layout(batch.image, _Spec)
+        def normalise(x):  # uint8 travels to the device; the float conversion happens there
+            return (x.float() / 255.0 - mean) / std
+    else:
+        def decode(batch) -> np.ndarray:
+            return np.asarray(batch.features, dtype=np.float32)  # already standardised by preprocess
+
+        def normalise(x):
+            return x
 
     def to_device(x: np.ndarray, y: np.ndarray):
         xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
         if pin:
             xt, yt = xt.pin_memory(), yt.pin_memory()
-        xt = xt.to(device, non_blocking=True)
-        return (xt.float() / 255.0 - mean) / std, yt.to(device, non_blocking=True)
+        return normalise(xt.to(device, non_blocking=True)), yt.to(device, non_blocking=True)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -129,7 +137,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64)
         try:
-            reader = feed.open_reader(url, rank, size, fields=["image", "label"], seed=None,
+            reader = feed.open_reader(url, rank, size, fields=[field, "label"], seed=None,
                                       infinite=False, shuffle=False)
         except NoDataAvailableError:
             reader = None  # fewer row groups than ranks: this rank contributes nothing
@@ -153,7 +161,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
         correct = torch.zeros((), device=device)
         seen, wait = 0, 0.0
         t0 = time.perf_counter()
-        with feed.open_reader(p["train_url"], rank, size, fields=["image", "label"],
+        with feed.open_reader(p["train_url"], rank, size, fields=[field, "label"],
                               seed=t["seed"] * 1000 + epoch, infinite=True, shuffle=True) as reader:
             batches = feed.shuffled_batches(feed.row_group_batches(reader, decode), t["batch_size"],
                                             t["shuffle_buffer"], rng)
@@ -231,6 +239,6 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         artifact.save(p["model_uri"], state, p["artifact_spec"], metrics, history, p["config"])
-        log.info("test accuracy %.4f on %d images; artifact %s", test["accuracy"], test["count"], p["model_uri"])
+        log.info("test accuracy %.4f on %d records; artifact %s", test["accuracy"], test["count"], p["model_uri"])
     hvd.shutdown()
     return metrics

@@ -19,10 +19,10 @@ def test_split_is_deterministic_across_partitionings_and_roughly_proportional(sp
     assert c != a  # the seed matters
 
 
-def test_relative_id_and_folder_label(spark):
+def test_relative_id(spark):
     df = spark.createDataFrame([Row(path="file:/lake/raw/digits/labelled/7/0001.png")])
-    out = preprocess.with_folder_label(preprocess.with_relative_id(df, "file:///lake/raw/digits/labelled")).first()
-    assert out.id == "7/0001.png" and out.label_name == "7"
+    out = preprocess.with_relative_id(df, "file:///lake/raw/digits/labelled").first()
+    assert out.id == "7/0001.png"
 
 
 def test_label_file_join_leaves_unlabelled_rows_null(spark):
