@@ -22,7 +22,7 @@ class NoInput(RuntimeError):
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config, e.g. conf/digits.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
@@ -31,7 +31,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
             add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-            argv: list[str] | None = None) -> int:
+            argv: list[str] | None = None,
+            needs_spark: Callable[[argparse.Namespace], bool] = lambda args: True) -> int:
     p = parser(description)
     if add_args:
         add_args(p)
@@ -46,9 +47,10 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
         print(f"{stage}: invalid config: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    from pipeline.session import get_spark
+    from pipeline.session import get_spark, quiet_warnings
 
-    spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg)
+    quiet_warnings()
+    spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg) if needs_spark(args) else None
     try:
         body(spark, cfg, args)
         return EXIT_OK
@@ -60,4 +62,5 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
         print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        spark.stop()
+        if spark is not None:
+            spark.stop()

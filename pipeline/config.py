@@ -107,11 +107,13 @@ class TrainConf:
     dataset_version: str = "latest"
     epochs: int = 20
     batch_size: int = 32
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    # Linear warm-up to lr * world_size over this many epochs.
+    # Linear warm-up to lr * world_size over this many epochs, then `schedule`.
     warmup_epochs: int = 1
+    schedule: Literal["cosine", "constant"] = "cosine"
     scale_lr_by_world_size: bool = True
     fp16_allreduce: bool = False
     # Stop when val accuracy has not improved for this many epochs (0 = never).

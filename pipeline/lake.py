@@ -64,6 +64,20 @@ def listdir(uri: str) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
+def empty_files(uri: str) -> list[str]:
+    """URIs of the zero-byte files under a directory (recursive), skipping hidden ones."""
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return []
+    proto = uri.split("://", 1)[0] if "://" in uri else "file"
+    out = []
+    for p, info in fs.find(path, detail=True).items():
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if info.get("size", 1) == 0 and info.get("type") == "file" and not name.startswith((".", "_")):
+            out.append(f"{proto}://{p}" if proto != "file" else f"file://{p}")
+    return sorted(out)
+
+
 def remove(uri: str) -> None:
     fs, path = _fs(uri)
     if fs.exists(path):

@@ -27,9 +27,23 @@ MISSING_LABEL = "missing_label"
 # --- transforms: DataFrame in, DataFrame out -------------------------------------------------
 
 def read_files(spark: SparkSession, source_uri: str) -> DataFrame:
-    """Every file under source_uri as (path, content). Non-images are kept so they get quarantined."""
-    return (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-            .load(source_uri).select("path", "content"))
+    """Every file under source_uri as (path, content). Non-images are kept so they get quarantined.
+
+    Spark's file sources silently skip zero-byte files, so those are found with a metadata
+    listing and added back with empty content: they must reach the quarantine too.
+    """
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+             .load(source_uri).select("path", "content"))
+    empty = lake.empty_files(source_uri)
+    if empty:
+        spark_paths = [_spark_path(u) for u in empty]
+        files = files.unionByName(spark.createDataFrame([(p, bytearray()) for p in spark_paths], files.schema))
+    return files
+
+
+def _spark_path(uri: str) -> str:
+    # Spark reports local files as file:/path, not file:///path.
+    return "file:" + uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def with_relative_id(df: DataFrame, source_uri: str) -> DataFrame:

@@ -10,11 +10,13 @@ def peak_lr(base_lr: float, world_size: int, scale: bool) -> float:
 
 
 def lr_at(epoch: float, base_lr: float, world_size: int, warmup_epochs: int, total_epochs: int,
-          scale: bool = True) -> float:
-    """Linear warm-up from base_lr to the peak, then cosine decay to zero at the last epoch."""
+          scale: bool = True, schedule: str = "cosine") -> float:
+    """Linear warm-up from base_lr to the peak, then constant or cosine decay to zero at the end."""
     peak = peak_lr(base_lr, world_size, scale)
     if warmup_epochs > 0 and epoch < warmup_epochs:
         return base_lr + (peak - base_lr) * epoch / warmup_epochs
+    if schedule == "constant":
+        return peak
     span = max(total_epochs - warmup_epochs, 1)
     progress = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,9 +1,10 @@
 """Stage 2: curated Parquet -> trained model artifact.
 
 Resolves the dataset version, plans the run (steps per epoch, learning rate, model spec),
-then launches ``trainer.train_rank`` on ``train.num_proc`` Spark tasks with
-``horovod.spark.run``. Rank 0 writes the artifact; the driver moves
-``models/<name>/_latest`` to it once every rank has returned.
+then launches ``trainer.train_rank`` with one of three launchers: on ``train.num_proc`` Spark
+tasks with ``horovod.spark.run`` (``run``), under ``horovodrun -np N`` (``run_horovodrun``), or
+in this process at world size 1 (``run_local``). Rank 0 writes the artifact; ``_latest`` moves
+to it only once training has finished.
 """
 from __future__ import annotations
 
@@ -89,20 +90,56 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+    """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
     import horovod.spark
+
+    from pipeline.trainer import train_rank
 
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
     n = cfg.train.num_proc
     params = plan(cfg, run_id, n, resume=resume)
-    log.info("training %s run %s on %d ranks, %d steps/epoch", cfg.train.model_name, run_id, n,
+    log.info("training %s run %s on %d Spark tasks, %d steps/epoch", cfg.train.model_name, run_id, n,
              params["steps_per_epoch"])
-    from pipeline.trainer import train_rank
-
     results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
                                 stdout=sys.stdout, stderr=sys.stderr, verbose=0)
-    metrics = results[0]
-    return finish(cfg, params, metrics)
+    _check_ranks_agree(results)
+    return finish(cfg, params, results[0])
+
+
+def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
+    """Launcher 2: every process started by ``horovodrun -np N`` calls this; no Spark involved."""
+    import horovod.torch as hvd
+
+    from pipeline.trainer import train_rank
+
+    hvd.init()
+    resume = run_id is not None
+    run_id = hvd.broadcast_object(run_id or lake.new_run_id(), root_rank=0, name="run_id")
+    params = plan(cfg, run_id, hvd.size(), resume=resume)
+    if hvd.rank() == 0:
+        log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
+                 hvd.size(), params["steps_per_epoch"])
+    metrics = train_rank(params)
+    return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
+
+
+def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+    """Launcher 3: one process, world size 1, for debugging (pdb and print work)."""
+    from pipeline.trainer import train_rank
+
+    resume = run_id is not None
+    run_id = run_id or lake.new_run_id()
+    params = plan(cfg, run_id, 1, resume=resume)
+    log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
+             params["steps_per_epoch"])
+    return finish(cfg, params, train_rank(params))
+
+
+def _check_ranks_agree(results: list[dict[str, Any]]) -> None:
+    steps = {r["rank"]: r["steps_run"] for r in results}
+    if len(set(steps.values())) != 1:
+        raise RuntimeError(f"ranks ran different numbers of steps: {steps}")
 
 
 def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +147,6 @@ def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict
     uri = params["model_uri"]
     if not lake.exists(f"{uri}/model.pt"):
         raise RuntimeError(f"training finished but no artifact at {uri}")
-    lake.set_latest(artifact.model_dir(cfg.lake.root, cfg.train.model_name, "").rstrip("/"), params["run_id"])
+    lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
     log.info("test accuracy %.4f; model %s", metrics["test_accuracy"], uri)
     return {**metrics, "model_uri": uri}

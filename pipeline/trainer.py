@@ -38,6 +38,15 @@ def pick_device(requested: str, local_rank: int):
     return torch.device("cuda", index)
 
 
+def make_optimizer(model, t: dict[str, Any]):
+    import torch
+
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    cls = torch.optim.Adam if t["optimizer"] == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
 def _seed_all(*parts: int) -> np.random.Generator:
     import random
 
@@ -82,7 +91,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
 
     _seed_all(t["seed"])  # identical init everywhere; the broadcast below makes it certain
     model = build_model(p["model_spec"]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    opt = make_optimizer(model, t)
 
     start_epoch, history = 0, []
     stop = {"best_acc": -1.0, "best_epoch": -1, "bad_epochs": 0}
@@ -154,6 +163,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
         return {"loss": sums[0].item() / n, "accuracy": sums[1].item() / n, "count": int(sums[2].item())}
 
     steps = p["steps_per_epoch"]
+    steps_run, rows_read = 0, 0  # this rank's own totals, returned for accounting checks
     for epoch in range(start_epoch, t["epochs"]):
         rng = _seed_all(t["seed"], rank, epoch)
         model.train()
@@ -171,7 +181,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
                 xt, yt = to_device(x, y)
                 wait += time.perf_counter() - tw
                 lr = schedule.lr_at(epoch + step / steps, t["lr"], size, t["warmup_epochs"], t["epochs"],
-                                    t["scale_lr_by_world_size"])
+                                    t["scale_lr_by_world_size"], t["schedule"])
                 for g in opt.param_groups:
                     g["lr"] = lr
                 opt.zero_grad()
@@ -188,10 +198,12 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
                 else:
                     loss.backward()
                     opt.step()
+                steps_run += 1
                 loss_sum += loss.detach().float() * len(y)
                 correct += (out.detach().argmax(1) == yt).sum()
                 seen += len(y)
         elapsed = time.perf_counter() - t0
+        rows_read += seen
         tot = hvd.allreduce(torch.tensor([loss_sum.item(), correct.item(), seen, wait, elapsed],
                                          dtype=torch.float64), op=hvd.Sum, name="train.sums")
         val = evaluate(p["val_url"])
@@ -229,7 +241,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     test = evaluate(p["test_url"])
     last = history[-1] if history else {}
     metrics = {
-        "run_id": p["run_id"], "world_size": size, "device": str(device), "epochs_run": len(history),
+        "run_id": p["run_id"], "world_size": size, "rank": rank, "steps_run": steps_run, "rows_read": rows_read, "device": str(device), "epochs_run": len(history),
         "best_epoch": stop["best_epoch"] + 1, "steps_per_epoch": steps,
         "val_accuracy": stop["best_acc"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "test_count": test["count"], "train_accuracy": last.get("train_accuracy"),
