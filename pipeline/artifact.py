@@ -106,7 +106,7 @@ class LoadedModel:
         out = []
         with torch.inference_mode():
             for i in range(0, len(inputs), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size])).to(self.device)
+                x = torch.from_numpy(np.require(inputs[i:i + batch_size], requirements=["C", "W"])).to(self.device)
                 x = (x.float() / 255.0 - mean) / std if inp["kind"] == "images" else x.float()
                 out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)

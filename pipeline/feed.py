@@ -24,6 +24,22 @@ def open_reader(url: str, rank: int, size: int, *, fields: list[str], seed: int 
     )
 
 
+def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], seed: int,
+                       decode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This rank's shard as an endless stream of row groups, reshuffled on every pass.
+
+    Each pass opens a fresh single-pass reader seeded with (seed, pass). Petastorm's own
+    ``num_epochs=None`` mode reorders row groups nondeterministically when the process is
+    busy (a ventilator race, seen under load), which would make runs and resumes diverge.
+    """
+    p = 0
+    while True:
+        pass_seed = int(np.random.SeedSequence([seed, p]).generate_state(1)[0] % (2**31))
+        with open_reader(url, rank, size, fields=fields, seed=pass_seed, infinite=False, shuffle=True) as reader:
+            yield from row_group_batches(reader, decode)
+        p += 1
+
+
 def row_group_batches(reader, decode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, labels) per row group, features decoded by ``decode(column)``."""
     for batch in reader:

@@ -104,7 +104,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str
     results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
                                 stdout=sys.stdout, stderr=sys.stderr, verbose=0)
     _check_ranks_agree(results)
-    return finish(cfg, params, results[0])
+    return finish(cfg, params, results[0], results)
 
 
 def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -142,11 +142,13 @@ def _check_ranks_agree(results: list[dict[str, Any]]) -> None:
         raise RuntimeError(f"ranks ran different numbers of steps: {steps}")
 
 
-def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """Driver side, after every rank returned: point _latest at the artifact."""
+def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
+           ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """After training: point _latest at the artifact; return rank 0's metrics (+ per-rank accounting)."""
     uri = params["model_uri"]
     if not lake.exists(f"{uri}/model.pt"):
         raise RuntimeError(f"training finished but no artifact at {uri}")
     lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
     log.info("test accuracy %.4f; model %s", metrics["test_accuracy"], uri)
-    return {**metrics, "model_uri": uri}
+    accounting = [{k: r[k] for k in ("rank", "steps_run", "rows_read")} for r in (ranks or [metrics])]
+    return {**metrics, "model_uri": uri, "ranks": accounting}

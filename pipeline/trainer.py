@@ -100,13 +100,16 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     if ck_uri:
         ck = checkpoints.load(ck_uri)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
         start_epoch, history, stop, best_state = ck["epoch"] + 1, ck["history"], ck["early_stopping"], ck["best_model"]
         if rank == 0:
             log.info("resuming from %s at epoch %d", ck_uri, start_epoch + 1)
 
     compression = hvd.Compression.fp16 if t["fp16_allreduce"] else hvd.Compression.none
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression)
+    if ck_uri:
+        # After wrapping: DistributedOptimizer builds a new optimizer from the param groups
+        # and would drop state loaded into the original (momentum, Adam moments).
+        opt.load_state_dict(ck["optimizer"])
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
 
@@ -171,10 +174,10 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
         correct = torch.zeros((), device=device)
         seen, wait = 0, 0.0
         t0 = time.perf_counter()
-        with feed.open_reader(p["train_url"], rank, size, fields=[field, "label"],
-                              seed=t["seed"] * 1000 + epoch, infinite=True, shuffle=True) as reader:
-            batches = feed.shuffled_batches(feed.row_group_batches(reader, decode), t["batch_size"],
-                                            t["shuffle_buffer"], rng)
+        chunks = feed.endless_row_groups(p["train_url"], rank, size, fields=[field, "label"],
+                                         seed=t["seed"] * 1000 + epoch, decode=decode)
+        try:
+            batches = feed.shuffled_batches(chunks, t["batch_size"], t["shuffle_buffer"], rng)
             for step in range(steps):
                 tw = time.perf_counter()
                 x, y = next(batches)
@@ -202,6 +205,8 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
                 loss_sum += loss.detach().float() * len(y)
                 correct += (out.detach().argmax(1) == yt).sum()
                 seen += len(y)
+        finally:
+            chunks.close()  # stops the open reader
         elapsed = time.perf_counter() - t0
         rows_read += seen
         tot = hvd.allreduce(torch.tensor([loss_sum.item(), correct.item(), seen, wait, elapsed],

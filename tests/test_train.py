@@ -1,0 +1,166 @@
+"""Training through each launcher, on real curated data, with real Horovod processes."""
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, job_env
+from pipeline import artifact, lake, preprocess, sample_data, train
+from pipeline.config import load_config
+
+DATE = "2026-03-01"
+
+
+@pytest.fixture(scope="module")
+def digits(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lake")
+    cfg = load_config("conf/digits.yaml", [f"lake.root={root}"])
+    sample_data.write_digits(cfg, DATE)
+    m = preprocess.run(spark, cfg)
+    return root, m
+
+
+def _cfg(root, *overrides):
+    return load_config("conf/digits.yaml", [f"lake.root={root}", *overrides])
+
+
+def _horovodrun(root, *args, overrides=(), **popen):
+    cmd = ["horovodrun", "-np", "2", "-H", "localhost:2", "python", "jobs/train.py", "--config", "conf/digits.yaml",
+           "--set", f"lake.root={root}", *[x for o in overrides for x in ("--set", o)], *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **popen)
+
+
+def test_local_launcher_trains_and_is_reproducible(digits):
+    root, _ = digits
+    cfg = _cfg(root, "train.epochs=4", "train.model_name=local-cnn")
+    a = train.run_local(cfg)
+    b = train.run_local(cfg)
+    assert a["world_size"] == 1 and a["test_accuracy"] > 0.85
+    assert a["run_id"] != b["run_id"]
+    hist_a = lake.read_json(f"{a['model_uri']}/history.json")
+    hist_b = lake.read_json(f"{b['model_uri']}/history.json")
+    for x, y in zip(hist_a, hist_b):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-6)
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-6)
+    assert a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_horovodrun_launcher(digits):
+    root, _ = digits
+    p = _horovodrun(root, overrides=["train.epochs=3", "train.model_name=hvdrun-cnn"])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert out.count("test accuracy:") == 1, out[-3000:]  # printed by rank 0 only
+    run_id = lake.get_latest(f"file://{root}/models/hvdrun-cnn")
+    metrics = lake.read_json(f"file://{root}/models/hvdrun-cnn/{run_id}/metrics.json")
+    assert metrics["world_size"] == 2 and metrics["test_accuracy"] > 0.8
+
+
+def _make_uneven(root, m, sizes):
+    """Rewrite the train split as files of the given row counts (one row group each)."""
+    uri = m["splits"]["train"]["uri"]
+    path = lake.local_path(uri)
+    t = pq.read_table(path)
+    assert sum(sizes) == t.num_rows
+    lake.remove(uri)
+    os.makedirs(path)
+    start = 0
+    for i, n in enumerate(sizes):
+        pq.write_table(t.slice(start, n), f"{path}/part-{i:05d}.parquet", row_group_size=n)
+        start += n
+
+
+def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("uneven")
+    cfg = _cfg(root, "train.epochs=3", "train.model_name=uneven-cnn", "preprocess.files_per_split=3")
+    sample_data.write_digits(cfg, DATE)
+    m = preprocess.run(spark, cfg)
+    n = m["splits"]["train"]["count"]
+    # Rank 0 gets row groups 0 and 2, rank 1 only row group 1: a 10x imbalance.
+    _make_uneven(root, m, [n - 120, 60, 60])
+    result = train.run(spark, cfg)  # real horovod.spark.run, 2 ranks on local[2]
+    ranks = sorted(result["ranks"], key=lambda r: r["rank"])
+    steps = result["steps_per_epoch"]
+    assert steps == n // (32 * 2)
+    assert [r["steps_run"] for r in ranks] == [steps * 3, steps * 3]
+    assert [r["rows_read"] for r in ranks] == [steps * 3 * 32] * 2
+    # Evaluation covers every row exactly once across the uneven shards.
+    assert result["test_count"] == m["splits"]["test"]["count"]
+    hist = lake.read_json(f"{result['model_uri']}/history.json")
+    assert [h["samples"] for h in hist] == [steps * 32 * 2] * 3
+
+
+def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
+    root, _ = digits
+    over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn"]
+    ck_dir = f"{root}/models/resume-cnn"
+    p = _horovodrun(root, overrides=over)
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            cks = [f for f in os.listdir(ck_dir) for f in os.listdir(f"{ck_dir}/{f}/checkpoints")] \
+                if os.path.isdir(ck_dir) and any(os.path.isdir(f"{ck_dir}/{d}/checkpoints") for d in os.listdir(ck_dir)) else []
+            if "epoch=0001.pt" in cks:
+                ranks = [c for c in psutil.Process(p.pid).children(recursive=True)
+                         if "jobs/train.py" in " ".join(c.cmdline()) and c.name().startswith("python")]
+                killed = ranks[-1]
+                killed.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert killed is not None, "training finished before a worker could be killed"
+    assert p.returncode != 0
+    (run_id,) = [d for d in os.listdir(ck_dir) if not d.startswith("_")]
+    assert not os.path.exists(f"{ck_dir}/{run_id}/model.pt")  # it never finished
+    assert not os.path.exists(f"{ck_dir}/_latest")
+
+    r = _horovodrun(root, "--resume", run_id, overrides=over)
+    out, _ = r.communicate(timeout=600)
+    assert r.returncode == 0, out[-3000:]
+    assert "resuming from" in out
+
+    ref = _horovodrun(root, overrides=over[:2] + ["train.model_name=reference-cnn"])
+    ref_out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, ref_out[-3000:]
+    resumed = lake.read_json(f"file://{ck_dir}/{run_id}/history.json")
+    ref_id = lake.get_latest(f"file://{root}/models/reference-cnn")
+    reference = lake.read_json(f"file://{root}/models/reference-cnn/{ref_id}/history.json")
+    assert len(resumed) == len(reference) == 6
+    for a, b in zip(resumed, reference):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+    m_res = lake.read_json(f"file://{ck_dir}/{run_id}/metrics.json")
+    m_ref = lake.read_json(f"file://{root}/models/reference-cnn/{ref_id}/metrics.json")
+    assert m_res["test_accuracy"] == m_ref["test_accuracy"]
+
+
+def test_load_model_returns_everything_scoring_needs(digits):
+    root, m = digits
+    cfg = _cfg(root, "train.epochs=2", "train.model_name=loadable")
+    train.run_local(cfg)
+    loaded = artifact.load_model(cfg.lake.root, "loadable@latest")
+    assert loaded.label_names == [str(i) for i in range(10)]
+    assert loaded.spec["dataset"]["version"] == m["version"]
+    t = pq.read_table(lake.local_path(m["splits"]["test"]["uri"])).to_pandas()
+    from pipeline.images import ImageLayout, images_to_tensor_layout
+
+    x = images_to_tensor_layout(t["image"], ImageLayout(8, 8, 1))
+    probs = loaded.predict_proba(x)
+    assert probs.shape == (len(t), 10)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    with pytest.raises(artifact.ModelNotFound, match="runs available"):
+        artifact.load_model(cfg.lake.root, "loadable@nope")
+    with pytest.raises(artifact.ModelNotFound, match="no trained model named 'ghost'"):
+        artifact.load_model(cfg.lake.root, "ghost@latest")
