@@ -366,4 +366,9 @@ def test_training_ranks_ran_from_the_archive(cluster_run):
     workers = {next(r for r in cluster_run["watch"].roots if s.cwd.startswith(r)) for s in by_rank.values()}
     assert len(workers) == 2, [s.cwd for s in by_rank.values()]
     for s in ranks:
+        assert not s.interpreter.startswith(str(DRIVER_PREFIX) + os.sep), (
+            f"rank {s.environ.get('HOROVOD_RANK')} ran the driver's interpreter {s.interpreter}, which does not "
+            "exist on a real cluster's executors: horovod.spark.run starts ranks with the driver's sys.executable "
+            "unless given executable=; pipeline/train.py should pass executable=spark.sparkContext.pythonExec "
+            "(here ./env/bin/python, from spark.pyspark.python)")
         _assert_from_the_archive(s, must_map=("libtorch_cpu", "horovod/torch/mpi_lib"))

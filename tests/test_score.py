@@ -1,0 +1,177 @@
+"""Batch scoring: idempotent partitions, quarantine, model loads, clear errors."""
+import hashlib
+import os
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, job_env
+from pipeline import artifact, cli, lake, manifest, preprocess, sample_data, score, tabular, train
+from pipeline.config import load_config
+
+D1, D2 = "2026-04-01", "2026-04-02"
+
+
+@pytest.fixture(scope="module")
+def digits(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lake")
+    cfg = load_config("conf/digits.yaml", [f"lake.root={root}", "train.epochs=3"])
+    sample_data.write_digits(cfg, D1, bad_records=True)
+    sample_data.write_digits(cfg, D2)
+    preprocess.run(spark, cfg)
+    train.run_local(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cancer(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lake")
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={root}", "train.epochs=5"])
+    sample_data.write_breast_cancer(cfg, D1, bad_records=True)
+    preprocess.run(spark, cfg)
+    train.run_local(cfg)
+    return cfg
+
+
+def _partition(cfg, date, name="digits-cnn"):
+    return cfg.uri("predictions", name, f"dt={date}")
+
+
+def _table(uri):
+    return pq.read_table(lake.local_path(uri)).to_pandas().sort_values(pq.read_table(lake.local_path(uri)).column_names[0])
+
+
+def _digest(uri):
+    path = lake.local_path(uri)
+    h = hashlib.sha256()
+    for f in sorted(os.listdir(path)):
+        with open(os.path.join(path, f), "rb") as fh:
+            h.update(f.encode() + fh.read())
+    return h.hexdigest()
+
+
+def test_nightly_runs_are_idempotent_per_date(spark, digits):
+    m1 = score.run(spark, digits, D1)
+    m2 = score.run(spark, digits, D2)
+    d2_before = _digest(_partition(digits, D2))
+    first = _table(_partition(digits, D1))
+    again = score.run(spark, digits, D1)  # the scheduler re-runs D1
+    second = _table(_partition(digits, D1))
+    assert len(first) == len(second) == m1["output_count"] == again["output_count"] == 179
+    cols = [c for c in first.columns if c != "scored_at"]  # scored_at records when, so it moves
+    assert first[cols].reset_index(drop=True).equals(second[cols].reset_index(drop=True))
+    assert _digest(_partition(digits, D2)) == d2_before  # other dates untouched
+    assert sorted(d for d in lake.listdir(digits.uri("predictions", "digits-cnn")) if d.startswith("dt=")) == \
+        [f"dt={D1}", f"dt={D2}"]
+    assert not [d for d in lake.listdir(digits.uri("predictions", "digits-cnn", "_staging"))]
+    assert m2["output_count"] == 179 and m2["quarantined_count"] == 0
+
+
+def test_bad_files_are_quarantined_and_the_manifest_reconciles(spark, digits):
+    m = score.run(spark, digits, D1)
+    assert m["input_count"] == 179 + 5 == m["output_count"] + m["quarantined_count"]
+    assert m["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1, "too_many_pixels": 1,
+                                          "truncated_image": 1, "unsupported_mode": 1}
+    q = pq.read_table(lake.local_path(m["quarantine_uri"])).to_pandas()
+    assert set(q["stage"]) == {"score.prepare"} and len(q) == 5
+    assert manifest.read(_partition(digits, D1))["run_id"] == m["run_id"]
+
+
+def test_model_is_loaded_once_per_worker_not_per_batch(spark, digits):
+    small = load_config("conf/digits.yaml", [f"lake.root={digits.lake.root}", "score.batch_size=8"])
+    large = load_config("conf/digits.yaml", [f"lake.root={digits.lake.root}", "score.batch_size=512"])
+    loads_small = score.run(spark, small, D2)["model_loads"]  # ~23 batches
+    loads_large = score.run(spark, large, D2)["model_loads"]  # ~1 batch per task
+    # local[2] reuses its Python workers; each loads once. The module cache persists across
+    # runs in a reused worker, so later runs may load 0 times.
+    assert loads_small <= 2 and loads_large <= 2
+
+
+def test_a_failed_swap_leaves_the_previous_partition_intact(spark, digits, monkeypatch):
+    score.run(spark, digits, D2)
+    before = _digest(_partition(digits, D2))
+    real_move = lake.move
+
+    def failing_move(src, dst):
+        if "/_staging/" in src:
+            raise OSError("simulated failure while publishing")
+        return real_move(src, dst)
+
+    monkeypatch.setattr(lake, "move", failing_move)
+    with pytest.raises(OSError, match="simulated"):
+        score.run(spark, digits, D2)
+    monkeypatch.undo()
+    assert _digest(_partition(digits, D2)) == before
+
+
+def test_missing_model_or_run_is_a_clear_error(spark, digits):
+    with pytest.raises(artifact.ModelNotFound, match="no trained model named 'ghost'"):
+        score.run(spark, digits, D1, "ghost@latest")
+    with pytest.raises(artifact.ModelNotFound, match=r"digits-cnn@20990101.*runs available: \['20"):
+        score.run(spark, digits, D1, "digits-cnn@20990101T000000Z-000000")
+
+
+def test_no_input_for_the_date(spark, digits):
+    with pytest.raises(cli.NoInput, match="2030-01-01"):
+        score.run(spark, digits, "2030-01-01")
+
+
+def test_tabular_scoring_reuses_fitted_parameters_and_handles_unseen_values(spark, cancer):
+    src = cancer.resolve(cancer.dataset.score_source)
+    path = lake.local_path(f"{src}/dt={D2}")
+    os.makedirs(path)
+    with open(lake.local_path(f"{src}/dt={D1}/cases.csv")) as f:
+        header, first = f.readline().strip(), f.readline().strip()
+    fields = first.split(",")
+    unseen = ",".join(["new-category", *fields[1:-1], "gigantic"])
+    missing = ",".join(["missing-value", "", *fields[2:]])
+    with open(f"{path}/cases.csv", "w") as f:
+        f.write("\n".join([header, first, unseen, missing]) + "\n")
+    m = score.run(spark, cancer, D2)
+    assert m["output_count"] == 3 and m["quarantined_count"] == 0
+    t = _table(_partition(cancer, D2, "breast-cancer-mlp")).set_index("id")
+    assert set(t["prediction"]) <= {"benign", "malignant"}
+    assert t.loc["new-category", "probabilities"] is not None
+
+
+def test_tabular_bad_rows_are_quarantined(spark, cancer):
+    m = score.run(spark, cancer, D1)
+    assert m["quarantined_by_reason"] == {"malformed_record": 1, "non_finite": 2, "wrong_type": 1}
+    assert m["input_count"] == m["output_count"] + m["quarantined_count"] == 56 + 4
+
+
+@pytest.mark.parametrize("change", ["added", "missing"])
+def test_schema_drift_is_a_clear_error(spark, cancer, change):
+    src = cancer.resolve(cancer.dataset.score_source)
+    date = "2026-05-01" if change == "added" else "2026-05-02"
+    path = lake.local_path(f"{src}/dt={date}")
+    os.makedirs(path)
+    with open(lake.local_path(f"{src}/dt={D1}/cases.csv")) as f:
+        header, first = f.readline().strip(), f.readline().strip()
+    if change == "added":
+        header, first = header + ",new_sensor", first + ",1.0"
+        match = r"not declared \['new_sensor'\]"
+    else:
+        header, first = header.replace(",mean_texture", ""), ",".join(first.split(",")[:2] + first.split(",")[3:])
+        match = r"missing \['mean_texture'\]"
+    with open(f"{path}/cases.csv", "w") as f:
+        f.write(header + "\n" + first + "\n")
+    with pytest.raises(tabular.SchemaDriftError, match=match):
+        score.run(spark, cancer, date)
+
+
+def test_exit_codes_through_spark_submit(digits):
+    def submit(*args):
+        return subprocess.run(["spark-submit", "--master", "local[1]", "jobs/score.py", "--config", "conf/digits.yaml",
+                               "--set", f"lake.root={digits.lake.root}", *args],
+                              cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=300)
+    # spark-submit forwards the Python driver's stderr on its stdout: read both.
+    no_input = submit("--date", "2031-01-01")
+    assert no_input.returncode == cli.EXIT_NO_INPUT, no_input.stdout[-2000:]
+    assert "score: no input: nothing to score for 2031-01-01" in no_input.stdout + no_input.stderr
+    bad_model = submit("--date", D1, "--model", "ghost@latest")
+    assert bad_model.returncode == cli.EXIT_FAILED and "ModelNotFound" in bad_model.stdout + bad_model.stderr
+    bad_config = submit("--date", D1, "--set", "score.batch_size=many")
+    assert bad_config.returncode == cli.EXIT_BAD_CONFIG
+    assert "score.batch_size: expected an integer" in bad_config.stdout + bad_config.stderr
