@@ -21,6 +21,12 @@ class NoInput(RuntimeError):
     """Raised when a job finds no input to process (a scheduler may treat this as 'skip')."""
 
 
+def _quiet_py4j_retries(record: logging.LogRecord) -> bool:
+    # py4j logs a traceback at INFO on the root logger whenever it retries on a stale pooled
+    # connection (horovod.spark.run's background thread triggers it); it is recovered, not an error.
+    return not (record.levelno < logging.WARNING and "py4j" in record.pathname)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config, e.g. conf/digits.yaml")
@@ -41,6 +47,8 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
                         stream=sys.stdout)
     for noisy in ("py4j", "petastorm", "horovod", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_py4j_retries)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
