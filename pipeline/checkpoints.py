@@ -17,7 +17,8 @@ def _name(epoch: int) -> str:
     return f"epoch={epoch:04d}.pt"
 
 
-def save(checkpoint_dir: str, epoch: int, state: dict[str, Any]) -> str:
+def save(checkpoint_dir: str, epoch: int, state: dict[str, Any], keep: int = 0) -> str:
+    """Write epoch's checkpoint, move _latest to it, then drop all but the newest ``keep`` (0 = keep all)."""
     import torch
 
     buf = io.BytesIO()
@@ -25,6 +26,10 @@ def save(checkpoint_dir: str, epoch: int, state: dict[str, Any]) -> str:
     uri = f"{checkpoint_dir}/{_name(epoch)}"
     lake.write_bytes(uri, buf.getvalue())
     lake.set_latest(checkpoint_dir, _name(epoch))
+    if keep > 0:
+        names = sorted(n for n in lake.listdir(checkpoint_dir) if n.startswith("epoch=") and n.endswith(".pt"))
+        for old in names[:-keep]:
+            lake.remove(f"{checkpoint_dir}/{old}")
     return uri
 
 

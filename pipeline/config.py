@@ -119,6 +119,8 @@ class TrainConf:
     # Stop when val accuracy has not improved for this many epochs (0 = never).
     early_stopping_patience: int = 0
     shuffle_buffer: int = 2048
+    # Checkpoints kept per run (the newest ones); 0 keeps every epoch's.
+    keep_checkpoints: int = 3
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"

@@ -235,7 +235,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "step": (epoch + 1) * steps, "history": history, "early_stopping": stop,
                 "best_model": best_state, "model_spec": p["model_spec"], "config": p["config"],
-            })
+            }, keep=t["keep_checkpoints"])
         if t["early_stopping_patience"] and stop["bad_epochs"] >= t["early_stopping_patience"]:
             if rank == 0:
                 log.info("early stop: val accuracy has not improved for %d epochs", stop["bad_epochs"])
