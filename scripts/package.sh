@@ -28,7 +28,9 @@ DIST="${DIST:-$ROOT/dist}"
 TORCH_VERSION="2.13.0"
 HOROVOD_VERSION="0.28.1"
 WHEEL_DIR="$CACHE/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION"
+# venv-pack: the project's (.venv, from the test extra), else one on PATH
 VENV_PACK="${VENV_PACK:-$ROOT/.venv/bin/venv-pack}"
+[ -x "$VENV_PACK" ] || VENV_PACK="$(command -v venv-pack || echo "$VENV_PACK")"
 
 die() { echo "package: ERROR: $*" >&2; exit 1; }
 log() { echo "package: $*" >&2; }
@@ -37,7 +39,7 @@ ZIP_ONLY=0
 case "${1:-}" in
   "") ;;
   --zip-only) ZIP_ONLY=1 ;;
-  -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (usage: scripts/package.sh [--zip-only])" ;;
 esac
 
@@ -52,9 +54,9 @@ mkdir -p "$DIST"
 "$PYTHON" - "$ROOT" "$DIST/pipeline.zip" <<'PY'
 import os, sys, zipfile
 root, out = sys.argv[1], sys.argv[2]
-files = sorted(os.path.relpath(os.path.join(d, f), root)
+files = sorted(os.path.relpath(os.path.join(d, f), root)  # sources and any package data
                for d, dirs, fs in os.walk(os.path.join(root, "pipeline"))
-               if "__pycache__" not in d for f in fs if f.endswith(".py"))
+               if "__pycache__" not in d for f in fs if not f.endswith((".pyc", ".pyo")))
 if "pipeline/__init__.py" not in files:
     sys.exit(f"package: ERROR: no pipeline/__init__.py under {root}")
 tmp = out + ".tmp"
