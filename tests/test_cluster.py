@@ -369,6 +369,7 @@ def test_training_ranks_ran_from_the_archive(cluster_run):
         assert not s.interpreter.startswith(str(DRIVER_PREFIX) + os.sep), (
             f"rank {s.environ.get('HOROVOD_RANK')} ran the driver's interpreter {s.interpreter}, which does not "
             "exist on a real cluster's executors: horovod.spark.run starts ranks with the driver's sys.executable "
-            "unless given executable=; pipeline/train.py should pass executable=spark.sparkContext.pythonExec "
-            "(here ./env/bin/python, from spark.pyspark.python)")
+            "unless given executable=. pipeline/train.py should pass executable=spark.sparkContext.pythonExec "
+            "(here ./env/bin/python) and env={'PYTHONPATH': <basenames of spark.submit.pyFiles>}, without which "
+            "the archive's interpreter cannot import pipeline (docs/cluster.md, 'Horovod ranks on the executors')")
         _assert_from_the_archive(s, must_map=("libtorch_cpu", "horovod/torch/mpi_lib"))
