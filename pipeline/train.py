@@ -9,6 +9,7 @@ to it only once training has finished.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -101,8 +102,15 @@ def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str
     params = plan(cfg, run_id, n, resume=resume)
     log.info("training %s run %s on %d Spark tasks, %d steps/epoch", cfg.train.model_name, run_id, n,
              params["steps_per_epoch"])
+    # horovod starts each rank as a new process on the executor, by default with the driver's
+    # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
+    # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
+    # the executor's working directory but not on a child process's PYTHONPATH.
+    py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
     results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
-                                stdout=sys.stdout, stderr=sys.stderr, verbose=0)
+                                stdout=sys.stdout, stderr=sys.stderr, verbose=0,
+                                executable=spark.sparkContext.pythonExec,
+                                env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)
     _check_ranks_agree(results)
     return finish(cfg, params, results[0], results)
 
