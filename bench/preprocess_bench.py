@@ -1,0 +1,521 @@
+"""Preprocessing throughput: the Spark job against a single-process loop doing the same work.
+
+    source scripts/env.sh
+    python bench/preprocess_bench.py                    # defaults, a few minutes on 2 cores
+    python bench/preprocess_bench.py --images 50000 --rows 2000000 --repeats 3
+    python bench/preprocess_bench.py --only tabular --conf spark.sql.shuffle.partitions=2
+
+Data: ``pipeline.synthetic`` writes ``--images`` JPEGs of ``--raw-size`` pixels (the job
+resizes them to ``conf/synthetic_images.yaml``'s 32x32x3) and ``--rows`` rows of
+``conf/synthetic_tabular.yaml`` (20 numeric, 2 categorical columns) as CSV into a temporary
+lake (``--lake`` to choose it).
+
+Spark: ``pipeline.preprocess.run(spark, cfg)`` on a session built by ``pipeline.session.get_spark``
+with master ``local[1]``, then on a fresh one with ``local[2]`` (``--cores``). Each session first
+does one untimed run on a small data set, so JVM start-up, JIT warm-up and Python worker
+start-up are not counted; then the ``run()`` call is timed ``--repeats`` times and the best is
+reported. Timed: listing, reading, decoding/validating, the statistics, fitting, the Parquet
+writes of the three splits, the manifest and ``_latest``.
+
+Loop: one Python process, pyarrow limited to one thread, doing the same work on the same
+files with the same code where the job has Python code (``pipeline.images.decode_frames``,
+i.e. ``decode_image`` with the same ``ImageSpec`` plus the pixel moments) and the same semantics
+where the job is Spark SQL (the tabular validation, split hash, fit and encoding), writing the
+same columns to the same number of Parquet files per split. Timed: from listing the files to
+the written manifest; imports and one warm-up run are not. Both sides read files that are in
+the page cache (they were just written).
+
+Reported per kind: records/s of each, records/s per core for Spark, and the ratio
+``(spark_rate / cores) / loop_rate``. "cores" is the ``local[N]`` task slots; the CPU time
+actually used (driver, JVM and Python workers together; workers that exit during a run are
+not counted) is printed next to it, because ``local[1]`` runs a JVM thread, the JVM's own
+threads and a Python worker at once and can use more than one core. The loop's outputs are
+checked against the job's manifest (counts per split and class, statistics) so both did the
+same work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import lake, preprocess, synthetic  # noqa: E402
+from pipeline.config import Config, SplitConf, load_config  # noqa: E402
+from pipeline.images import DECODED_DDL, ImageSpec, decode_frames  # noqa: E402,F401
+from pipeline.session import get_spark  # noqa: E402
+
+IMAGES_CONF = str(ROOT / "conf" / "synthetic_images.yaml")
+TABULAR_CONF = str(ROOT / "conf" / "synthetic_tabular.yaml")
+BATCH = 1024  # the job's spark.sql.execution.arrow.maxRecordsPerBatch (pipeline/session.py)
+# Confs this benchmark recommends to users of preprocess (see bench/README.md); --as-shipped drops them.
+RECOMMENDED_CONFS = {
+    # Spark packs small files into a task as if each cost 4 MB to open: 64x64 JPEGs then run
+    # ~32 files per task, and per-task overhead (a Python worker round trip each) dominates.
+    "spark.sql.files.openCostInBytes": "16384",
+    # tabular.with_reason compiles to a 31.7 KB method, over HotSpot's 8 KB JIT limit, so it runs
+    # interpreted; at 8000 Spark falls back to smaller, JIT-compiled per-expression code (Spark docs).
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+
+
+# --- Spark's xxhash64(seed_int, id_string), vectorised, so the loop assigns the same splits ---
+
+_P1, _P2, _P3, _P4, _P5 = (np.uint64(p) for p in (
+    11400714785074694791, 14029467366897019727, 1609587929392839161, 9650029242287828579, 2870177450012600261))
+
+
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+def _round(acc, lane):
+    return _rotl(acc + lane * _P2, 31) * _P1
+
+
+def _fmix(h):
+    h = (h ^ (h >> np.uint64(33))) * _P2
+    h = (h ^ (h >> np.uint64(29))) * _P3
+    return h ^ (h >> np.uint64(32))
+
+
+def _lanes(data: np.ndarray, offset: int, width: int) -> np.ndarray:
+    return np.ascontiguousarray(data[:, offset:offset + width]).view("<u8" if width == 8 else "<u4").ravel().astype(np.uint64)
+
+
+def _xxh64_fixed(data: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """XXH64 of n byte strings of one length (an (n, L) uint8 array) with per-row seeds."""
+    n, length = data.shape
+    off = 0
+    with np.errstate(over="ignore"):
+        if length >= 32:
+            v = [seed + _P1 + _P2, seed + _P2, seed.copy(), seed - _P1]
+            while off + 32 <= length:
+                v = [_round(v[k], _lanes(data, off + 8 * k, 8)) for k in range(4)]
+                off += 32
+            h = _rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)
+            for k in range(4):
+                h = (h ^ _round(np.zeros(n, np.uint64), v[k])) * _P1 + _P4
+        else:
+            h = seed + _P5
+        h = h + np.uint64(length)
+        while off + 8 <= length:
+            h = _rotl(h ^ _round(np.zeros(n, np.uint64), _lanes(data, off, 8)), 27) * _P1 + _P4
+            off += 8
+        if off + 4 <= length:
+            h = _rotl(h ^ (_lanes(data, off, 4) * _P1), 23) * _P2 + _P3
+            off += 4
+        while off < length:
+            h = _rotl(h ^ (data[:, off].astype(np.uint64) * _P5), 11) * _P1
+            off += 1
+        return _fmix(h)
+
+
+def _xxh64_int(value: int, seed: int) -> np.uint64:
+    with np.errstate(over="ignore"):
+        h = np.array([seed], np.uint64) + _P5 + np.uint64(4)
+        h = _rotl(h ^ (np.uint64(value & 0xFFFFFFFF) * _P1), 23) * _P2 + _P3
+        return _fmix(h)[0]
+
+
+def spark_split(ids: list[str], split: SplitConf) -> np.ndarray:
+    """The split preprocess.with_split assigns: pmod(xxhash64(seed, id), 1e6) / 1e6 against the fractions."""
+    seed = _xxh64_int(split.seed, 42)  # Spark's xxhash64 starts from 42 and chains column by column
+    encoded = [s.encode() for s in ids]
+    lengths = np.fromiter((len(b) for b in encoded), np.int64, len(encoded))
+    hashes = np.empty(len(encoded), np.uint64)
+    for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        data = np.frombuffer(b"".join(encoded[i] for i in idx), np.uint8).reshape(len(idx), int(length))
+        hashes[idx] = _xxh64_fixed(data, np.full(len(idx), seed, np.uint64))
+    u = (hashes.view(np.int64) % 1_000_000) / 1_000_000.0
+    return np.where(u < split.train, "train", np.where(u < split.train + split.val, "val", "test"))
+
+
+# --- the single-process loops ---------------------------------------------------------------
+
+def _write_split(table: pa.Table, out_dir: str, files: int) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    for k, idx in enumerate(np.array_split(np.arange(table.num_rows), files)):
+        pq.write_table(table.take(pa.array(idx)), f"{out_dir}/part-{k:05d}.parquet")
+
+
+def _split_counts(splits: np.ndarray, labels: np.ndarray) -> dict:
+    out = {}
+    for s in preprocess.SPLITS:
+        mask = splits == s
+        names, counts = np.unique(labels[mask], return_counts=True)
+        out[s] = {"count": int(mask.sum()), "class_counts": dict(zip(names.tolist(), counts.tolist()))}
+    return out
+
+
+def images_loop(cfg: Config, out_dir: str) -> dict:
+    """Read, decode (pipeline.images.decode_frames), label, split, normalise, write Parquet."""
+    spec = ImageSpec.from_conf(cfg.dataset.image)
+    source = lake.local_path(cfg.resolve(cfg.dataset.source)).rstrip("/")
+    paths = sorted(os.path.join(d, f) for d, dirs, files in os.walk(source)
+                   for f in files if not f.startswith((".", "_")))
+    ids, spark_paths, images, labels, reasons = [], [], [], [], []
+    px_sum, px_sumsq = [], []
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start:start + BATCH]
+        contents = []
+        for p in chunk:
+            with open(p, "rb") as f:
+                contents.append(f.read())
+        frame = pd.DataFrame({"path": chunk, "content": contents})
+        for out in decode_frames(iter([frame]), spec):
+            images += list(out["image"]); reasons += list(out["reason"])
+            px_sum += list(out["px_sum"]); px_sumsq += list(out["px_sumsq"])
+        ids += [p[len(source) + 1:] for p in chunk]
+        spark_paths += ["file:" + p for p in chunk]
+        labels += [p.rsplit("/", 2)[-2] for p in chunk]
+    reasons_a = np.array([r if r is not None else "" for r in reasons], dtype=object)
+    good = reasons_a == ""
+    splits = spark_split(ids, cfg.preprocess.split)
+    names = preprocess.sort_labels(sorted(set(np.array(labels)[good].tolist())))
+    index = {n: i for i, n in enumerate(names)}
+    train = good & (splits == "train")
+    s = np.sum([px_sum[i] for i in np.flatnonzero(train)], axis=0)
+    q = np.sum([px_sumsq[i] for i in np.flatnonzero(train)], axis=0)
+    norm = preprocess._moments(list(s), list(q), int(train.sum()) * spec.height * spec.width)
+    for split in preprocess.SPLITS:
+        sel = np.flatnonzero(good & (splits == split))
+        table = pa.table({"id": pa.array([ids[i] for i in sel], pa.string()),
+                          "path": pa.array([spark_paths[i] for i in sel], pa.string()),
+                          "image": pa.array([images[i] for i in sel], pa.binary()),
+                          "label": pa.array([index[labels[i]] for i in sel], pa.int32())})
+        _write_split(table, f"{out_dir}/{split}", cfg.preprocess.files_per_split)
+    result = {"input_count": len(paths), "output_count": int(good.sum()),
+              "quarantined_count": int((~good).sum()), "label_names": names,
+              "splits": _split_counts(splits[good], np.array(labels)[good]), "normalization": norm}
+    lake.write_json(f"file://{out_dir}/_manifest.json", result)
+    return result
+
+
+def _trimmed(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.utf8_trim_whitespace(col)
+
+
+def _to_double(col: pa.ChunkedArray) -> np.ndarray:
+    """Spark's cast(string as double): trimmed; null or unparseable -> NaN here (null in Spark)."""
+    try:
+        return pc.cast(_trimmed(col), pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # some value is not a number: parse value by value
+        return pd.to_numeric(pd.Series(_trimmed(col).to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+
+
+def _nan_spelling(col: pa.ChunkedArray) -> np.ndarray:
+    """Values that parse to NaN or infinity (so are numbers, not wrong_type)."""
+    spelled = pc.is_in(pc.utf8_lower(_trimmed(col)), value_set=pa.array(
+        ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]))
+    return pc.fill_null(spelled, False).to_numpy(zero_copy_only=False)
+
+
+def _missing(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(pc.equal(_trimmed(col), ""), True).to_numpy(zero_copy_only=False)
+
+
+def tabular_loop(cfg: Config, out_dir: str) -> dict:
+    """The tabular path of preprocess (tabular.read/with_reason/fit/features_column) with pyarrow + numpy."""
+    tab = cfg.dataset.tabular
+    source = lake.local_path(cfg.resolve(cfg.dataset.source)).rstrip("/")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(source) for f in fs if not f.startswith((".", "_")))
+    malformed: list[str] = []
+
+    def on_invalid(row):  # Spark's PERMISSIVE mode: the record goes to _corrupt_record
+        malformed.append(row.text)
+        return "skip"
+
+    tables = []
+    for path in files:
+        with open(path) as f:
+            header = f.readline().rstrip("\r\n").split(",")
+        if sorted(header) != sorted(tab.columns()):
+            raise ValueError(f"schema drift in {path}: {header} != {tab.columns()}")
+        tables.append(pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                 strings_can_be_null=True)))
+    t = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in tab.columns()})
+    n = t.num_rows
+
+    reason = np.full(n, "", dtype=object)
+    checks = [(_missing(t[tab.id_column]), "missing_id"), (_missing(t[tab.label_column]), "missing_label")]
+    numeric = {c: _to_double(t[c]) for c in tab.numeric}
+    for c in tab.numeric:
+        raw_present = ~_missing(t[c])
+        checks.append((raw_present & np.isnan(numeric[c]) & ~_nan_spelling(t[c]), "wrong_type"))
+    for c in tab.numeric:
+        checks.append((~np.isfinite(numeric[c]) & (_nan_spelling(t[c]) | np.isinf(numeric[c])), "non_finite"))
+    for mask, code in reversed(checks):  # the first failing check wins
+        reason[mask] = code
+    good = reason == ""
+    ids = t[tab.id_column].to_numpy(zero_copy_only=False)
+    labels = t[tab.label_column].to_numpy(zero_copy_only=False)
+    splits = spark_split([x if x is not None else "" for x in ids], cfg.preprocess.split)
+    train = good & (splits == "train")
+
+    params = {"numeric": {}, "categorical": {}}
+    for c in tab.numeric:
+        v = numeric[c][train]
+        v = v[~np.isnan(v)]
+        mean = float(v.mean()) if len(v) else 0.0
+        std = float(v.std()) if len(v) else 0.0
+        params["numeric"][c] = {"mean": mean, "std": std if std > 0 and not math.isnan(std) else 1.0}
+    cats = {c: t[c].to_numpy(zero_copy_only=False) for c in tab.categorical}
+    for c in tab.categorical:
+        vc = pd.Series(cats[c][train]).value_counts(dropna=True)
+        top = sorted(vc.items(), key=lambda kv: (-kv[1], kv[0]))[:tab.max_categories]
+        params["categorical"][c] = [k for k, _ in top]
+
+    names = preprocess.sort_labels(sorted(set(labels[good].tolist())))
+    index = {name: i for i, name in enumerate(names)}
+    width = len(tab.numeric) + sum(len(v) + 1 for v in params["categorical"].values())
+    for split in preprocess.SPLITS:
+        sel = np.flatnonzero(good & (splits == split))
+        feats = np.zeros((len(sel), width), np.float32)
+        for j, c in enumerate(tab.numeric):
+            p = params["numeric"][c]
+            v = numeric[c][sel]
+            feats[:, j] = ((np.where(np.isnan(v), p["mean"], v) - p["mean"]) / p["std"]).astype(np.float32)
+        col = len(tab.numeric)
+        for c in tab.categorical:
+            vocab = params["categorical"][c]
+            slot = pd.Series(cats[c][sel]).map({v: i + 1 for i, v in enumerate(vocab)}).fillna(0).to_numpy(np.int64)
+            feats[np.arange(len(sel)), col + slot] = 1.0
+            col += len(vocab) + 1
+        table = pa.table({"id": pa.array(ids[sel], pa.string()),
+                          "features": pa.ListArray.from_arrays(pa.array(np.arange(0, (len(sel) + 1) * width, width, dtype=np.int32)),
+                                                               pa.array(feats.ravel())),
+                          "label": pa.array([index[x] for x in labels[sel]], pa.int32())})
+        _write_split(table, f"{out_dir}/{split}", cfg.preprocess.files_per_split)
+    by_reason = pd.Series(reason[~good]).value_counts().to_dict()
+    if malformed:
+        by_reason["malformed_record"] = len(malformed)
+    result = {"input_count": n + len(malformed), "output_count": int(good.sum()),
+              "quarantined_count": int((~good).sum()) + len(malformed), "quarantined_by_reason": by_reason,
+              "label_names": names, "splits": _split_counts(splits[good], labels[good]), "tabular": params}
+    lake.write_json(f"file://{out_dir}/_manifest.json", result)
+    return result
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and every live descendant (JVM, Python workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()  # children_*: descendants that exited and were waited for
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _timed(fn):
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, _cpu_seconds() - cpu0, out
+
+
+def _matches(kind: str, job: dict, loop: dict) -> list[str]:
+    """Differences between the job's manifest and the loop's result ([] = the same work was done)."""
+    diffs = []
+    for k in ("input_count", "output_count", "quarantined_count", "label_names"):
+        if job[k] != loop[k]:
+            diffs.append(f"{k}: job {job[k]} loop {loop[k]}")
+    for s in preprocess.SPLITS:
+        if job["splits"][s]["count"] != loop["splits"][s]["count"]:
+            diffs.append(f"{s} count: job {job['splits'][s]['count']} loop {loop['splits'][s]['count']}")
+        jc = {k: v for k, v in job["splits"][s]["class_counts"].items() if v}
+        if jc != loop["splits"][s]["class_counts"]:
+            diffs.append(f"{s} class counts differ")
+    if kind == "images":
+        for k in ("mean", "std"):
+            if not np.allclose(job["normalization"][k], loop["normalization"][k], rtol=1e-6):
+                diffs.append(f"normalization {k}: job {job['normalization'][k]} loop {loop['normalization'][k]}")
+    else:
+        if job["tabular"]["categorical"] != loop["tabular"]["categorical"]:
+            diffs.append("category vocabularies differ")
+        for c, p in job["tabular"]["numeric"].items():
+            q = loop["tabular"]["numeric"][c]
+            if not (math.isclose(p["mean"], q["mean"], rel_tol=1e-6, abs_tol=1e-9)
+                    and math.isclose(p["std"], q["std"], rel_tol=1e-6)):
+                diffs.append(f"{c} standardisation differs")
+    return diffs
+
+
+def generate(lake_root: str, args) -> dict[str, Config]:
+    """The benchmark data and the small warm-up sets, written by pipeline.synthetic on local[2]."""
+    base = [f"lake.root={lake_root}", f"spark.master=local[2]"]
+    cfgs = {
+        "images": load_config(IMAGES_CONF, base),
+        "tabular": load_config(TABULAR_CONF, base),
+        "images_warmup": load_config(IMAGES_CONF, [*base, "dataset.name=warmup_images",
+                                                   "dataset.source=raw/warmup_images/labelled"]),
+        "tabular_warmup": load_config(TABULAR_CONF, [*base, "dataset.name=warmup_tabular",
+                                                     "dataset.source=raw/warmup_tabular/labelled"]),
+    }
+    size = (args.raw_size, args.raw_size)
+    opts = {
+        "images": synthetic.Options(rows=args.images, image_format="jpeg", image_size=size, overwrite=True),
+        "images_warmup": synthetic.Options(rows=300, image_format="jpeg", image_size=size, seed=1, overwrite=True),
+        "tabular": synthetic.Options(rows=args.rows, overwrite=True),
+        "tabular_warmup": synthetic.Options(rows=5000, seed=1, overwrite=True),
+    }
+    wanted = [k for k in cfgs if k.split("_")[0] in args.only]
+    cfgs["images"].spark.conf["spark.ui.showConsoleProgress"] = "false"
+    spark = get_spark("bench:generate", cfgs["images"])
+    try:
+        for k in wanted:
+            t0 = time.perf_counter()
+            s = synthetic.run(spark, cfgs[k], opts[k])
+            if not k.endswith("warmup"):
+                mb = sum(p.stat().st_size for p in Path(lake.local_path(s["uri"])).rglob("*") if p.is_file()) / 1e6
+                print(f"  generated {k}: {s['rows']} records, {mb:.1f} MB in {time.perf_counter() - t0:.1f} s "
+                      f"(pipeline.synthetic on local[2])", flush=True)
+    finally:
+        spark.stop()
+    return {k: v for k, v in cfgs.items() if k in wanted}
+
+
+def bench_kind(kind: str, cfgs: dict, out_root: str, cores: list[int], repeats: int,
+               confs: dict[str, str]) -> tuple[dict, dict[int, dict]]:
+    """Per core count: a fresh session and an untimed warm-up run, then loop and job runs alternately,
+    so both see the same (shared, noisy) machine."""
+    fn = images_loop if kind == "images" else tabular_loop
+    out = f"{out_root}/loop_{kind}"
+
+    def loop(c):
+        shutil.rmtree(out, ignore_errors=True)
+        return fn(cfgs[c], out)
+
+    loop(f"{kind}_warmup")  # imports, PIL/pyarrow initialisation
+    path, root = IMAGES_CONF if kind == "images" else TABULAR_CONF, f"lake.root={cfgs[kind].lake.root}"
+    loop_runs, spark_runs = [], {}
+    for c in cores:
+        cfg = load_config(path, [root, f"spark.master=local[{c}]"])
+        warm = load_config(path, [root, f"spark.master=local[{c}]",
+                                  f"dataset.name={cfgs[kind + '_warmup'].dataset.name}",
+                                  f"dataset.source={cfgs[kind + '_warmup'].dataset.source}"])
+        # Set directly: --set splits keys at every dot, so it cannot name a Spark conf key.
+        cfg.spark.conf.update(confs)
+        spark = get_spark(f"bench:{kind}:local[{c}]", cfg)
+        runs = []
+        try:
+            if spark.sparkContext.master != f"local[{c}]":
+                raise RuntimeError(f"session master is {spark.sparkContext.master}, expected local[{c}]")
+            preprocess.run(spark, warm)
+            for _ in range(repeats):
+                loop_runs.append(_timed(lambda: loop(kind)))
+                runs.append(_timed(lambda: preprocess.run(spark, cfg)))
+        finally:
+            spark.stop()
+        spark_runs[c] = _summarise(runs)
+        print(f"  {kind}: spark local[{c}] runs {spark_runs[c]['all_seconds']} s, "
+              f"loop runs {[round(r[0], 2) for r in loop_runs[-repeats:]]} s", flush=True)
+    return _summarise(loop_runs), spark_runs
+
+
+def _summarise(runs):
+    best = min(runs, key=lambda r: r[0])
+    return {"seconds": best[0], "cpu_seconds": best[1], "result": best[2],
+            "all_seconds": [round(r[0], 2) for r in runs]}
+
+
+def report(kind: str, n: int, loop: dict, spark_runs: dict[int, dict]) -> list[str]:
+    unit = "images" if kind == "images" else "rows"
+    loop_rate = n / loop["seconds"]
+    head = (f"  {'':<22}{'seconds':>9}{unit + '/s':>12}{unit + '/s/core':>15}{'ratio/core':>12}"
+            f"{'CPU s':>8}{'cores busy':>12}{'ratio by CPU':>14}   runs (s)")
+    lines = [f"{kind}: {n} {unit}", head,
+             f"  {'python loop (1 proc)':<22}{loop['seconds']:9.2f}{loop_rate:12.0f}{loop_rate:15.0f}{'1.00':>12}"
+             f"{loop['cpu_seconds']:8.1f}{loop['cpu_seconds'] / loop['seconds']:12.2f}{'1.00':>14}   {loop['all_seconds']}"]
+    for cores, r in spark_runs.items():
+        rate = n / r["seconds"]
+        lines.append(f"  {f'spark local[{cores}]':<22}{r['seconds']:9.2f}{rate:12.0f}{rate / cores:15.0f}"
+                     f"{rate / cores / loop_rate:12.2f}{r['cpu_seconds']:8.1f}{r['cpu_seconds'] / r['seconds']:12.2f}"
+                     f"{loop['cpu_seconds'] / r['cpu_seconds']:14.2f}   {r['all_seconds']}")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=10_000, help="number of JPEG files")
+    p.add_argument("--raw-size", type=int, default=64, help="side of the raw JPEGs (the job resizes to 32x32)")
+    p.add_argument("--rows", type=int, default=300_000, help="tabular rows")
+    p.add_argument("--cores", default="1,2", help="local[N] masters to measure, comma-separated")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best is reported")
+    p.add_argument("--only", choices=["images", "tabular"], nargs="+", default=["images", "tabular"])
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark conf for the measured sessions (reported in the output)")
+    p.add_argument("--as-shipped", action="store_true",
+                   help="measure without the recommended Spark confs (only pipeline/session.py's)")
+    p.add_argument("--lake", help="directory for the data (default: a new temporary directory, removed after)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary lake")
+    args = p.parse_args(argv)
+
+    lake_dir = args.lake or tempfile.mkdtemp(prefix="preprocess-bench-")
+    confs = {**({} if args.as_shipped else RECOMMENDED_CONFS), **dict(c.split("=", 1) for c in args.conf)}
+    cores = [int(c) for c in args.cores.split(",")]
+    print(f"preprocess benchmark: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
+          f"lake {lake_dir}", flush=True)
+    print(f"spark confs: pipeline/session.py's + {confs or 'nothing else (--as-shipped)'}", flush=True)
+    confs["spark.ui.showConsoleProgress"] = "false"  # cosmetic
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    lines, mismatches = [], []
+    try:
+        cfgs = generate(lake_dir, args)
+        for kind in args.only:
+            n = args.images if kind == "images" else args.rows
+            loop, spark_runs = bench_kind(kind, cfgs, lake_dir, cores, args.repeats, confs)
+            for c, r in spark_runs.items():
+                diffs = _matches(kind, r["result"], loop["result"])
+                if diffs:
+                    mismatches.append(f"{kind} local[{c}]: {diffs}")
+            lines += report(kind, n, loop, spark_runs)
+    finally:
+        if not args.lake and not args.keep:
+            shutil.rmtree(lake_dir, ignore_errors=True)
+    print()
+    print("\n".join(lines))
+    print(f"ratio/core = (spark rows/s / local[N] cores) / loop rows/s; target >= 0.7. "
+          f"Best of {args.repeats} timed runs each; load average now {os.getloadavg()[0]:.1f}.")
+    print("Timed: Spark: the preprocess.run() call on a warm session (listing, read, decode/validate, stats, "
+          "fit, 3 split writes, manifest). Loop: listing to manifest. Not timed: data generation, JVM and "
+          "session start-up, Python worker start-up, imports, the warm-up runs.")
+    print("CPU s = CPU time of driver + JVM + Python workers (or of the loop's process); cores busy = CPU s / seconds; "
+          "ratio by CPU = loop CPU s / job CPU s (records per CPU-second relative to the loop; less sensitive "
+          "to other load on a shared machine than the wall-clock ratio).")
+    if mismatches:
+        print("OUTPUTS DIFFER between the job and the loop:\n  " + "\n  ".join(mismatches))
+        return 1
+    print("outputs checked: the loop's counts per split and class, and its statistics, equal the job's manifest.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
