@@ -206,6 +206,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    # Spark conf keys contain dots themselves: everything after spark.conf. is one key.
+    if dotted.startswith("spark.conf."):
+        tree.setdefault("spark", {}).setdefault("conf", {})[dotted[len("spark.conf."):]] = value
+        return
     *parents, leaf = dotted.split(".")
     node = tree
     for p in parents:

@@ -60,3 +60,8 @@ def test_semantic_checks():
 def test_round_trips_through_a_manifest_dict():
     cfg = load_config(DIGITS, ["train.epochs=4"])
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_spark_conf_override_keeps_dotted_key_whole():
+    cfg = load_config(DIGITS, ["spark.conf.spark.sql.files.openCostInBytes=16384"])
+    assert cfg.spark.conf == {"spark.sql.files.openCostInBytes": "16384"}
