@@ -65,15 +65,6 @@ from pipeline.session import get_spark  # noqa: E402
 IMAGES_CONF = str(ROOT / "conf" / "synthetic_images.yaml")
 TABULAR_CONF = str(ROOT / "conf" / "synthetic_tabular.yaml")
 BATCH = 1024  # the job's spark.sql.execution.arrow.maxRecordsPerBatch (pipeline/session.py)
-# Confs this benchmark recommends to users of preprocess (see bench/README.md); --as-shipped drops them.
-RECOMMENDED_CONFS = {
-    # Spark packs small files into a task as if each cost 4 MB to open: 64x64 JPEGs then run
-    # ~32 files per task, and per-task overhead (a Python worker round trip each) dominates.
-    "spark.sql.files.openCostInBytes": "16384",
-    # tabular.with_reason compiles to a 31.7 KB method, over HotSpot's 8 KB JIT limit, so it runs
-    # interpreted; at 8000 Spark falls back to smaller, JIT-compiled per-expression code (Spark docs).
-    "spark.sql.codegen.hugeMethodLimit": "8000",
-}
 
 
 # --- Spark's xxhash64(seed_int, id_string), vectorised, so the loop assigns the same splits ---
@@ -474,18 +465,16 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=["images", "tabular"], nargs="+", default=["images", "tabular"])
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Spark conf for the measured sessions (reported in the output)")
-    p.add_argument("--as-shipped", action="store_true",
-                   help="measure without the recommended Spark confs (only pipeline/session.py's)")
     p.add_argument("--lake", help="directory for the data (default: a new temporary directory, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the temporary lake")
     args = p.parse_args(argv)
 
     lake_dir = args.lake or tempfile.mkdtemp(prefix="preprocess-bench-")
-    confs = {**({} if args.as_shipped else RECOMMENDED_CONFS), **dict(c.split("=", 1) for c in args.conf)}
+    confs = dict(c.split("=", 1) for c in args.conf)
     cores = [int(c) for c in args.cores.split(",")]
     print(f"preprocess benchmark: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
           f"lake {lake_dir}", flush=True)
-    print(f"spark confs: pipeline/session.py's + {confs or 'nothing else (--as-shipped)'}", flush=True)
+    print(f"spark confs: pipeline/session.py's + {confs or 'nothing else'}", flush=True)
     confs["spark.ui.showConsoleProgress"] = "false"  # cosmetic
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)

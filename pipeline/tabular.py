@@ -72,26 +72,39 @@ def read(spark: SparkSession, uri: str, tab: TabularConf, label_required: bool =
 
 
 def with_reason(df: DataFrame, tab: TabularConf, label_required: bool = True) -> DataFrame:
-    """Adds reason/detail (null for a good record) and the record's source text."""
+    """Validates each record of ``read``'s output.
+
+    Returns the declared columns with numerics parsed to double, ``reason``/``detail`` (null for
+    a good record; the first failing check wins) and ``source``, the raw record as text for bad
+    records (null for good ones, which need no copy). _corrupt_record is dropped.
+    """
+    data_cols = [c for c in df.columns if c != CORRUPT]
+    dbl = {c: f"__dbl_{c}" for c in tab.numeric}
+    # Parse every numeric once; Spark keeps the casts in their own projection because later
+    # expressions use them more than once.
+    df = df.select("*", *[F.col(c).cast("double").alias(d) for c, d in dbl.items()])
     checks: list[tuple[Any, str, Any]] = [(F.col(CORRUPT).isNotNull(), MALFORMED, F.lit("unparseable record"))]
     checks.append((F.col(tab.id_column).isNull() | (F.trim(tab.id_column) == ""), MISSING_ID, F.lit(tab.id_column)))
     if label_required:
         checks.append((F.col(tab.label_column).isNull() | (F.trim(tab.label_column) == ""), MISSING_LABEL,
                        F.lit(tab.label_column)))
     for c in tab.numeric:
-        v = F.col(c).cast("double")
-        checks.append((F.col(c).isNotNull() & (F.trim(c) != "") & v.isNull(), WRONG_TYPE,
+        checks.append((F.col(c).isNotNull() & (F.trim(c) != "") & F.col(dbl[c]).isNull(), WRONG_TYPE,
                        F.concat(F.lit(f"{c}="), F.col(c))))
     for c in tab.numeric:
-        v = F.col(c).cast("double")
+        v = F.col(dbl[c])
         checks.append((F.isnan(v) | (F.abs(v) == float("inf")), NON_FINITE, F.concat(F.lit(f"{c}="), F.col(c))))
-    reason, detail = F.lit(None).cast("string"), F.lit(None).cast("string")
-    for cond, code, det in reversed(checks):  # the first failing check wins
-        reason = F.when(cond, F.lit(code)).otherwise(reason)
-        detail = F.when(cond, det).otherwise(detail)
-    data_cols = [c for c in df.columns if c != CORRUPT]
-    source = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*data_cols)))
-    return df.withColumn("reason", reason).withColumn("detail", detail).withColumn("source", source)
+    # One index of the first failing check, then reason and detail looked up from it: a CASE
+    # chain of every check for each output column compiles to a method too large for the JIT.
+    df = df.withColumn("__check", F.coalesce(*[F.when(cond, F.lit(i)) for i, (cond, _, _) in enumerate(checks)]))
+    check = F.col("__check")
+    reason = F.element_at(F.array(*[F.lit(code) for _, code, _ in checks]), check + 1)
+    detail = F.lit(None).cast("string")
+    for i, (_, _, det) in reversed(list(enumerate(checks))):
+        detail = F.when(check == i, det).otherwise(detail)
+    source = F.when(check.isNotNull(), F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*data_cols))))
+    return df.select(*[F.col(dbl[c]).alias(c) if c in dbl else F.col(c) for c in data_cols],
+                     reason.alias("reason"), detail.alias("detail"), source.alias("source"))
 
 
 def fit(train: DataFrame, tab: TabularConf) -> dict[str, Any]:
