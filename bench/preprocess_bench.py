@@ -61,6 +61,7 @@ from pipeline import lake, preprocess, synthetic  # noqa: E402
 from pipeline.config import Config, SplitConf, load_config  # noqa: E402
 from pipeline.images import DECODED_DDL, ImageSpec, decode_frames  # noqa: E402,F401
 from pipeline.session import get_spark  # noqa: E402
+from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
 
 IMAGES_CONF = str(ROOT / "conf" / "synthetic_images.yaml")
 TABULAR_CONF = str(ROOT / "conf" / "synthetic_tabular.yaml")
@@ -311,27 +312,6 @@ def tabular_loop(cfg: Config, out_dir: str) -> dict:
 
 # --- measuring --------------------------------------------------------------------------------
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and every live descendant (JVM, Python workers)."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            t = p.cpu_times()  # children_*: descendants that exited and were waited for
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def _timed(fn):
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, _cpu_seconds() - cpu0, out
-
-
 def _matches(kind: str, job: dict, loop: dict) -> list[str]:
     """Differences between the job's manifest and the loop's result ([] = the same work was done)."""
     diffs = []
@@ -421,8 +401,8 @@ def bench_kind(kind: str, cfgs: dict, out_root: str, cores: list[int], repeats: 
                 raise RuntimeError(f"session master is {spark.sparkContext.master}, expected local[{c}]")
             preprocess.run(spark, warm)
             for _ in range(repeats):
-                loop_runs.append(_timed(lambda: loop(kind)))
-                runs.append(_timed(lambda: preprocess.run(spark, cfg)))
+                loop_runs.append(timed(lambda: loop(kind)))
+                runs.append(timed(lambda: preprocess.run(spark, cfg)))
         finally:
             spark.stop()
         spark_runs[c] = _summarise(runs)

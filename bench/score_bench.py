@@ -71,6 +71,7 @@ from pipeline import artifact, lake, preprocess, sample_data, score, synthetic, 
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.images import ImageSpec, Rejected, decode_image  # noqa: E402
 from pipeline.session import get_spark  # noqa: E402
+from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
 
 # --data: the config, and what each scored file is. digits: the bundled 8x8 PNGs (about 120
 # bytes each, so Spark's cost per file dominates); synthetic: 64x64 RGB JPEGs the job resizes
@@ -199,21 +200,6 @@ def check_same(cfg: Config, date: str, loop: dict) -> list[str]:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and every live descendant (JVM, Python workers)."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            t = p.cpu_times()  # children_*: descendants that exited and were waited for
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 class MemoryPoller:
     """Peak RSS of this driver and of its Spark descendants, sampled from a background thread.
 
@@ -304,17 +290,11 @@ class MemoryPoller:
                 "samples": self.samples, "poller_cpu_s": self.cpu_seconds}
 
 
-def _timed(fn):
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, _cpu_seconds() - cpu0, out
-
-
 def _timed_job(spark, fn, timeout_s: float):
-    """_timed, but the Spark jobs are cancelled after timeout_s; then the result is None."""
+    """timed, but the Spark jobs are cancelled after timeout_s; then the result is None."""
     timer = threading.Timer(timeout_s, spark.sparkContext.cancelAllJobs)
     timer.start()
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     try:
         out = fn()
     except Exception:
@@ -323,7 +303,7 @@ def _timed_job(spark, fn, timeout_s: float):
         out = None
     finally:
         timer.cancel()
-    return time.perf_counter() - t0, _cpu_seconds() - cpu0, out
+    return time.perf_counter() - t0, cpu_seconds() - cpu0, out
 
 
 SLOW_S = 60  # a Spark run this long is not repeated: noise matters little at that length
@@ -393,7 +373,7 @@ def bench(cfg: Config, sizes: dict[str, int], args, lake_dir: str) -> dict:
             first = c == args.cores[0]
             warm_up_jvm(spark, run_cfg, -(-JVM_WARM_ROWS // n) if first else 1, args.timeout_s, f"local[{c}]")
             for i in range(args.repeats):
-                loop_runs.append(_timed(lambda: loop(DATE_1X)))
+                loop_runs.append(timed(lambda: loop(DATE_1X)))
                 print(f"  local[{c}] 1x run {i + 1}: loop {loop_runs[-1][0]:.2f} s = {n / loop_runs[-1][0]:.0f} rows/s",
                       flush=True)
                 runs.append(scored(spark, run_cfg, DATE_1X, n, f"local[{c}] 1x run {i + 1}"))
