@@ -4,12 +4,16 @@ Preprocessing images is decode-bound, and the decoding has to happen in Python. 
 pixels back to the JVM to cache, shuffle into splits and write again as Parquet cost as much CPU
 again as the decoding (bench/README.md). Here Spark plans and schedules the work: a DataFrame of
 (file, id, label, split), one partition per output file. Each task reads and decodes its files
-and writes one Parquet file per split straight to the lake with pyarrow; only counts and pixel
-sums per (split, class), and the bad records, go back to Spark.
+and writes one Parquet file per split straight to the lake with pyarrow; only counts per
+(split, class), pixel sums per split, and the bad records go back to Spark.
 
-A task writes ``<out>/<split>/part-<partition>.parquet`` through a hidden temporary name and a
-rename, so a retried or speculative attempt replaces the file whole and readers never see part
-of one. Nothing here moves ``_latest``: a failed run leaves no version marked complete.
+A task writes ``<out>/<split>/part-<partition>.parquet`` through a hidden temporary name
+(``_tmp-<attempt>-...``, which readers skip) and a rename, so a retried or speculative attempt
+replaces the file whole and readers never see part of one. Nothing here moves ``_latest``: a
+failed run leaves no version marked complete, and preprocess removes what it wrote.
+
+The driver lists the input (as Spark's own file index would): about 300 bytes of driver memory
+per file. For tens of millions of files, preprocess the input in parts.
 """
 from __future__ import annotations
 
