@@ -19,8 +19,8 @@ run); every run is printed, so the cold numbers a one-off ``spark-submit`` pays 
 writes of the three splits, the manifest and ``_latest``.
 
 Loop: one Python process, pyarrow limited to one thread, doing the same work on the same
-files with the same code where the job has Python code (``pipeline.images.decode_frames``,
-i.e. ``decode_image`` with the same ``ImageSpec`` plus the pixel moments) and the same semantics
+files with the same code where the job has Python code (images: the job's task function,
+``pipeline.image_shards.write_shards``, over ``files_per_split`` chunks) and the same semantics
 where the job is Spark SQL (the tabular validation, split hash, fit and encoding), writing the
 same columns to the same number of Parquet files per split. Timed: from listing the files to
 the written manifest; imports and one warm-up run are not. Both sides read files that are in
@@ -57,9 +57,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import lake, preprocess, synthetic  # noqa: E402
+from pipeline import image_shards, lake, preprocess, synthetic  # noqa: E402
 from pipeline.config import Config, SplitConf, load_config  # noqa: E402
-from pipeline.images import DECODED_DDL, ImageSpec, decode_frames  # noqa: E402,F401
+from pipeline.images import ImageSpec  # noqa: E402
 from pipeline.session import get_spark  # noqa: E402
 from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
 
@@ -159,45 +159,39 @@ def _split_counts(splits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def images_loop(cfg: Config, out_dir: str) -> dict:
-    """Read, decode (pipeline.images.decode_frames), label, split, normalise, write Parquet."""
+    """List, label and split as the job plans it, then the job's task code
+    (pipeline.image_shards.write_shards: read, decode, write Parquet, count, pixel sums) over
+    files_per_split chunks in this one process; statistics and manifest as the job does."""
     spec = ImageSpec.from_conf(cfg.dataset.image)
-    source = lake.local_path(cfg.resolve(cfg.dataset.source)).rstrip("/")
-    paths = sorted(os.path.join(d, f) for d, dirs, files in os.walk(source)
-                   for f in files if not f.startswith((".", "_")))
-    ids, spark_paths, images, labels, reasons = [], [], [], [], []
-    px_sum, px_sumsq = [], []
-    for start in range(0, len(paths), BATCH):
-        chunk = paths[start:start + BATCH]
-        contents = []
-        for p in chunk:
-            with open(p, "rb") as f:
-                contents.append(f.read())
-        frame = pd.DataFrame({"path": chunk, "content": contents})
-        for out in decode_frames(iter([frame]), spec):
-            images += list(out["image"]); reasons += list(out["reason"])
-            px_sum += list(out["px_sum"]); px_sumsq += list(out["px_sumsq"])
-        ids += [p[len(source) + 1:] for p in chunk]
-        spark_paths += ["file:" + p for p in chunk]
-        labels += [p.rsplit("/", 2)[-2] for p in chunk]
-    reasons_a = np.array([r if r is not None else "" for r in reasons], dtype=object)
-    good = reasons_a == ""
-    splits = spark_split(ids, cfg.preprocess.split)
-    names = preprocess.sort_labels(sorted(set(np.array(labels)[good].tolist())))
-    index = {n: i for i, n in enumerate(names)}
-    train = good & (splits == "train")
-    s = np.sum([px_sum[i] for i in np.flatnonzero(train)], axis=0)
-    q = np.sum([px_sumsq[i] for i in np.flatnonzero(train)], axis=0)
-    norm = preprocess._moments(list(s), list(q), int(train.sum()) * spec.height * spec.width)
-    for split in preprocess.SPLITS:
-        sel = np.flatnonzero(good & (splits == split))
-        table = pa.table({"id": pa.array([ids[i] for i in sel], pa.string()),
-                          "path": pa.array([spark_paths[i] for i in sel], pa.string()),
-                          "image": pa.array([images[i] for i in sel], pa.binary()),
-                          "label": pa.array([index[labels[i]] for i in sel], pa.int32())})
-        _write_split(table, f"{out_dir}/{split}", cfg.preprocess.files_per_split)
-    result = {"input_count": len(paths), "output_count": int(good.sum()),
-              "quarantined_count": int((~good).sum()), "label_names": names,
-              "splits": _split_counts(splits[good], np.array(labels)[good]), "normalization": norm}
+    source = cfg.resolve(cfg.dataset.source)
+    root = lake.local_path(source).rstrip("/") + "/"
+    uris = [u for u, _ in lake.list_files(source)]
+    paths = ["file:" + u[len("file://"):] for u in uris]
+    ids = [u[len("file://") + len(root):] for u in uris]
+    labels = [p.rsplit("/", 2)[-2] for p in paths]
+    names = preprocess.sort_labels(sorted(set(labels)))
+    plan = pd.DataFrame({"uri": uris, "path": paths, "id": ids, "label_name": labels,
+                         "split": spark_split(ids, cfg.preprocess.split)})
+    results = []
+    for k, idx in enumerate(np.array_split(np.arange(len(plan)), cfg.preprocess.files_per_split)):
+        chunk = plan.iloc[idx]
+        batches = (chunk.iloc[i:i + BATCH] for i in range(0, len(chunk), BATCH))
+        results += list(image_shards.write_shards(batches, spec, f"file://{out_dir}", names,
+                                                  cfg.preprocess.row_group_mb * 1024 * 1024, part=k))
+    res = pd.concat(results, ignore_index=True)
+    good = res[res["reason"].isna()]
+    train = good[(good["split"] == "train") & good["px_sum"].notna()]
+    s = np.sum(np.stack(train["px_sum"].tolist()), axis=0)
+    q = np.sum(np.stack(train["px_sumsq"].tolist()), axis=0)
+    n_train = int(good.loc[good["split"] == "train", "n"].sum())
+    norm = preprocess._moments(list(s), list(q), n_train * spec.height * spec.width)
+    splits = {sp: {"count": int(good.loc[good["split"] == sp, "n"].sum()),
+                   "class_counts": {k: int(v) for k, v in
+                                    good[good["split"] == sp].groupby("label_name")["n"].sum().items()}}
+              for sp in preprocess.SPLITS}
+    result = {"input_count": len(uris), "output_count": int(good["n"].sum()),
+              "quarantined_count": int(res["reason"].notna().sum()), "label_names": names,
+              "splits": splits, "normalization": norm}
     lake.write_json(f"file://{out_dir}/_manifest.json", result)
     return result
 

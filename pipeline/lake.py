@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 
@@ -30,6 +30,19 @@ def read_bytes(uri: str) -> bytes:
     fs, path = _fs(uri)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def file_reader(uri: str) -> Callable[[str], bytes]:
+    """A function reading whole files on uri's filesystem, resolved once: for many small files
+    (images) the lookup read_bytes does per call costs more than the read (60 against 12 us)."""
+    fs, _ = _fs(uri)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if "file" in protocols:
+        def read_local(u: str) -> bytes:
+            with open(u[len("file://"):] if u.startswith("file://") else u, "rb") as f:
+                return f.read()
+        return read_local
+    return lambda u: fs.cat_file(fsspec.core.split_protocol(u)[1])
 
 
 def read_json(uri: str) -> Any:
@@ -64,18 +77,25 @@ def listdir(uri: str) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
-def empty_files(uri: str) -> list[str]:
-    """URIs of the zero-byte files under a directory (recursive), skipping hidden ones."""
+def list_files(uri: str) -> list[tuple[str, int]]:
+    """(URI, size) of every file under a directory (recursive), sorted; names starting with
+    "." or "_", and anything under such a directory, are skipped, as Spark's file sources do."""
     fs, path = _fs(uri)
     if not fs.exists(path):
         return []
     proto = uri.split("://", 1)[0] if "://" in uri else "file"
+    root = path.rstrip("/") + "/"
     out = []
     for p, info in fs.find(path, detail=True).items():
-        name = p.rstrip("/").rsplit("/", 1)[-1]
-        if info.get("size", 1) == 0 and info.get("type") == "file" and not name.startswith((".", "_")):
-            out.append(f"{proto}://{p}" if proto != "file" else f"file://{p}")
+        if info.get("type") != "file" or any(part.startswith((".", "_")) for part in p[len(root):].split("/")):
+            continue
+        out.append((f"{proto}://{p}", int(info.get("size", 0))))
     return sorted(out)
+
+
+def empty_files(uri: str) -> list[str]:
+    """URIs of the zero-byte files under a directory (recursive), skipping hidden ones."""
+    return [u for u, size in list_files(uri) if size == 0]
 
 
 def remove(uri: str) -> None:

@@ -15,13 +15,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import lake, manifest, quarantine, tabular
+from pipeline import image_shards, lake, manifest, quarantine, tabular
 from pipeline.config import Config, SplitConf
-from pipeline.images import DECODED_DDL, ImageSpec, decode_frames
+from pipeline.images import ImageSpec
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-MISSING_LABEL = "missing_label"
 
 
 # --- transforms: DataFrame in, DataFrame out -------------------------------------------------
@@ -79,20 +78,18 @@ def sort_labels(names: list[str]) -> list[str]:
 
 # --- the job ----------------------------------------------------------------------------------
 
-def image_records(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
-    """One row per input file: id, source, reason, detail, label_name, image, px_sum, px_sumsq."""
+def image_inputs(spark: SparkSession, cfg: Config, source: str, tasks: int) -> tuple[DataFrame, list[str]]:
+    """One row per input file (uri, path, id, label_name, split) in ``tasks`` partitions, and the
+    class names. label_name is null where the labels file names no label."""
     ds = cfg.dataset
-    spec = ImageSpec.from_conf(ds.image)
-    decoded = read_files(spark, source).mapInPandas(partial(decode_frames, spec=spec), DECODED_DDL)
-    decoded = with_relative_id(decoded, source).withColumnRenamed("path", "source")
+    files, folders = image_shards.inputs(spark, source, tasks)
+    files = with_relative_id(files, source)
     if ds.label_source == "folder":
-        decoded = decoded.withColumn("label_name", F.element_at(F.split("source", "/"), -2))
-    else:
-        labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
-        decoded = with_file_label(decoded, labels)
-    return decoded.withColumn(
-        "reason", F.when(F.col("reason").isNull() & F.col("label_name").isNull(), F.lit(MISSING_LABEL))
-        .otherwise(F.col("reason")))
+        files = files.withColumn("label_name", F.element_at(F.split("path", "/"), -2))
+        return with_split(files, cfg.preprocess.split), sort_labels(folders)
+    labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
+    files = with_split(with_file_label(files, labels), cfg.preprocess.split).repartition(tasks)
+    return files, sort_labels(image_shards.label_names(files))
 
 
 def tabular_records(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
@@ -112,8 +109,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     images = ds.kind == "images"
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
 
-    records = image_records(spark, cfg, source) if images else tabular_records(spark, cfg, source)
-    records = with_split(records, cfg.preprocess.split).persist(StorageLevel.MEMORY_AND_DISK)
+    if images:
+        # Decoded images are written by the tasks that decode them (pipeline/image_shards.py);
+        # what comes back is per-(split, class) statistics and the bad records.
+        tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
+        planned, label_names = image_inputs(spark, cfg, source, tasks)
+        write = partial(image_shards.write_shards, spec=ImageSpec.from_conf(ds.image), out_uri=out,
+                        label_names=label_names,
+                        row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
+        records = planned.mapInPandas(write, image_shards.RESULT_DDL)
+    else:
+        records = with_split(tabular_records(spark, cfg, source), cfg.preprocess.split)
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
     channels = ds.image.channels if images else 0
     try:
         stats = _collect_stats(records, channels, ds.image.height * ds.image.width)
@@ -123,23 +130,25 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             quarantine.write(quarantine.with_stage(bad, "preprocess.validate"), quarantine_uri)
         quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
 
-        label_names = sort_labels(list(stats["class_counts"]))
-        good = with_label_index(records.filter(F.col("reason").isNull()), label_names)
         if images:
-            payload = [F.col("source").alias("path"), "image"]
             fitted = {"normalization": stats["normalization"]}
             schema = {"id": "string", "path": "string", "label": "int32",
                       "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{channels}, row-major"}
         else:
+            label_names = sort_labels(list(stats["class_counts"]))
+            good = with_label_index(records.filter(F.col("reason").isNull()), label_names)
             fitted = {"tabular": tabular.fit(good.filter(F.col("split") == "train"), ds.tabular)}
-            payload = [tabular.features_column(ds.tabular, fitted["tabular"]).alias("features")]
+            features = tabular.features_column(ds.tabular, fitted["tabular"]).alias("features")
             schema = {"id": "string", "label": "int32",
                       "features": f"array<float>[{fitted['tabular']['num_features']}]"}
-        for s in SPLITS:
-            (good.filter(F.col("split") == s).select("id", *payload, "label")
-             .repartition(cfg.preprocess.files_per_split)
-             .write.mode("overwrite").option("parquet.block.size", cfg.preprocess.row_group_mb * 1024 * 1024)
-             .parquet(f"{out}/{s}"))
+            for s in SPLITS:
+                (good.filter(F.col("split") == s).select("id", features, "label")
+                 .repartition(cfg.preprocess.files_per_split)
+                 .write.mode("overwrite").option("parquet.block.size", cfg.preprocess.row_group_mb * 1024 * 1024)
+                 .parquet(f"{out}/{s}"))
+    except BaseException:
+        lake.remove(out)  # never marked latest, but do not leave a partial version behind
+        raise
     finally:
         records.unpersist()
 
@@ -167,7 +176,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
 def _collect_stats(decoded: DataFrame, channels: int, pixels_per_image: int) -> dict[str, Any]:
     """One small aggregation: counts by (split, reason, class) and train-split pixel moments."""
-    aggs = [F.count(F.lit(1)).alias("n")]
+    # Image results carry a count per row (one row per split and class); tabular rows are records.
+    aggs = [(F.sum("n") if "n" in decoded.columns else F.count(F.lit(1))).alias("n")]
     for c in range(channels):
         aggs += [F.sum(F.col("px_sum")[c]).alias(f"s{c}"), F.sum(F.col("px_sumsq")[c]).alias(f"q{c}")]
     rows = decoded.groupBy("split", "reason", "label_name").agg(*aggs).collect()
@@ -189,8 +199,8 @@ def _collect_stats(decoded: DataFrame, channels: int, pixels_per_image: int) -> 
         if r["split"] == "train":
             pixels_n += r["n"]
             for c in range(channels):
-                s[c] += r[f"s{c}"]
-                q[c] += r[f"q{c}"]
+                s[c] += r[f"s{c}"] or 0.0  # image results: one row per split carries the sums
+                q[c] += r[f"q{c}"] or 0.0
     total = sum(split_counts.values())
     return {
         "input_count": total + sum(by_reason.values()),

@@ -1,0 +1,159 @@
+"""Curated image shards, written by the Python workers that decode the images.
+
+Preprocessing images is decode-bound, and the decoding has to happen in Python. Handing the
+pixels back to the JVM to cache, shuffle into splits and write again as Parquet cost as much CPU
+again as the decoding (bench/README.md). Here Spark plans and schedules the work: a DataFrame of
+(file, id, label, split), one partition per output file. Each task reads and decodes its files
+and writes one Parquet file per split straight to the lake with pyarrow; only counts per
+(split, class), pixel sums per split, and the bad records go back to Spark.
+
+A task writes ``<out>/<split>/part-<partition>.parquet`` through a hidden temporary name
+(``_tmp-<attempt>-...``, which readers skip) and a rename, so a retried or speculative attempt
+replaces the file whole and readers never see part of one. Nothing here moves ``_latest``: a
+failed run leaves no version marked complete, and preprocess removes what it wrote.
+
+The driver lists the input (as Spark's own file index would): about 300 bytes of driver memory
+per file. For tens of millions of files, preprocess the input in parts.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark import TaskContext
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import lake
+from pipeline.images import ImageSpec, Rejected, decode_image
+
+MISSING_LABEL = "missing_label"
+# One row per (split, class) with counts and pixel sums, or per bad record with its reason.
+RESULT_DDL = ("split string, label_name string, reason string, detail string, source string, "
+              "n long, px_sum array<double>, px_sumsq array<double>")
+SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("image", pa.binary()), ("label", pa.int32())])
+
+
+def inputs(spark: SparkSession, source_uri: str, tasks: int) -> tuple[DataFrame, list[str]]:
+    """(uri, path) of every file under the source, zero-byte ones included (they are quarantined),
+    and the names of the folders that hold them.
+
+    path is the file as Spark names it, so curated and quarantined rows match the other jobs'.
+    The DataFrame has ``tasks`` partitions, each every tasks-th file of the sorted listing, so
+    every output file gets a mix of the classes without a shuffle.
+    """
+    uris = [u for u, _ in lake.list_files(source_uri)]
+    rows = [(u, "file:" + u[len("file://"):] if u.startswith("file://") else u)
+            for k in range(tasks) for u in uris[k::tasks]]
+    folders = sorted({p.rsplit("/", 2)[-2] for _, p in rows})
+    rdd = spark.sparkContext.parallelize(rows, tasks)
+    return spark.createDataFrame(rdd, "uri string, path string", verifySchema=False), folders
+
+
+def num_tasks(spark: SparkSession, files_per_split: int) -> int:
+    """files_per_split, or the smallest multiple of it that gives every core a task."""
+    return files_per_split * max(1, math.ceil(spark.sparkContext.defaultParallelism / files_per_split))
+
+
+class _SplitWriter:
+    """One split's Parquet file: buffers rows, writes row groups of about row_group_bytes, counts
+    rows per class and, for the train split, histograms pixel values per channel (exact, and
+    about 10 us an image against 40 for summing floats image by image)."""
+
+    def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool):
+        self.row_group_bytes, self.channels = row_group_bytes, channels
+        self.fs, path = fsspec.core.url_to_fs(uri)
+        parent, name = path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        ctx = TaskContext.get()
+        self.path, self.tmp = path, f"{parent}/_tmp-{ctx.taskAttemptId() if ctx else 0}-{name}"
+        self.file = self.fs.open(self.tmp, "wb")
+        self.writer = pq.ParquetWriter(self.file, SCHEMA)
+        self.rows: dict[str, list] = {k: [] for k in SCHEMA.names}
+        self.buffered = 0
+        self.counts: dict[int, int] = {}
+        self.hist = np.zeros((channels, 256), np.int64) if moments else None
+
+    def add(self, id_: str, path: str, image: bytes, label: int) -> None:
+        for k, v in zip(SCHEMA.names, (id_, path, image, label)):
+            self.rows[k].append(v)
+        self.buffered += len(image) + len(id_) + len(path) + 4
+        if self.buffered >= self.row_group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows["id"]:
+            return
+        labels, counts = np.unique(self.rows["label"], return_counts=True)
+        for label, n in zip(labels.tolist(), counts.tolist()):
+            self.counts[label] = self.counts.get(label, 0) + n
+        if self.hist is not None:
+            px = np.frombuffer(b"".join(self.rows["image"]), np.uint8).reshape(-1, self.channels)
+            for c in range(self.channels):
+                self.hist[c] += np.bincount(px[:, c], minlength=256)
+        self.writer.write_table(pa.Table.from_pydict(self.rows, SCHEMA))
+        self.rows = {k: [] for k in SCHEMA.names}
+        self.buffered = 0
+
+    def moments(self) -> tuple[list[float], list[float]] | tuple[None, None]:
+        """Sums of pixel values and of their squares per channel, as fractions of 255."""
+        if self.hist is None:
+            return None, None
+        v = np.arange(256, dtype=np.float64) / 255.0
+        return (self.hist @ v).tolist(), (self.hist @ (v * v)).tolist()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        self.file.close()
+        self.fs.mv(self.tmp, self.path)
+
+
+def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, label_names: list[str],
+                 row_group_bytes: int, part: int | None = None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_DDL, writing the good images.
+
+    ``part`` numbers the output files; in a Spark task it is the partition.
+    """
+    if part is None:
+        part = TaskContext.get().partitionId()
+    index = {n: i for i, n in enumerate(label_names)}
+    writers: dict[str, _SplitWriter] = {}
+    bad: list[tuple] = []
+    read = None
+    for pdf in frames:
+        if read is None and len(pdf):
+            read = lake.file_reader(pdf["uri"].iloc[0])
+        for uri, path, id_, label_name, split in zip(pdf["uri"], pdf["path"], pdf["id"], pdf["label_name"],
+                                                     pdf["split"]):
+            try:
+                arr = decode_image(read(uri), spec)
+            except Rejected as r:
+                bad.append((split, label_name, r.reason, r.detail[:500], path))
+                continue
+            if label_name not in index:
+                bad.append((split, None, MISSING_LABEL, f"no label for {id_}", path))
+                continue
+            if split not in writers:
+                writers[split] = _SplitWriter(f"{out_uri}/{split}/part-{part:05d}.parquet", row_group_bytes,
+                                              spec.channels, moments=split == "train")
+            writers[split].add(id_, path, arr.tobytes(), index[label_name])
+    rows = []
+    for split, w in writers.items():
+        w.close()
+        s, q = w.moments()
+        # The split's pixel sums ride on its first class's row; the statistics add them up per split.
+        for i, (label, n) in enumerate(sorted(w.counts.items())):
+            rows.append((split, label_names[label], None, None, None, n, s if i == 0 else None, q if i == 0 else None))
+    rows += [(sp, name, reason, detail, src, 1, None, None) for sp, name, reason, detail, src in bad]
+    yield pd.DataFrame(rows, columns=["split", "label_name", "reason", "detail", "source", "n", "px_sum", "px_sumsq"])
+
+
+def label_names(planned: DataFrame) -> list[str]:
+    """The classes the input names (its class folders, or the labels file's values for its files)."""
+    return [r[0] for r in planned.select("label_name").where(F.col("label_name").isNotNull()).distinct().collect()]
