@@ -44,15 +44,21 @@ def inputs(spark: SparkSession, source_uri: str, tasks: int) -> tuple[DataFrame,
     and the names of the folders that hold them.
 
     path is the file as Spark names it, so curated and quarantined rows match the other jobs'.
-    The DataFrame has ``tasks`` partitions, each every tasks-th file of the sorted listing, so
-    every output file gets a mix of the classes without a shuffle.
+    The DataFrame has ``tasks`` partitions, filled round-robin (so every output file gets a mix
+    of the classes).
     """
     uris = [u for u, _ in lake.list_files(source_uri)]
-    rows = [(u, "file:" + u[len("file://"):] if u.startswith("file://") else u)
-            for k in range(tasks) for u in uris[k::tasks]]
+    rows = [(u, "file:" + u[len("file://"):] if u.startswith("file://") else u) for u in uris]
     folders = sorted({p.rsplit("/", 2)[-2] for _, p in rows})
-    rdd = spark.sparkContext.parallelize(rows, tasks)
-    return spark.createDataFrame(rdd, "uri string, path string", verifySchema=False), folders
+    # Through Arrow, not a Python RDD: no Python worker and no unpickling in the JVM per row.
+    pdf = pd.DataFrame(rows, columns=["uri", "path"])
+    prev = spark.conf.get("spark.sql.execution.arrow.pyspark.enabled")
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    try:
+        df = spark.createDataFrame(pdf, "uri string, path string")
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", prev)
+    return df.repartition(tasks), folders
 
 
 def num_tasks(spark: SparkSession, files_per_split: int) -> int:
