@@ -166,7 +166,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
     source = cfg.resolve(cfg.dataset.source)
     root = lake.local_path(source).rstrip("/") + "/"
     uris = [u for u, _ in lake.list_files(source)]
-    paths = ["file:" + u[len("file://"):] for u in uris]
+    paths = [lake.spark_path(u) for u in uris]
     ids = [u[len("file://") + len(root):] for u in uris]
     labels = [p.rsplit("/", 2)[-2] for p in paths]
     names = preprocess.sort_labels(sorted(set(labels)))

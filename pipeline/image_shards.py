@@ -48,7 +48,7 @@ def inputs(spark: SparkSession, source_uri: str, tasks: int) -> tuple[DataFrame,
     of the classes).
     """
     uris = [u for u, _ in lake.list_files(source_uri)]
-    rows = [(u, "file:" + u[len("file://"):] if u.startswith("file://") else u) for u in uris]
+    rows = [(u, lake.spark_path(u)) for u in uris]
     folders = sorted({p.rsplit("/", 2)[-2] for _, p in rows})
     # Through Arrow, not a Python RDD: no Python worker and no unpickling in the JVM per row.
     pdf = pd.DataFrame(rows, columns=["uri", "path"])

@@ -8,10 +8,8 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 # Reason codes written to the quarantine; stable strings, documented in the README.
 EMPTY_FILE = "empty_file"
@@ -100,28 +98,6 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
             img = img.resize(size, Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr.reshape(spec.height, spec.width, spec.channels)
-
-
-DECODED_DDL = ("path string, image binary, reason string, detail string, "
-               "px_sum array<double>, px_sumsq array<double>")
-
-
-def decode_frames(frames: Iterator[pd.DataFrame], spec: ImageSpec) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (path, content) -> DECODED_DDL. Bad files get a reason, not an error."""
-    for pdf in frames:
-        images, reasons, details, sums, sumsqs = [], [], [], [], []
-        for content in pdf["content"]:
-            try:
-                arr = decode_image(content, spec)
-            except Rejected as r:
-                images.append(None); reasons.append(r.reason); details.append(r.detail[:500])
-                sums.append(None); sumsqs.append(None)
-                continue
-            flat = arr.reshape(-1, spec.channels).astype(np.float64) / 255.0
-            images.append(arr.tobytes()); reasons.append(None); details.append(None)
-            sums.append(flat.sum(axis=0).tolist()); sumsqs.append((flat * flat).sum(axis=0).tolist())
-        yield pd.DataFrame({"path": pdf["path"].values, "image": images, "reason": reasons,
-                            "detail": details, "px_sum": sums, "px_sumsq": sumsqs})
 
 
 def images_to_tensor_layout(image_col, spec: ImageSpec | ImageLayout) -> np.ndarray:

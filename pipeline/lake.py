@@ -110,6 +110,11 @@ def move(src: str, dst: str) -> None:
     fs.mv(s, d, recursive=True)
 
 
+def spark_path(uri: str) -> str:
+    """The name Spark gives a file: local files are file:/path, not file:///path."""
+    return "file:" + uri[len("file://"):] if uri.startswith("file://") else uri
+
+
 def local_path(uri: str) -> str:
     """The filesystem path of a file:// URI (for libraries that want a path)."""
     return _fs(uri)[1]

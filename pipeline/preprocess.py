@@ -35,14 +35,9 @@ def read_files(spark: SparkSession, source_uri: str) -> DataFrame:
              .load(source_uri).select("path", "content"))
     empty = lake.empty_files(source_uri)
     if empty:
-        spark_paths = [_spark_path(u) for u in empty]
+        spark_paths = [lake.spark_path(u) for u in empty]
         files = files.unionByName(spark.createDataFrame([(p, bytearray()) for p in spark_paths], files.schema))
     return files
-
-
-def _spark_path(uri: str) -> str:
-    # Spark reports local files as file:/path, not file:///path.
-    return "file:" + uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def with_relative_id(df: DataFrame, source_uri: str) -> DataFrame:

@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import images
-from pipeline.images import ImageSpec, Rejected, decode_frames, decode_image, images_to_tensor_layout
+from pipeline.images import ImageSpec, Rejected, decode_image, images_to_tensor_layout
 
 from conftest import png_bytes
 
@@ -77,12 +78,31 @@ def test_unsupported_mode():
     assert e.value.reason == images.UNSUPPORTED_MODE
 
 
-def test_decode_frames_keeps_every_row_and_tensor_layout():
-    good = png_bytes(np.full((8, 8), 51, np.uint8))
-    pdf = pd.DataFrame({"path": ["a", "b", "c"], "content": [good, b"", good]})
-    out = pd.concat(list(decode_frames(iter([pdf]), GRAY)))
-    assert list(out["path"]) == ["a", "b", "c"]
-    assert list(out["reason"]) == [None, images.EMPTY_FILE, None]
-    assert out["px_sum"][0] == [pytest.approx(64 * 0.2)]
-    batch = images_to_tensor_layout(out["image"][out["reason"].isna()], GRAY)
-    assert batch.shape == (2, 1, 8, 8) and (batch == 51).all()
+def test_write_shards_writes_good_images_and_returns_counts_sums_and_bad_rows(tmp_path):
+    from pipeline.image_shards import write_shards
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"a.png": png_bytes(np.full((8, 8), 51, np.uint8)), "b.png": b"",
+             "c.png": png_bytes(np.full((8, 8), 102, np.uint8)), "d.png": png_bytes(np.zeros((8, 8), np.uint8))}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    plan = pd.DataFrame({"uri": [f"file://{src}/{n}" for n in files], "path": [f"file:{src}/{n}" for n in files],
+                         "id": list(files), "label_name": ["x", "x", "y", None],
+                         "split": ["train", "train", "train", "val"]})
+    out = pd.concat(list(write_shards(iter([plan]), GRAY, f"file://{tmp_path}/out", ["x", "y"], 1 << 20, part=3)))
+
+    bad = out[out["reason"].notna()].set_index("source")
+    assert bad.loc[f"file:{src}/b.png", "reason"] == images.EMPTY_FILE
+    assert bad.loc[f"file:{src}/d.png", "reason"] == "missing_label"
+    good = out[out["reason"].isna()].set_index("label_name")
+    assert good["n"].to_dict() == {"x": 1, "y": 1} and set(good["split"]) == {"train"}
+    sums = [v for v in good["px_sum"] if v is not None]  # the split's sums ride on one row
+    assert len(sums) == 1 and sums[0] == [pytest.approx(64 * (51 + 102) / 255)]
+
+    table = pq.read_table(tmp_path / "out" / "train" / "part-00003.parquet")
+    assert table.column("id").to_pylist() == ["a.png", "c.png"] and table.column("label").to_pylist() == [0, 1]
+    batch = images_to_tensor_layout(table.column("image").to_pylist(), GRAY)
+    assert batch.shape == (2, 1, 8, 8) and (batch[0] == 51).all() and (batch[1] == 102).all()
+    assert not (tmp_path / "out" / "val").exists()  # no good rows there, so no file
+    assert [p.name for p in (tmp_path / "out" / "train").iterdir()] == ["part-00003.parquet"]  # no temporaries
