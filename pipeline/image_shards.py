@@ -40,25 +40,24 @@ SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("image", pa.bin
 
 
 def inputs(spark: SparkSession, source_uri: str, tasks: int) -> tuple[DataFrame, list[str]]:
-    """(uri, path) of every file under the source, zero-byte ones included (they are quarantined),
-    and the names of the folders that hold them.
+    """(uri, path, folder) of every file under the source, zero-byte ones included (they are
+    quarantined), and the distinct folders; folder is the name of the folder holding the file
+    (its class, by default).
 
     path is the file as Spark names it, so curated and quarantined rows match the other jobs'.
     The DataFrame has ``tasks`` partitions, filled round-robin (so every output file gets a mix
     of the classes).
     """
-    uris = [u for u, _ in lake.list_files(source_uri)]
-    rows = [(u, lake.spark_path(u)) for u in uris]
-    folders = sorted({p.rsplit("/", 2)[-2] for _, p in rows})
+    paths = [(u, lake.spark_path(u)) for u, _ in lake.list_files(source_uri)]
+    pdf = pd.DataFrame([(u, p, p.rsplit("/", 2)[-2]) for u, p in paths], columns=["uri", "path", "folder"])
     # Through Arrow, not a Python RDD: no Python worker and no unpickling in the JVM per row.
-    pdf = pd.DataFrame(rows, columns=["uri", "path"])
     prev = spark.conf.get("spark.sql.execution.arrow.pyspark.enabled")
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     try:
-        df = spark.createDataFrame(pdf, "uri string, path string")
+        df = spark.createDataFrame(pdf, "uri string, path string, folder string")
     finally:
         spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", prev)
-    return df.repartition(tasks), folders
+    return df.repartition(tasks), sorted(pdf["folder"].unique().tolist())
 
 
 def num_tasks(spark: SparkSession, files_per_split: int) -> int:

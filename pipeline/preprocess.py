@@ -80,10 +80,9 @@ def image_inputs(spark: SparkSession, cfg: Config, source: str, tasks: int) -> t
     files, folders = image_shards.inputs(spark, source, tasks)
     files = with_relative_id(files, source)
     if ds.label_source == "folder":
-        files = files.withColumn("label_name", F.element_at(F.split("path", "/"), -2))
-        return with_split(files, cfg.preprocess.split), sort_labels(folders)
+        return with_split(files.withColumnRenamed("folder", "label_name"), cfg.preprocess.split), sort_labels(folders)
     labels = spark.read.option("header", "true").csv(cfg.resolve(ds.labels_file))
-    files = with_split(with_file_label(files, labels), cfg.preprocess.split).repartition(tasks)
+    files = with_split(with_file_label(files.drop("folder"), labels), cfg.preprocess.split).repartition(tasks)
     return files, sort_labels(image_shards.label_names(files))
 
 
