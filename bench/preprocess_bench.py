@@ -19,12 +19,14 @@ run); every run is printed, so the cold numbers a one-off ``spark-submit`` pays 
 writes of the three splits, the manifest and ``_latest``.
 
 Loop: one Python process, pyarrow limited to one thread, doing the same work on the same
-files with the same code where the job has Python code (images: the job's task function,
-``pipeline.image_shards.write_shards``, over ``files_per_split`` chunks) and the same semantics
-where the job is Spark SQL (the tabular validation, split hash, fit and encoding), writing the
-same columns to the same number of Parquet files per split. Timed: from listing the files to
-the written manifest; imports and one warm-up run are not. Both sides read files that are in
-the page cache (they were just written).
+files with the job's own code, without Spark. Images: the job's task function
+(``pipeline.image_shards.write_shards``) over ``files_per_split`` chunks. Tabular: every file read
+whole with the job's reader and validated, split, fitted and encoded in memory with the job's
+functions (``pipeline.tabular``); it does not stage records between two passes as the
+distributed job must. Both write the same columns to the same number of Parquet files per split,
+the quarantine and a manifest. Timed: from listing the files to the written manifest; imports
+and one warm-up run are not. Both sides read files that are in the page cache (they were just
+written).
 
 Reported per kind: records/s of each, records/s per core for Spark, and the ratio
 ``(spark_rate / cores) / loop_rate``. "cores" is the ``local[N]`` task slots; the CPU time
@@ -37,11 +39,9 @@ same work.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -50,95 +50,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import image_shards, lake, preprocess, synthetic  # noqa: E402
-from pipeline.config import Config, SplitConf, load_config  # noqa: E402
+from pipeline import image_shards, lake, preprocess, splits, synthetic, tabular  # noqa: E402
+from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.images import ImageSpec  # noqa: E402
 from pipeline.session import get_spark  # noqa: E402
-from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
+from measure import timed  # noqa: E402  (bench/, first on sys.path)
 
 IMAGES_CONF = str(ROOT / "conf" / "synthetic_images.yaml")
 TABULAR_CONF = str(ROOT / "conf" / "synthetic_tabular.yaml")
 BATCH = 1024  # the job's spark.sql.execution.arrow.maxRecordsPerBatch (pipeline/session.py)
-
-
-# --- Spark's xxhash64(seed_int, id_string), vectorised, so the loop assigns the same splits ---
-
-_P1, _P2, _P3, _P4, _P5 = (np.uint64(p) for p in (
-    11400714785074694791, 14029467366897019727, 1609587929392839161, 9650029242287828579, 2870177450012600261))
-
-
-def _rotl(x, r):
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-def _round(acc, lane):
-    return _rotl(acc + lane * _P2, 31) * _P1
-
-
-def _fmix(h):
-    h = (h ^ (h >> np.uint64(33))) * _P2
-    h = (h ^ (h >> np.uint64(29))) * _P3
-    return h ^ (h >> np.uint64(32))
-
-
-def _lanes(data: np.ndarray, offset: int, width: int) -> np.ndarray:
-    return np.ascontiguousarray(data[:, offset:offset + width]).view("<u8" if width == 8 else "<u4").ravel().astype(np.uint64)
-
-
-def _xxh64_fixed(data: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """XXH64 of n byte strings of one length (an (n, L) uint8 array) with per-row seeds."""
-    n, length = data.shape
-    off = 0
-    with np.errstate(over="ignore"):
-        if length >= 32:
-            v = [seed + _P1 + _P2, seed + _P2, seed.copy(), seed - _P1]
-            while off + 32 <= length:
-                v = [_round(v[k], _lanes(data, off + 8 * k, 8)) for k in range(4)]
-                off += 32
-            h = _rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)
-            for k in range(4):
-                h = (h ^ _round(np.zeros(n, np.uint64), v[k])) * _P1 + _P4
-        else:
-            h = seed + _P5
-        h = h + np.uint64(length)
-        while off + 8 <= length:
-            h = _rotl(h ^ _round(np.zeros(n, np.uint64), _lanes(data, off, 8)), 27) * _P1 + _P4
-            off += 8
-        if off + 4 <= length:
-            h = _rotl(h ^ (_lanes(data, off, 4) * _P1), 23) * _P2 + _P3
-            off += 4
-        while off < length:
-            h = _rotl(h ^ (data[:, off].astype(np.uint64) * _P5), 11) * _P1
-            off += 1
-        return _fmix(h)
-
-
-def _xxh64_int(value: int, seed: int) -> np.uint64:
-    with np.errstate(over="ignore"):
-        h = np.array([seed], np.uint64) + _P5 + np.uint64(4)
-        h = _rotl(h ^ (np.uint64(value & 0xFFFFFFFF) * _P1), 23) * _P2 + _P3
-        return _fmix(h)[0]
-
-
-def spark_split(ids: list[str], split: SplitConf) -> np.ndarray:
-    """The split preprocess.with_split assigns: pmod(xxhash64(seed, id), 1e6) / 1e6 against the fractions."""
-    seed = _xxh64_int(split.seed, 42)  # Spark's xxhash64 starts from 42 and chains column by column
-    encoded = [s.encode() for s in ids]
-    lengths = np.fromiter((len(b) for b in encoded), np.int64, len(encoded))
-    hashes = np.empty(len(encoded), np.uint64)
-    for length in np.unique(lengths):
-        idx = np.flatnonzero(lengths == length)
-        data = np.frombuffer(b"".join(encoded[i] for i in idx), np.uint8).reshape(len(idx), int(length))
-        hashes[idx] = _xxh64_fixed(data, np.full(len(idx), seed, np.uint64))
-    u = (hashes.view(np.int64) % 1_000_000) / 1_000_000.0
-    return np.where(u < split.train, "train", np.where(u < split.train + split.val, "val", "test"))
 
 
 # --- the single-process loops ---------------------------------------------------------------
@@ -171,7 +96,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
     labels = [p.rsplit("/", 2)[-2] for p in paths]
     names = preprocess.sort_labels(sorted(set(labels)))
     plan = pd.DataFrame({"uri": uris, "path": paths, "id": ids, "label_name": labels,
-                         "split": spark_split(ids, cfg.preprocess.split)})
+                         "split": np.asarray(splits.NAMES)[splits.assign(ids, cfg.preprocess.split)]})
     results = []
     for k, idx in enumerate(np.array_split(np.arange(len(plan)), cfg.preprocess.files_per_split)):
         chunk = plan.iloc[idx]
@@ -185,121 +110,50 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
     q = np.sum(np.stack(train["px_sumsq"].tolist()), axis=0)
     n_train = int(good.loc[good["split"] == "train", "n"].sum())
     norm = preprocess._moments(list(s), list(q), n_train * spec.height * spec.width)
-    splits = {sp: {"count": int(good.loc[good["split"] == sp, "n"].sum()),
+    split_stats = {sp: {"count": int(good.loc[good["split"] == sp, "n"].sum()),
                    "class_counts": {k: int(v) for k, v in
                                     good[good["split"] == sp].groupby("label_name")["n"].sum().items()}}
               for sp in preprocess.SPLITS}
     result = {"input_count": len(uris), "output_count": int(good["n"].sum()),
               "quarantined_count": int(res["reason"].notna().sum()), "label_names": names,
-              "splits": splits, "normalization": norm}
+              "splits": split_stats, "normalization": norm}
     lake.write_json(f"file://{out_dir}/_manifest.json", result)
     return result
 
 
-def _trimmed(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.utf8_trim_whitespace(col)
-
-
-def _to_double(col: pa.ChunkedArray) -> np.ndarray:
-    """Spark's cast(string as double): trimmed; null or unparseable -> NaN here (null in Spark)."""
-    try:
-        return pc.cast(_trimmed(col), pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:  # some value is not a number: parse value by value
-        return pd.to_numeric(pd.Series(_trimmed(col).to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
-
-
-def _nan_spelling(col: pa.ChunkedArray) -> np.ndarray:
-    """Values that parse to NaN or infinity (so are numbers, not wrong_type)."""
-    spelled = pc.is_in(pc.utf8_lower(_trimmed(col)), value_set=pa.array(
-        ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]))
-    return pc.fill_null(spelled, False).to_numpy(zero_copy_only=False)
-
-
-def _missing(col: pa.ChunkedArray) -> np.ndarray:
-    return pc.fill_null(pc.equal(_trimmed(col), ""), True).to_numpy(zero_copy_only=False)
-
-
 def tabular_loop(cfg: Config, out_dir: str) -> dict:
-    """The tabular path of preprocess (tabular.read/with_reason/fit/features_column) with pyarrow + numpy."""
+    """The job's work without Spark and without staging: every file read whole with the job's
+    reader, validated, split, fitted and encoded in memory with the job's functions
+    (pipeline.tabular), files_per_split Parquet files per split, the quarantine and a manifest."""
     tab = cfg.dataset.tabular
-    source = lake.local_path(cfg.resolve(cfg.dataset.source)).rstrip("/")
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(source) for f in fs if not f.startswith((".", "_")))
-    malformed: list[str] = []
-
-    def on_invalid(row):  # Spark's PERMISSIVE mode: the record goes to _corrupt_record
-        malformed.append(row.text)
-        return "skip"
-
-    tables = []
-    for path in files:
-        with open(path) as f:
-            header = f.readline().rstrip("\r\n").split(",")
-        if sorted(header) != sorted(tab.columns()):
-            raise ValueError(f"schema drift in {path}: {header} != {tab.columns()}")
-        tables.append(pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
-                                                 strings_can_be_null=True)))
-    t = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in tab.columns()})
-    n = t.num_rows
-
-    reason = np.full(n, "", dtype=object)
-    checks = [(_missing(t[tab.id_column]), "missing_id"), (_missing(t[tab.label_column]), "missing_label")]
-    numeric = {c: _to_double(t[c]) for c in tab.numeric}
-    for c in tab.numeric:
-        raw_present = ~_missing(t[c])
-        checks.append((raw_present & np.isnan(numeric[c]) & ~_nan_spelling(t[c]), "wrong_type"))
-    for c in tab.numeric:
-        checks.append((~np.isfinite(numeric[c]) & (_nan_spelling(t[c]) | np.isinf(numeric[c])), "non_finite"))
-    for mask, code in reversed(checks):  # the first failing check wins
-        reason[mask] = code
-    good = reason == ""
-    ids = t[tab.id_column].to_numpy(zero_copy_only=False)
-    labels = t[tab.label_column].to_numpy(zero_copy_only=False)
-    splits = spark_split([x if x is not None else "" for x in ids], cfg.preprocess.split)
-    train = good & (splits == "train")
-
-    params = {"numeric": {}, "categorical": {}}
-    for c in tab.numeric:
-        v = numeric[c][train]
-        v = v[~np.isnan(v)]
-        mean = float(v.mean()) if len(v) else 0.0
-        std = float(v.std()) if len(v) else 0.0
-        params["numeric"][c] = {"mean": mean, "std": std if std > 0 and not math.isnan(std) else 1.0}
-    cats = {c: t[c].to_numpy(zero_copy_only=False) for c in tab.categorical}
-    for c in tab.categorical:
-        vc = pd.Series(cats[c][train]).value_counts(dropna=True)
-        top = sorted(vc.items(), key=lambda kv: (-kv[1], kv[0]))[:tab.max_categories]
-        params["categorical"][c] = [k for k, _ in top]
-
-    names = preprocess.sort_labels(sorted(set(labels[good].tolist())))
+    files = [u for u, size in lake.list_files(cfg.resolve(cfg.dataset.source)) if size > 0]
+    recs = [tabular.validate(*tabular.read_piece((u, 0, -1), tab), tab) for u in files]
+    rec = tabular.Records(
+        *(np.concatenate([getattr(r, k) for r in recs]) for k in ("ids", "labels")),
+        {c: np.concatenate([r.numeric[c] for r in recs]) for c in tab.numeric},
+        {c: np.concatenate([r.categorical[c] for r in recs]) for c in tab.categorical},
+        *(np.concatenate([getattr(r, k) for r in recs]) for k in ("reason", "detail", "source")))
+    ok = rec.good()
+    bad = rec.take(np.flatnonzero(~ok))
+    os.makedirs(f"{out_dir}/quarantine", exist_ok=True)
+    pq.write_table(pa.table({"source": bad.source.astype(str), "reason": bad.reason.astype(str),
+                             "stage": ["preprocess.validate"] * len(bad), "detail": bad.detail.astype(str)}),
+                   f"{out_dir}/quarantine/part-00000.parquet")
+    good = rec.take(np.flatnonzero(ok))
+    which = splits.assign(list(good.ids), cfg.preprocess.split)
+    params = tabular.merge_fits([tabular.partial_fit(good.take(np.flatnonzero(which == 0)), tab)], tab)
+    names = preprocess.sort_labels(sorted(set(good.labels.tolist())))
     index = {name: i for i, name in enumerate(names)}
-    width = len(tab.numeric) + sum(len(v) + 1 for v in params["categorical"].values())
-    for split in preprocess.SPLITS:
-        sel = np.flatnonzero(good & (splits == split))
-        feats = np.zeros((len(sel), width), np.float32)
-        for j, c in enumerate(tab.numeric):
-            p = params["numeric"][c]
-            v = numeric[c][sel]
-            feats[:, j] = ((np.where(np.isnan(v), p["mean"], v) - p["mean"]) / p["std"]).astype(np.float32)
-        col = len(tab.numeric)
-        for c in tab.categorical:
-            vocab = params["categorical"][c]
-            slot = pd.Series(cats[c][sel]).map({v: i + 1 for i, v in enumerate(vocab)}).fillna(0).to_numpy(np.int64)
-            feats[np.arange(len(sel)), col + slot] = 1.0
-            col += len(vocab) + 1
-        table = pa.table({"id": pa.array(ids[sel], pa.string()),
-                          "features": pa.ListArray.from_arrays(pa.array(np.arange(0, (len(sel) + 1) * width, width, dtype=np.int32)),
-                                                               pa.array(feats.ravel())),
-                          "label": pa.array([index[x] for x in labels[sel]], pa.int32())})
+    for k, split in enumerate(splits.NAMES):
+        part = good.take(np.flatnonzero(which == k))
+        table = pa.table({"id": pa.array(part.ids, pa.string()),
+                          "features": tabular.features_array(tabular.encode(part, tab, params)),
+                          "label": pa.array([index[x] for x in part.labels], pa.int32())})
         _write_split(table, f"{out_dir}/{split}", cfg.preprocess.files_per_split)
-    by_reason = pd.Series(reason[~good]).value_counts().to_dict()
-    if malformed:
-        by_reason["malformed_record"] = len(malformed)
-    result = {"input_count": n + len(malformed), "output_count": int(good.sum()),
-              "quarantined_count": int((~good).sum()) + len(malformed), "quarantined_by_reason": by_reason,
-              "label_names": names, "splits": _split_counts(splits[good], labels[good]), "tabular": params}
+    by_reason = {str(r): int(n) for r, n in zip(*np.unique(bad.reason.astype(str), return_counts=True))}
+    result = {"input_count": len(rec), "output_count": len(good), "quarantined_count": len(bad),
+              "quarantined_by_reason": by_reason, "label_names": names,
+              "splits": _split_counts(np.asarray(splits.NAMES)[which], good.labels), "tabular": params}
     lake.write_json(f"file://{out_dir}/_manifest.json", result)
     return result
 
@@ -335,7 +189,7 @@ def _matches(kind: str, job: dict, loop: dict) -> list[str]:
 
 def generate(lake_root: str, args) -> dict[str, Config]:
     """The benchmark data and the small warm-up sets, written by pipeline.synthetic on local[2]."""
-    base = [f"lake.root={lake_root}", f"spark.master=local[2]"]
+    base = [f"lake.root={lake_root}", "spark.master=local[2]"]
     cfgs = {
         "images": load_config(IMAGES_CONF, base),
         "tabular": load_config(TABULAR_CONF, base),

@@ -135,3 +135,44 @@ def get_latest(parent_uri: str) -> str:
 def new_run_id() -> str:
     """Sortable and unique: UTC timestamp plus a short random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+class ParquetPart:
+    """One Parquet file written by one task: row groups of about row_group_bytes, through a
+    hidden temporary name (``_tmp-<attempt>-<name>``, which readers skip) and a rename on
+    close, so a retried or speculative attempt replaces the file whole and a reader never sees
+    part of one."""
+
+    def __init__(self, uri: str, schema, row_group_bytes: int, attempt: int = 0):
+        import pyarrow.parquet as pq
+
+        self.schema, self.row_group_bytes = schema, row_group_bytes
+        self.fs, self.path = _fs(uri)
+        parent, name = self.path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        self.tmp = f"{parent}/_tmp-{attempt}-{name}"
+        self.file = self.fs.open(self.tmp, "wb")
+        self.writer = pq.ParquetWriter(self.file, schema)
+        self.pending: list = []
+        self.pending_bytes = 0
+        self.rows = 0
+
+    def write(self, table) -> None:
+        self.pending.append(table)
+        self.pending_bytes += table.nbytes
+        self.rows += table.num_rows
+        if self.pending_bytes >= self.row_group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=1 << 30)
+        self.pending, self.pending_bytes = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        self.file.close()
+        self.fs.mv(self.tmp, self.path)

@@ -6,6 +6,7 @@ moves to the new version only after everything above is written.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from functools import partial
@@ -15,7 +16,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import image_shards, lake, manifest, quarantine, tabular
+from pipeline import image_shards, lake, manifest, quarantine, tabular, tabular_shards
 from pipeline.config import Config, SplitConf
 from pipeline.images import ImageSpec
 
@@ -86,66 +87,20 @@ def image_inputs(spark: SparkSession, cfg: Config, source: str, tasks: int) -> t
     return files, sort_labels(image_shards.label_names(files))
 
 
-def tabular_records(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
-    """One row per input record: id, source, reason, detail, label_name, and the declared columns."""
-    tab = cfg.dataset.tabular
-    df = tabular.with_reason(tabular.read(spark, source, tab), tab)
-    return (df.withColumn("id", F.col(tab.id_column))
-            .withColumn("label_name", F.col(tab.label_column)))
-
-
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ds = cfg.dataset
     version = lake.new_run_id()
     source = cfg.resolve(ds.source)
     out = cfg.uri("curated", ds.name, f"v={version}")
     quarantine_uri = cfg.uri("quarantine", ds.name, version)
-    images = ds.kind == "images"
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
-
-    if images:
-        # Decoded images are written by the tasks that decode them (pipeline/image_shards.py);
-        # what comes back is per-(split, class) statistics and the bad records.
-        tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
-        planned, label_names = image_inputs(spark, cfg, source, tasks)
-        write = partial(image_shards.write_shards, spec=ImageSpec.from_conf(ds.image), out_uri=out,
-                        label_names=label_names,
-                        row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
-        records = planned.mapInPandas(write, image_shards.RESULT_DDL)
-    else:
-        records = with_split(tabular_records(spark, cfg, source), cfg.preprocess.split)
-    records = records.persist(StorageLevel.MEMORY_AND_DISK)
-    channels = ds.image.channels if images else 0
     try:
-        stats = _collect_stats(records, channels, ds.image.height * ds.image.width)
-        by_reason = stats["by_reason"]
-        if by_reason:
-            bad = records.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
-            quarantine.write(quarantine.with_stage(bad, "preprocess.validate"), quarantine_uri)
-        quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
-
-        if images:
-            fitted = {"normalization": stats["normalization"]}
-            schema = {"id": "string", "path": "string", "label": "int32",
-                      "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{channels}, row-major"}
-        else:
-            label_names = sort_labels(list(stats["class_counts"]))
-            good = with_label_index(records.filter(F.col("reason").isNull()), label_names)
-            fitted = {"tabular": tabular.fit(good.filter(F.col("split") == "train"), ds.tabular)}
-            features = tabular.features_column(ds.tabular, fitted["tabular"]).alias("features")
-            schema = {"id": "string", "label": "int32",
-                      "features": f"array<float>[{fitted['tabular']['num_features']}]"}
-            for s in SPLITS:
-                (good.filter(F.col("split") == s).select("id", features, "label")
-                 .repartition(cfg.preprocess.files_per_split)
-                 .write.mode("overwrite").option("parquet.block.size", cfg.preprocess.row_group_mb * 1024 * 1024)
-                 .parquet(f"{out}/{s}"))
+        stats, label_names, fitted, schema = (_images if ds.kind == "images" else _tabular)(
+            spark, cfg, source, out, quarantine_uri)
     except BaseException:
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
         raise
-    finally:
-        records.unpersist()
-
+    by_reason = stats["by_reason"]
     m = manifest.build(
         "preprocess", version, cfg.to_dict(),
         input_count=stats["input_count"], output_count=stats["output_count"],
@@ -157,8 +112,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     "uri": f"{out}/{s}"} for s in SPLITS},
         label_names=label_names,
         schema=schema,
-        **({"image": {"height": ds.image.height, "width": ds.image.width, "channels": channels,
-                      "resize": ds.image.resize, "max_pixels": ds.image.max_pixels}} if images else {}),
+        **({"image": {"height": ds.image.height, "width": ds.image.width, "channels": ds.image.channels,
+                      "resize": ds.image.resize, "max_pixels": ds.image.max_pixels}} if ds.kind == "images" else {}),
         **fitted,
     )
     manifest.write(out, m)
@@ -166,6 +121,70 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
              m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
     return m
+
+
+def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str):
+    """Decoded images are written by the tasks that decode them (pipeline/image_shards.py);
+    what comes back is per-(split, class) statistics and the bad records."""
+    ds = cfg.dataset
+    tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
+    planned, label_names = image_inputs(spark, cfg, source, tasks)
+    write = partial(image_shards.write_shards, spec=ImageSpec.from_conf(ds.image), out_uri=out,
+                    label_names=label_names, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
+    records = planned.mapInPandas(write, image_shards.RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = _collect_stats(records, ds.image.channels, ds.image.height * ds.image.width)
+        if stats["by_reason"]:
+            bad = records.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
+            quarantine.write(quarantine.with_stage(bad, "preprocess.validate"), quarantine_uri)
+        quarantine.check_fraction(stats["by_reason"], stats["input_count"], cfg.preprocess.max_bad_fraction,
+                                  quarantine_uri)
+    finally:
+        records.unpersist()
+    schema = {"id": "string", "path": "string", "label": "int32",
+              "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{ds.image.channels}, row-major"}
+    return stats, label_names, {"normalization": stats["normalization"]}, schema
+
+
+def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str):
+    """Two passes of Python tasks (pipeline/tabular_shards.py): validate and stage, then encode
+    and write with the parameters fitted on the train split in between."""
+    tab = cfg.dataset.tabular
+    tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
+    pieces = tabular.plan(source, tab, tasks, max_piece_bytes(spark))
+    staging = f"{out}/_staging"
+    parts = spark.range(0, tasks, 1, tasks)
+    stage = partial(tabular_shards.stage, pieces=pieces, tab=tab, split=cfg.preprocess.split,
+                    staging_uri=staging, quarantine_uri=quarantine_uri, stage_name="preprocess.validate")
+    results = [json.loads(r["stats"]) for r in parts.mapInPandas(stage, tabular_shards.STAGE_DDL).collect()]
+    by_reason: dict[str, int] = {}
+    split_class: dict[tuple[str, str], int] = {}
+    for r in results:
+        for reason, n in r["bad"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        for s, label, n in r["counts"]:
+            split_class[(s, label)] = split_class.get((s, label), 0) + n
+    output = sum(split_class.values())
+    stats = {"input_count": output + sum(by_reason.values()), "output_count": output, "by_reason": by_reason,
+             "split_counts": {s: sum(n for (sp, _), n in split_class.items() if sp == s) for s in SPLITS},
+             "split_class_counts": split_class}
+    quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
+
+    label_names = sort_labels(sorted({label for _, label in split_class}))
+    params = tabular.merge_fits([f for r in results for f in r["fits"]], tab)
+    write = partial(tabular_shards.write_curated, tab=tab, params=params, label_names=label_names,
+                    staging_uri=staging, out_uri=out, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
+    written = sum(r["n"] for r in parts.mapInPandas(write, tabular_shards.WRITE_DDL).collect())
+    if written != output:
+        raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
+    lake.remove(staging)
+    schema = {"id": "string", "label": "int32", "features": f"array<float>[{params['num_features']}]"}
+    return stats, label_names, {"tabular": params}, schema
+
+
+def max_piece_bytes(spark: SparkSession) -> int:
+    """spark.sql.files.maxPartitionBytes: the most input bytes one task reads at a time."""
+    return int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
 
 
 def _collect_stats(decoded: DataFrame, channels: int, pixels_per_image: int) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import artifact, lake, manifest, quarantine, tabular
+from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
-from pipeline.preprocess import read_files
+from pipeline.preprocess import max_piece_bytes, read_files
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,15 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, kw: dict[str
     if spec["input"]["kind"] == "images":
         body = partial(score_frames, prepare=prepare_images, key="path", **kw)
         return read_files(spark, source).mapInPandas(body, SCORED_DDL), "path"
+    # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
+    # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
-    df = tabular.with_reason(tabular.read(spark, source, tab, label_required=False), tab, label_required=False)
-    df = df.select(F.col(tab.id_column).alias("id"), "source", "reason", "detail",
-                   F.when(F.col("reason").isNull(), tabular.features_column(tab, spec["input"]["tabular"]))
-                   .alias("features"))
+    tasks = spark.sparkContext.defaultParallelism
+    pieces = tabular.plan(source, tab, tasks, max_piece_bytes(spark), label_required=False)
+    records = partial(tabular_shards.score_records, pieces=pieces, tab=tab, params=spec["input"]["tabular"],
+                      batch_size=kw["batch_size"])
     body = partial(score_frames, prepare=prepare_features, key="id", **kw)
-    return df.mapInPandas(body, SCORED_DDL), "id"
+    return spark.range(0, tasks, 1, tasks).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:

@@ -1,24 +1,42 @@
-"""Tabular records: read with a declared schema, validate, fit on train, encode.
+"""Tabular records: read, validate, fit on the train split, encode, with pyarrow and numpy.
 
-Shared by preprocess (fit + encode) and score (encode with the parameters saved in the
-dataset version), so training and serving cannot drift apart. Encoding is pure Spark SQL:
-no Python UDF on the hot path.
+Spark plans and schedules the work; the tasks do it, a column at a time. The driver lists the
+input and cuts it into pieces (byte ranges of CSV and JSON-lines files, whole Parquet files);
+each task reads its pieces with pyarrow. Parsing, validating and encoding a whole column at
+once costs a fraction of Spark's row-at-a-time CSV reader and expression evaluation
+(bench/README.md).
 
-Feature vector (float32, fixed length): standardised numerics in declared order, then one
-one-hot block per categorical column whose slot 0 is "unknown" (unseen value or null).
+The same functions serve preprocess (validate, fit, encode) and score (validate and encode
+with the parameters saved in the dataset version), so training and serving cannot drift apart.
+
+Feature vector (float32, fixed length): standardised numerics in declared order (a missing
+value is imputed with the train mean), then one one-hot block per categorical column whose
+slot 0 is "unknown" (unseen value or null).
+
+Reading follows Spark's CSV and JSON readers: a header line per CSV file, "" is null, a
+record with the wrong number of fields is malformed; a piece boundary moves to the next line
+end, so records may not contain newlines (as with Spark's default ``multiLine=false``).
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
+from pipeline import lake
 from pipeline.config import TabularConf
 
-CORRUPT = "_corrupt_record"
 # Reason codes.
 MALFORMED = "malformed_record"
 MISSING_ID = "missing_id"
@@ -26,14 +44,11 @@ MISSING_LABEL = "missing_label"
 WRONG_TYPE = "wrong_type"
 NON_FINITE = "non_finite"
 
+_NON_FINITE_SPELLINGS = pa.array(["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"])
+
 
 class SchemaDriftError(ValueError):
     pass
-
-
-def _string_schema(columns: list[str]) -> T.StructType:
-    return T.StructType([T.StructField(c, T.StringType()) for c in columns] +
-                        [T.StructField(CORRUPT, T.StringType())])
 
 
 def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: bool = True) -> None:
@@ -41,7 +56,7 @@ def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: 
     declared = tab.columns()
     optional = set() if label_required else {tab.label_column}
     missing = [c for c in declared if c not in found and c not in optional]
-    extra = [c for c in found if c not in declared and c != CORRUPT]
+    extra = [c for c in found if c not in declared]
     if missing or extra:
         parts = ([f"missing {missing}"] if missing else []) + ([f"not declared {extra}"] if extra else [])
         raise SchemaDriftError(
@@ -49,97 +64,296 @@ def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: 
             f"Fix the input, or declare new columns (dataset.tabular.ignore to skip them) and retrain.")
 
 
-def read(spark: SparkSession, uri: str, tab: TabularConf, label_required: bool = True) -> DataFrame:
-    """All declared columns as strings plus _corrupt_record (raw text of unparseable records)."""
-    if tab.format == "csv":
-        header = spark.read.option("header", True).csv(uri).columns
-        check_columns(header, tab, uri, label_required)
-        df = (spark.read.schema(_string_schema(header)).option("header", True)
-              .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).csv(uri))
-    elif tab.format == "json":
-        # Sample the keys actually present, then read every record against them.
-        found = spark.read.json(uri).columns
-        check_columns([c for c in found if c != CORRUPT], tab, uri, label_required)
-        df = (spark.read.schema(_string_schema([c for c in found if c != CORRUPT]))
-              .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(uri))
+# --- planning, on the driver --------------------------------------------------------------------
+
+Piece = tuple[str, int, int]  # (file URI, first byte, length; -1 = to the end)
+
+
+def file_columns(uri: str, fmt: str) -> list[str]:
+    """The columns of one input file: the CSV header, the keys of the first JSON records, or the
+    Parquet schema."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fmt == "parquet":
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).schema_arrow.names
+    with fs.open(path, "rb") as f:
+        if fmt == "csv":
+            return next(csv.reader([f.readline().decode("utf-8-sig").rstrip("\r\n")]), [])
+        keys: dict[str, None] = {}
+        for line in f.read(1 << 20).splitlines()[:1000]:
+            try:
+                keys.update(dict.fromkeys(json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return list(keys)
+
+
+def plan(source_uri: str, tab: TabularConf, tasks: int, max_piece_bytes: int,
+         label_required: bool = True) -> list[list[Piece]]:
+    """The input cut into pieces of at most max_piece_bytes, dealt to ``tasks`` lists of about
+    equal bytes (so the output files come out near-equal). Checks the first file's columns, so
+    schema drift is reported before any task runs."""
+    files = [(u, size) for u, size in lake.list_files(source_uri) if size > 0]
+    if not files:
+        raise FileNotFoundError(f"no input files under {source_uri}")
+    check_columns(file_columns(files[0][0], tab.format), tab, files[0][0], label_required)
+    total = sum(size for _, size in files)
+    step = max(1, min(max_piece_bytes, math.ceil(total / tasks)))
+    pieces: list[Piece] = []
+    for uri, size in files:
+        if tab.format == "parquet":
+            pieces.append((uri, 0, -1))
+        else:
+            pieces += [(uri, start, min(step, size - start)) for start in range(0, size, step)]
+    sizes = {u: s for u, s in files}
+    out: list[list[Piece]] = [[] for _ in range(tasks)]
+    load = [0] * tasks
+    for p in sorted(pieces, key=lambda p: -(sizes[p[0]] if p[2] < 0 else p[2])):  # largest first
+        t = load.index(min(load))
+        out[t].append(p)
+        load[t] += sizes[p[0]] if p[2] < 0 else p[2]
+    return out
+
+
+# --- reading, in the tasks ----------------------------------------------------------------------
+
+def _line_range(f, start: int, length: int) -> bytes:
+    """The whole lines that start inside [start, start + length): a line belongs to the piece
+    where it starts, as in Hadoop's line reader."""
+    if start > 0:
+        f.seek(start - 1)
+        buf = f.read(length + 1)
+        cut = buf.find(b"\n")
+        if cut < 0:
+            return b""
+        buf = buf[cut + 1:]
     else:
-        df = spark.read.parquet(uri)
-        check_columns(df.columns, tab, uri, label_required)
-        df = df.select(*[F.col(c).cast("string").alias(c) for c in df.columns], F.lit(None).cast("string").alias(CORRUPT))
-    if not label_required and tab.label_column not in df.columns:
-        df = df.withColumn(tab.label_column, F.lit(None).cast("string"))
-    return df
+        buf = f.read(length)
+    if buf and not buf.endswith(b"\n"):
+        while True:  # finish the last line
+            more = f.read(1 << 16)
+            if not more:
+                break
+            end = more.find(b"\n")
+            if end >= 0:
+                buf += more[:end + 1]
+                break
+            buf += more
+    return buf
 
 
-def with_reason(df: DataFrame, tab: TabularConf, label_required: bool = True) -> DataFrame:
-    """Validates each record of ``read``'s output.
+def _json_value(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
 
-    Returns the declared columns with numerics parsed to double, ``reason``/``detail`` (null for
-    a good record; the first failing check wins) and ``source``, the raw record as text for bad
-    records (null for good ones, which need no copy). _corrupt_record is dropped.
-    """
-    data_cols = [c for c in df.columns if c != CORRUPT]
-    dbl = {c: f"__dbl_{c}" for c in tab.numeric}
-    # Parse every numeric once; Spark keeps the casts in their own projection because later
-    # expressions use them more than once.
-    df = df.select("*", *[F.col(c).cast("double").alias(d) for c, d in dbl.items()])
-    checks: list[tuple[Any, str, Any]] = [(F.col(CORRUPT).isNotNull(), MALFORMED, F.lit("unparseable record"))]
-    checks.append((F.col(tab.id_column).isNull() | (F.trim(tab.id_column) == ""), MISSING_ID, F.lit(tab.id_column)))
+
+def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> tuple[pa.Table, list[str]]:
+    """(declared columns as strings, raw text of the malformed records) of one piece."""
+    uri, start, length = piece
+    fs, path = fsspec.core.url_to_fs(uri)
+    wanted = [c for c in tab.columns() if c not in tab.ignore]
+    malformed: list[str] = []
+    if tab.format == "parquet":
+        with fs.open(path, "rb") as f:
+            t = pq.read_table(f)
+        check_columns(t.column_names, tab, uri, label_required)
+        t = t.select([c for c in wanted if c in t.column_names])
+        t = pa.table({c: pc.cast(t[c], pa.string()) for c in t.column_names})
+    elif tab.format == "csv":
+        header = file_columns(uri, "csv")
+        check_columns(header, tab, uri, label_required)
+        with fs.open(path, "rb") as f:
+            data = _line_range(f, start, length)
+        if start == 0:  # the header line
+            data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        include = [c for c in wanted if c in header]
+        if not data.strip():
+            return pa.table({c: pa.array([], pa.string()) for c in include}), []
+
+        def on_invalid(row):  # Spark's PERMISSIVE mode: the record is kept as text
+            malformed.append(row.text)
+            return "skip"
+
+        t = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=header, use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header}, include_columns=include,
+                strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True))
+    else:  # JSON lines
+        with fs.open(path, "rb") as f:
+            data = _line_range(f, start, length)
+        rows = []
+        for line in data.decode("utf-8", "replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                malformed.append(line)
+                continue
+            extra = [k for k in rec if k not in tab.columns()]
+            if extra:
+                check_columns([*tab.columns(), *extra], tab, uri, label_required)
+            rows.append(rec)
+        t = pa.table({c: pa.array([_json_value(r.get(c)) for r in rows], pa.string()) for c in wanted})
+    if tab.label_column not in t.column_names:
+        t = t.append_column(tab.label_column, pa.nulls(t.num_rows, pa.string()))
+    return t, malformed
+
+
+# --- validation -------------------------------------------------------------------------------
+
+@dataclass
+class Records:
+    """One piece's records after validation; reason is None for a good record."""
+    ids: np.ndarray
+    labels: np.ndarray
+    numeric: dict[str, np.ndarray]  # float64, NaN where the value is missing (to be imputed)
+    categorical: dict[str, np.ndarray]
+    reason: np.ndarray
+    detail: np.ndarray
+    source: np.ndarray  # the raw record as text, for bad records only
+
+    def __len__(self) -> int:
+        return len(self.reason)
+
+    def good(self) -> np.ndarray:
+        return pd.isna(self.reason)
+
+    def take(self, idx: np.ndarray) -> "Records":
+        return Records(self.ids[idx], self.labels[idx], {c: v[idx] for c, v in self.numeric.items()},
+                       {c: v[idx] for c, v in self.categorical.items()}, self.reason[idx], self.detail[idx],
+                       self.source[idx])
+
+
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True).to_numpy(zero_copy_only=False)
+
+
+def to_double(col: pa.ChunkedArray) -> np.ndarray:
+    """Spark's cast(string as double) on a column: trimmed; null or not a number -> NaN."""
+    s = pc.utf8_trim_whitespace(col)
+    try:
+        return pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # some value is not a number: parse value by value
+        return pd.to_numeric(pd.Series(s.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+
+
+def _spelled_non_finite(col: pa.ChunkedArray) -> np.ndarray:
+    spelled = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=_NON_FINITE_SPELLINGS)
+    return pc.fill_null(spelled, False).to_numpy(zero_copy_only=False)
+
+
+def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True) -> Records:
+    """Checks every record; the first failing check names the reason. Malformed records come last."""
+    n = t.num_rows
+    cols = {c: t[c] for c in t.column_names}
+    numeric = {c: to_double(cols[c]) for c in tab.numeric}
+    checks: list[tuple[np.ndarray, str, Any]] = [(_blank(cols[tab.id_column]), MISSING_ID, tab.id_column)]
     if label_required:
-        checks.append((F.col(tab.label_column).isNull() | (F.trim(tab.label_column) == ""), MISSING_LABEL,
-                       F.lit(tab.label_column)))
+        checks.append((_blank(cols[tab.label_column]), MISSING_LABEL, tab.label_column))
+    spelled = {c: _spelled_non_finite(cols[c]) for c in tab.numeric}
     for c in tab.numeric:
-        checks.append((F.col(c).isNotNull() & (F.trim(c) != "") & F.col(dbl[c]).isNull(), WRONG_TYPE,
-                       F.concat(F.lit(f"{c}="), F.col(c))))
+        checks.append((~_blank(cols[c]) & np.isnan(numeric[c]) & ~spelled[c], WRONG_TYPE, c))
     for c in tab.numeric:
-        v = F.col(dbl[c])
-        checks.append((F.isnan(v) | (F.abs(v) == float("inf")), NON_FINITE, F.concat(F.lit(f"{c}="), F.col(c))))
-    # One index of the first failing check, then reason and detail looked up from it: a CASE
-    # chain of every check for each output column compiles to a method too large for the JIT.
-    df = df.withColumn("__check", F.coalesce(*[F.when(cond, F.lit(i)) for i, (cond, _, _) in enumerate(checks)]))
-    check = F.col("__check")
-    reason = F.element_at(F.array(*[F.lit(code) for _, code, _ in checks]), check + 1)
-    detail = F.lit(None).cast("string")
-    for i, (_, _, det) in reversed(list(enumerate(checks))):
-        detail = F.when(check == i, det).otherwise(detail)
-    source = F.when(check.isNotNull(), F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*data_cols))))
-    return df.select(*[F.col(dbl[c]).alias(c) if c in dbl else F.col(c) for c in data_cols],
-                     reason.alias("reason"), detail.alias("detail"), source.alias("source"))
+        checks.append((spelled[c] | np.isinf(numeric[c]), NON_FINITE, c))
+    first = np.full(n, -1)
+    for i in reversed(range(len(checks))):
+        first[checks[i][0]] = i
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
+    source = np.full(n, None, dtype=object)
+    bad = np.flatnonzero(first >= 0)
+    if len(bad):
+        raw = t.take(pa.array(bad)).to_pylist()
+        for j, i in enumerate(bad):
+            _, code, col = checks[first[i]]
+            reason[i] = code
+            detail[i] = col if code in (MISSING_ID, MISSING_LABEL) else f"{col}={raw[j][col]}"
+            source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None})
+    m = len(malformed)
+    obj = lambda c: cols[c].to_numpy(zero_copy_only=False)  # noqa: E731
+    none = np.full(m, None, dtype=object)
+    return Records(
+        ids=np.concatenate([obj(tab.id_column), none]),
+        labels=np.concatenate([obj(tab.label_column), none]),
+        numeric={c: np.concatenate([v, np.full(m, np.nan)]) for c, v in numeric.items()},
+        categorical={c: np.concatenate([obj(c), none]) for c in tab.categorical},
+        reason=np.concatenate([reason, np.full(m, MALFORMED, dtype=object)]),
+        detail=np.concatenate([detail, np.full(m, "unparseable record", dtype=object)]),
+        source=np.concatenate([source, np.asarray(malformed, dtype=object)]),
+    )
 
 
-def fit(train: DataFrame, tab: TabularConf) -> dict[str, Any]:
-    """Imputation values, standardisation and category vocabularies from good train rows."""
-    params: dict[str, Any] = {"numeric": {}, "categorical": {}}
-    if tab.numeric:
-        aggs = []
-        for c in tab.numeric:
-            v = F.col(c).cast("double")
-            aggs += [F.avg(v).alias(f"{c}__mean"), F.stddev_pop(v).alias(f"{c}__std")]
-        row = train.agg(*aggs).first()
-        for c in tab.numeric:
-            mean, std = row[f"{c}__mean"], row[f"{c}__std"]
-            params["numeric"][c] = {"mean": float(mean or 0.0),
-                                    "std": float(std) if std and not math.isnan(std) and std > 0 else 1.0}
+# --- fitting: partial statistics per task, merged on the driver -------------------------------
+
+def partial_fit(rec: Records, tab: TabularConf) -> dict[str, Any]:
+    """Count, mean and sum of squared deviations per numeric, value counts per categorical."""
+    out: dict[str, Any] = {"numeric": {}, "categorical": {}}
+    for c in tab.numeric:
+        v = rec.numeric[c][~np.isnan(rec.numeric[c])]
+        mean = float(v.mean()) if len(v) else 0.0
+        out["numeric"][c] = [len(v), mean, float(((v - mean) ** 2).sum())]
     for c in tab.categorical:
-        top = (train.filter(F.col(c).isNotNull()).groupBy(c).count()
-               .orderBy(F.desc("count"), F.asc(c)).limit(tab.max_categories).collect())
-        params["categorical"][c] = [r[c] for r in top]
+        out["categorical"][c] = pd.Series(rec.categorical[c]).value_counts(dropna=True).to_dict()
+    return out
+
+
+def merge_fits(parts: list[dict[str, Any]], tab: TabularConf) -> dict[str, Any]:
+    """The fitted parameters from every task's partial_fit (Chan et al.'s pairwise update)."""
+    params: dict[str, Any] = {"numeric": {}, "categorical": {}}
+    for c in tab.numeric:
+        n, mean, m2 = 0, 0.0, 0.0
+        for p in parts:
+            nb, mb, m2b = p["numeric"][c]
+            if nb:
+                d = mb - mean
+                n, mean, m2 = n + nb, mean + d * nb / (n + nb), m2 + m2b + d * d * n * nb / (n + nb)
+        std = math.sqrt(m2 / n) if n else 0.0
+        params["numeric"][c] = {"mean": mean, "std": std if std > 0 and not math.isnan(std) else 1.0}
+    for c in tab.categorical:
+        counts: dict[str, int] = {}
+        for p in parts:
+            for v, k in p["categorical"][c].items():
+                counts[v] = counts.get(v, 0) + k
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:tab.max_categories]
+        params["categorical"][c] = [v for v, _ in top]
     params["num_features"] = len(tab.numeric) + sum(len(v) + 1 for v in params["categorical"].values())
     params["feature_names"] = (list(tab.numeric) +
                                [f"{c}={v}" for c, vocab in params["categorical"].items() for v in ["<unknown>", *vocab]])
     return params
 
 
-def features_column(tab: TabularConf, params: dict[str, Any]):
-    """The fixed-length float32 feature array as one Spark expression."""
-    parts = []
-    for c in tab.numeric:
+# --- encoding ---------------------------------------------------------------------------------
+
+def encode(rec: Records, tab: TabularConf, params: dict[str, Any]) -> np.ndarray:
+    """The (n, num_features) float32 feature matrix of good records."""
+    n = len(rec)
+    out = np.zeros((n, params["num_features"]), np.float32)
+    for j, c in enumerate(tab.numeric):
         p = params["numeric"][c]
-        v = F.coalesce(F.col(c).cast("double"), F.lit(p["mean"]))  # nulls imputed with the train mean
-        parts.append(((v - F.lit(p["mean"])) / F.lit(p["std"])).cast("float"))
+        v = rec.numeric[c]
+        out[:, j] = (np.where(np.isnan(v), p["mean"], v) - p["mean"]) / p["std"]
+    col = len(tab.numeric)
     for c in tab.categorical:
         vocab = params["categorical"][c]
-        known = F.col(c).isin(vocab) if vocab else F.lit(False)
-        parts.append(F.when(known, 0.0).otherwise(1.0).cast("float"))
-        parts += [F.when(F.col(c) == F.lit(v), 1.0).otherwise(0.0).cast("float") for v in vocab]
-    return F.array(*parts)
+        slot = pd.Series(rec.categorical[c]).map({v: i + 1 for i, v in enumerate(vocab)}).fillna(0).to_numpy(np.int64)
+        out[np.arange(n), col + slot] = 1.0
+        col += len(vocab) + 1
+    return out
+
+
+def features_array(x: np.ndarray) -> pa.Array:
+    """A (n, k) float32 matrix as an Arrow list<float> column, without copying row by row."""
+    n, k = x.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)),
+                                    pa.array(np.ascontiguousarray(x).ravel()))

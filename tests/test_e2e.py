@@ -28,7 +28,7 @@ def _submit(job, *args, check=True):
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lake")
-    s = [f"--set", f"lake.root={root}"]
+    s = ["--set", f"lake.root={root}"]
     _run([sys.executable, "-m", "pipeline.sample_data", "--config", "conf/digits.yaml", *s, "--date", DATE])
     out = {"root": root}
     out["preprocess"] = _submit("preprocess", *s)

@@ -5,11 +5,12 @@ import subprocess
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, job_env
-from pipeline import lake, manifest, preprocess, quarantine, sample_data, tabular
+from pipeline import lake, manifest, preprocess, quarantine, sample_data, tabular, tabular_shards
 from pipeline.config import load_config
 
 DATE = "2026-02-01"
@@ -90,10 +91,11 @@ def test_tabular_manifest_reconciles_and_records_fitted_parameters(tabular_run):
     np.testing.assert_allclose(feats[:, :30].std(0), 1, atol=1e-3)
 
 
-def test_splits_are_identical_across_runs_with_different_partitioning(spark, digits_run):
-    cfg, m1 = digits_run
-    cfg2 = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "preprocess.files_per_split=3"])
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "65536")  # many more input partitions
+@pytest.mark.parametrize("kind", ["images", "tabular"])
+def test_splits_are_identical_across_runs_with_different_partitioning(spark, digits_run, tabular_run, kind):
+    cfg, m1 = digits_run if kind == "images" else tabular_run
+    cfg2 = load_config(f"conf/{cfg.dataset.name}.yaml", [f"lake.root={cfg.lake.root}", "preprocess.files_per_split=3"])
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16384")  # many more input partitions or pieces
     try:
         m2 = preprocess.run(spark, cfg2)
     finally:
@@ -104,7 +106,7 @@ def test_splits_are_identical_across_runs_with_different_partitioning(spark, dig
                 for s in preprocess.SPLITS}
     assert membership(m1) == membership(m2)
     assert m2["version"] != m1["version"]
-    assert lake.get_latest(cfg.uri("curated", "digits")) == f"v={m2['version']}"
+    assert lake.get_latest(cfg.uri("curated", cfg.dataset.name)) == f"v={m2['version']}"
 
 
 def test_too_many_bad_records_fails_loudly_and_keeps_latest(spark, digits_run):
@@ -121,14 +123,13 @@ def test_scoring_encodes_a_row_exactly_as_preprocess_did(spark, tabular_run):
     cfg, m = tabular_run
     curated = pq.read_table(lake.local_path(m["splits"]["train"]["uri"])).to_pandas().set_index("id")
     tab = cfg.dataset.tabular
-    # The labelled source read the way score reads new data (label optional), encoded with
-    # the parameters saved in the manifest.
-    raw = tabular.with_reason(tabular.read(spark, cfg.resolve(cfg.dataset.source), tab, label_required=False),
-                              tab, label_required=False)
-    enc = (raw.filter("reason is null").select(tab.id_column, tabular.features_column(tab, m["tabular"]).alias("f"))
-           .toPandas().set_index(tab.id_column))
+    # The labelled source read the way score reads new data (label optional, the score tasks'
+    # own function), encoded with the parameters saved in the manifest.
+    pieces = tabular.plan(cfg.resolve(cfg.dataset.source), tab, 2, 1 << 27, label_required=False)
+    frames = tabular_shards.score_records(iter([pd.DataFrame({"id": [0, 1]})]), pieces, tab, m["tabular"], 64)
+    enc = pd.concat(list(frames)).dropna(subset=["features"]).set_index("id")
     ids = curated.index[:50]
-    np.testing.assert_array_equal(np.stack(enc.loc[ids, "f"].values), np.stack(curated.loc[ids, "features"].values))
+    np.testing.assert_array_equal(np.stack(enc.loc[ids, "features"].values), np.stack(curated.loc[ids, "features"].values))
 
 
 def test_schema_drift_is_a_clear_error(spark, tmp_path):
@@ -137,7 +138,7 @@ def test_schema_drift_is_a_clear_error(spark, tmp_path):
     src.mkdir()
     (src / "a.csv").write_text("id,diagnosis,mean_radius,surprise\n1,benign,1.0,x\n")
     with pytest.raises(tabular.SchemaDriftError, match=r"missing \['mean_texture'.*not declared \['surprise'\]"):
-        tabular.read(spark, f"file://{src}", cfg.dataset.tabular)
+        tabular.plan(f"file://{src}", cfg.dataset.tabular, 2, 1 << 27)
 
 
 def test_a_killed_run_does_not_move_latest(digits_run):

@@ -1,0 +1,166 @@
+"""The tabular tasks of preprocess and score: Spark schedules them, pyarrow and numpy do the work.
+
+Preprocess runs two Spark jobs over the same ``tasks`` partitions (one row each, the task
+number; ``plan`` in pipeline/tabular.py gives each its pieces of the input):
+
+1. ``stage``: read and validate the task's pieces, assign splits, write the good records to
+   ``<out>/_staging/part-<task>.arrow`` and the bad ones to the quarantine, and return counts
+   and partial statistics of the train split (one small JSON row per task).
+2. ``write_curated``, once the driver has merged the statistics into the fitted parameters:
+   encode the staged records and write ``<out>/<split>/part-<task>.parquet``.
+
+The input is parsed once; staging costs a write and a read of the parsed columns (Arrow IPC,
+uncompressed). Every file goes through a hidden temporary name and a rename, so a retried
+task attempt replaces its files whole.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark import TaskContext
+
+from pipeline import lake, splits, tabular
+from pipeline.config import SplitConf, TabularConf
+
+STAGE_DDL = "part int, stats string"
+WRITE_DDL = "part int, split string, n long"
+SCORE_DDL = "id string, source string, reason string, detail string, features array<float>"
+QUARANTINE = pa.schema([("source", pa.string()), ("reason", pa.string()), ("stage", pa.string()),
+                        ("detail", pa.string())])
+CURATED = pa.schema([("id", pa.string()), ("features", pa.list_(pa.float32())), ("label", pa.int32())])
+
+
+def _attempt() -> int:
+    ctx = TaskContext.get()
+    return ctx.taskAttemptId() if ctx else 0
+
+
+def _staging_schema(tab: TabularConf) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("label", pa.string()), ("split", pa.int8()),
+                      *[(c, pa.float64()) for c in tab.numeric], *[(c, pa.string()) for c in tab.categorical]])
+
+
+def _tasks(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
+    for pdf in frames:
+        yield from (int(t) for t in pdf["id"])
+
+
+# --- preprocess, job 1 ------------------------------------------------------------------------
+
+def stage(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piece]], tab: TabularConf, split: SplitConf,
+          staging_uri: str, quarantine_uri: str, stage_name: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over spark.range(tasks) -> STAGE_DDL."""
+    for t in _tasks(frames):
+        stats = stage_task(pieces[t], t, tab, split, staging_uri, quarantine_uri, stage_name)
+        yield pd.DataFrame({"part": [t], "stats": [json.dumps(stats)]})
+
+
+def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: SplitConf, staging_uri: str,
+               quarantine_uri: str, stage_name: str) -> dict[str, Any]:
+    """Reads, validates and stages one task's pieces; returns counts and partial statistics."""
+    schema = _staging_schema(tab)
+    counts: dict[tuple[int, str], int] = {}
+    bad_counts: dict[str, int] = {}
+    bad: list[pa.Table] = []
+    fits = []
+    fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{_attempt()}-{path.rsplit('/', 1)[1]}"
+    with fs.open(tmp, "wb") as f, pa.ipc.new_file(f, schema) as staged:
+        for piece in pieces:
+            rec = tabular.validate(*tabular.read_piece(piece, tab), tab)
+            ok = rec.good()
+            if not ok.all():
+                b = rec.take(np.flatnonzero(~ok))
+                for r, n in zip(*np.unique(b.reason.astype(str), return_counts=True)):
+                    bad_counts[r] = bad_counts.get(r, 0) + int(n)
+                bad.append(pa.table({"source": pa.array(b.source, pa.string()), "reason": pa.array(b.reason, pa.string()),
+                                     "stage": pa.array([stage_name] * len(b), pa.string()),
+                                     "detail": pa.array(b.detail, pa.string())}, schema=QUARANTINE))
+            good = rec.take(np.flatnonzero(ok))
+            which = splits.assign(list(good.ids), split)
+            for (s, label), n in pd.DataFrame({"s": which, "l": good.labels}).value_counts().items():
+                counts[(int(s), label)] = counts.get((int(s), label), 0) + int(n)
+            fits.append(tabular.partial_fit(good.take(np.flatnonzero(which == 0)), tab))
+            staged.write_table(pa.table(
+                {"id": pa.array(good.ids, pa.string()), "label": pa.array(good.labels, pa.string()),
+                 "split": pa.array(which, pa.int8()),
+                 **{c: pa.array(good.numeric[c], pa.float64()) for c in tab.numeric},
+                 **{c: pa.array(good.categorical[c], pa.string()) for c in tab.categorical}}, schema=schema))
+    fs.mv(tmp, path)
+    if bad:
+        q = lake.ParquetPart(f"{quarantine_uri}/part-{part:05d}.parquet", QUARANTINE, 1 << 30, _attempt())
+        for b in bad:
+            q.write(b)
+        q.close()
+    return {"counts": [[splits.NAMES[s], label, n] for (s, label), n in counts.items()],
+            "bad": bad_counts, "fits": fits}
+
+
+def _staged(staging_uri: str, part: int, tab: TabularConf) -> Iterator[tuple[pa.RecordBatch, tabular.Records]]:
+    fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
+    with fs.open(path, "rb") as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            b = reader.get_batch(i)
+            cols = {name: b.column(name) for name in b.schema.names}
+            n = b.num_rows
+            none = np.full(n, None, dtype=object)
+            yield b, tabular.Records(
+                ids=cols["id"].to_numpy(zero_copy_only=False), labels=cols["label"].to_numpy(zero_copy_only=False),
+                numeric={c: cols[c].to_numpy() for c in tab.numeric},
+                categorical={c: cols[c].to_numpy(zero_copy_only=False) for c in tab.categorical},
+                reason=none, detail=none, source=none)
+
+
+# --- preprocess, job 2 ------------------------------------------------------------------------
+
+def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict[str, Any], label_names: list[str],
+                  staging_uri: str, out_uri: str, row_group_bytes: int) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over spark.range(tasks) -> WRITE_DDL: encodes the staged records."""
+    index = {n: i for i, n in enumerate(label_names)}
+    for t in _tasks(frames):
+        writers: dict[int, lake.ParquetPart] = {}
+        for batch, rec in _staged(staging_uri, t, tab):
+            x = tabular.encode(rec, tab, params)
+            labels = pd.Series(rec.labels).map(index).to_numpy(np.int32)
+            which = batch.column("split").to_numpy()
+            for s in np.unique(which):
+                sel = np.flatnonzero(which == s)
+                if s not in writers:
+                    writers[s] = lake.ParquetPart(f"{out_uri}/{splits.NAMES[s]}/part-{t:05d}.parquet", CURATED,
+                                                  row_group_bytes, _attempt())
+                writers[s].write(pa.table({"id": batch.column("id").take(pa.array(sel)),
+                                           "features": tabular.features_array(x[sel]),
+                                           "label": pa.array(labels[sel], pa.int32())}, schema=CURATED))
+        for w in writers.values():
+            w.close()
+        yield pd.DataFrame({"part": [t] * len(writers), "split": [splits.NAMES[s] for s in writers],
+                            "n": [w.rows for w in writers.values()]})
+
+
+# --- score ------------------------------------------------------------------------------------
+
+def score_records(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piece]], tab: TabularConf,
+                  params: dict[str, Any], batch_size: int) -> Iterator[pd.DataFrame]:
+    """The tasks' records, validated (no label needed) and encoded with the dataset version's
+    parameters, in frames of batch_size: id, source, reason, detail, features (None if bad)."""
+    for t in _tasks(frames):
+        for piece in pieces[t]:
+            rec = tabular.validate(*tabular.read_piece(piece, tab, label_required=False), tab, label_required=False)
+            ok = np.flatnonzero(rec.good())
+            features = np.full(len(rec), None, dtype=object)
+            if len(ok):
+                x = tabular.encode(rec.take(ok), tab, params)
+                for j, i in enumerate(ok):
+                    features[i] = x[j]
+            for lo in range(0, len(rec), batch_size):
+                sl = slice(lo, lo + batch_size)
+                yield pd.DataFrame({"id": rec.ids[sl], "source": rec.source[sl], "reason": rec.reason[sl],
+                                    "detail": rec.detail[sl], "features": features[sl]})
