@@ -7,10 +7,10 @@ again as the decoding (bench/README.md). Here Spark plans and schedules the work
 and writes one Parquet file per split straight to the lake with pyarrow; only counts per
 (split, class), pixel sums per split, and the bad records go back to Spark.
 
-A task writes ``<out>/<split>/part-<partition>.parquet`` through a hidden temporary name
-(``_tmp-<attempt>-...``, which readers skip) and a rename, so a retried or speculative attempt
-replaces the file whole and readers never see part of one. Nothing here moves ``_latest``: a
-failed run leaves no version marked complete, and preprocess removes what it wrote.
+A task writes ``<out>/<split>/part-<partition>.parquet`` through ``lake.ParquetPart``: a hidden
+temporary name and a rename, so a retried or speculative attempt replaces the file whole and
+readers never see part of one. Nothing here moves ``_latest``: a failed run leaves no version
+marked complete, and preprocess removes what it wrote.
 
 The driver lists the input (as Spark's own file index would): about 300 bytes of driver memory
 per file. For tens of millions of files, preprocess the input in parts.
@@ -20,11 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -72,13 +70,9 @@ class _SplitWriter:
 
     def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool):
         self.row_group_bytes, self.channels = row_group_bytes, channels
-        self.fs, path = fsspec.core.url_to_fs(uri)
-        parent, name = path.rsplit("/", 1)
-        self.fs.makedirs(parent, exist_ok=True)
         ctx = TaskContext.get()
-        self.path, self.tmp = path, f"{parent}/_tmp-{ctx.taskAttemptId() if ctx else 0}-{name}"
-        self.file = self.fs.open(self.tmp, "wb")
-        self.writer = pq.ParquetWriter(self.file, SCHEMA)
+        # Row groups are cut here (flush), so the file writes each flush as one.
+        self.file = lake.ParquetPart(uri, SCHEMA, 0, ctx.taskAttemptId() if ctx else 0)
         self.rows: dict[str, list] = {k: [] for k in SCHEMA.names}
         self.buffered = 0
         self.counts: dict[int, int] = {}
@@ -101,7 +95,7 @@ class _SplitWriter:
             px = np.frombuffer(b"".join(self.rows["image"]), np.uint8).reshape(-1, self.channels)
             for c in range(self.channels):
                 self.hist[c] += np.bincount(px[:, c], minlength=256)
-        self.writer.write_table(pa.Table.from_pydict(self.rows, SCHEMA))
+        self.file.write(pa.Table.from_pydict(self.rows, SCHEMA))
         self.rows = {k: [] for k in SCHEMA.names}
         self.buffered = 0
 
@@ -114,9 +108,7 @@ class _SplitWriter:
 
     def close(self) -> None:
         self.flush()
-        self.writer.close()
         self.file.close()
-        self.fs.mv(self.tmp, self.path)
 
 
 def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, label_names: list[str],
