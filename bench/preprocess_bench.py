@@ -84,22 +84,16 @@ def _split_counts(splits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def images_loop(cfg: Config, out_dir: str) -> dict:
-    """List, label and split as the job plans it, then the job's task code
+    """The job's plan (pipeline.image_shards.plan: list, label, split, deal), then the job's task code
     (pipeline.image_shards.write_shards: read, decode, write Parquet, count, pixel sums) over
     files_per_split chunks in this one process; statistics and manifest as the job does."""
     spec = ImageSpec.from_conf(cfg.dataset.image)
-    source = cfg.resolve(cfg.dataset.source)
-    root = lake.local_path(source).rstrip("/") + "/"
-    uris = [u for u, _ in lake.list_files(source)]
-    paths = [lake.spark_path(u) for u in uris]
-    ids = [u[len("file://") + len(root):] for u in uris]
-    labels = [p.rsplit("/", 2)[-2] for p in paths]
-    names = preprocess.sort_labels(sorted(set(labels)))
-    plan = pd.DataFrame({"uri": uris, "path": paths, "id": ids, "label_name": labels,
-                         "split": np.asarray(splits.NAMES)[splits.assign(ids, cfg.preprocess.split)]})
+    plans, names = image_shards.plan(cfg.resolve(cfg.dataset.source), None, cfg.preprocess.split,
+                                     cfg.preprocess.files_per_split)
+    names = preprocess.sort_labels(names)
     results = []
-    for k, idx in enumerate(np.array_split(np.arange(len(plan)), cfg.preprocess.files_per_split)):
-        chunk = plan.iloc[idx]
+    for k, table in enumerate(plans):
+        chunk = table.to_pandas()
         batches = (chunk.iloc[i:i + BATCH] for i in range(0, len(chunk), BATCH))
         results += list(image_shards.write_shards(batches, spec, f"file://{out_dir}", names,
                                                   cfg.preprocess.row_group_mb * 1024 * 1024, part=k))
@@ -114,7 +108,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
                    "class_counts": {k: int(v) for k, v in
                                     good[good["split"] == sp].groupby("label_name")["n"].sum().items()}}
               for sp in preprocess.SPLITS}
-    result = {"input_count": len(uris), "output_count": int(good["n"].sum()),
+    result = {"input_count": sum(t.num_rows for t in plans), "output_count": int(good["n"].sum()),
               "quarantined_count": int(res["reason"].notna().sum()), "label_names": names,
               "splits": split_stats, "normalization": norm}
     lake.write_json(f"file://{out_dir}/_manifest.json", result)

@@ -2,10 +2,12 @@
 
 Preprocessing images is decode-bound, and the decoding has to happen in Python. Handing the
 pixels back to the JVM to cache, shuffle into splits and write again as Parquet cost as much CPU
-again as the decoding (bench/README.md). Here Spark plans and schedules the work: a DataFrame of
-(file, id, label, split), one partition per output file. Each task reads and decodes its files
-and writes one Parquet file per split straight to the lake with pyarrow; only counts per
-(split, class), pixel sums per split, and the bad records go back to Spark.
+again as the decoding (bench/README.md). Here Spark only schedules the work: the driver lists
+the files and deals them, with their id, label and split, to one task per output file
+(``plan``, written as one small Parquet file per task). Each task (``run_task``) reads and
+decodes its files, writes one Parquet file per split straight to the lake with pyarrow, and
+writes its bad records to the quarantine; only counts per (split, class), pixel sums per split
+and counts of bad records by reason go back to Spark.
 
 A task writes ``<out>/<split>/part-<partition>.parquet`` through ``lake.ParquetPart``: a hidden
 temporary name and a rename, so a retried or speculative attempt replaces the file whole and
@@ -20,42 +22,54 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import TaskContext
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
-from pipeline import lake
+from pipeline import lake, quarantine, splits, tasks
+from pipeline.config import SplitConf
 from pipeline.images import ImageSpec, Rejected, decode_image
 
 MISSING_LABEL = "missing_label"
-# One row per (split, class) with counts and pixel sums, or per bad record with its reason.
-RESULT_DDL = ("split string, label_name string, reason string, detail string, source string, "
-              "n long, px_sum array<double>, px_sumsq array<double>")
+# write_shards: one row per (split, class) with counts and pixel sums, or per bad record.
+RESULT_COLUMNS = ["split", "label_name", "reason", "detail", "source", "n", "px_sum", "px_sumsq"]
+# run_task: the same without the bad records' text, which went to the quarantine.
+TASK_DDL = "split string, label_name string, reason string, n long, px_sum array<double>, px_sumsq array<double>"
 SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("image", pa.binary()), ("label", pa.int32())])
 
 
-def inputs(spark: SparkSession, source_uri: str, tasks: int) -> tuple[DataFrame, list[str]]:
-    """(uri, path, folder) of every file under the source, zero-byte ones included (they are
-    quarantined), and the distinct folders; folder is the name of the folder holding the file
-    (its class, by default).
+def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tasks: int) -> tuple[list[pa.Table], list[str]]:
+    """Every file under the source (zero-byte ones included: they are quarantined) as
+    (uri, path, id, label_name, split), dealt round-robin to n_tasks (so every output file gets a
+    mix of the classes), and the class names.
 
-    path is the file as Spark names it, so curated and quarantined rows match the other jobs'.
-    The DataFrame has ``tasks`` partitions, filled round-robin (so every output file gets a mix
-    of the classes).
+    id is the path relative to the source root; path is the file as Spark names it, so curated
+    and quarantined rows match the other jobs'. label_name is the folder holding the file, or
+    with ``labels`` (relative path -> label) the file's label, None where it has none.
     """
-    paths = [(u, lake.spark_path(u)) for u, _ in lake.list_files(source_uri)]
-    pdf = pd.DataFrame([(u, p, p.rsplit("/", 2)[-2]) for u, p in paths], columns=["uri", "path", "folder"])
-    # Through Arrow, not a Python RDD: no Python worker and no unpickling in the JVM per row.
-    prev = spark.conf.get("spark.sql.execution.arrow.pyspark.enabled")
-    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
-    try:
-        df = spark.createDataFrame(pdf, "uri string, path string, folder string")
-    finally:
-        spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", prev)
-    return df.repartition(tasks), sorted(pdf["folder"].unique().tolist())
+    uris = [u for u, _ in lake.list_files(source_uri)]
+    root = lake.local_path(source_uri).rstrip("/") + "/"
+    ids = [u.split("://", 1)[-1][len(root):] for u in uris]
+    paths = [lake.spark_path(u) for u in uris]
+    if labels is None:
+        names = [p.rsplit("/", 2)[-2] for p in paths]
+    else:
+        names = [labels.get(i) for i in ids]
+    table = pa.table({"uri": uris, "path": paths, "id": ids, "label_name": pa.array(names, pa.string()),
+                      "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
+    classes = sorted({n for n in names if n is not None})
+    return [table.take(pa.array(np.arange(t, len(uris), n_tasks))) for t in range(n_tasks)], classes
+
+
+def write_plans(plans: list[pa.Table], plan_uri: str) -> None:
+    for t, table in enumerate(plans):
+        part = lake.ParquetPart(f"{plan_uri}/part-{t:05d}.parquet", table.schema, 1 << 62)
+        part.write(table)
+        part.close()
 
 
 def num_tasks(spark: SparkSession, files_per_split: int) -> int:
@@ -148,9 +162,28 @@ def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
         for i, (label, n) in enumerate(sorted(w.counts.items())):
             rows.append((split, label_names[label], None, None, None, n, s if i == 0 else None, q if i == 0 else None))
     rows += [(sp, name, reason, detail, src, 1, None, None) for sp, name, reason, detail, src in bad]
-    yield pd.DataFrame(rows, columns=["split", "label_name", "reason", "detail", "source", "n", "px_sum", "px_sumsq"])
+    yield pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
-def label_names(planned: DataFrame) -> list[str]:
-    """The classes the input names (its class folders, or the labels file's values for its files)."""
-    return [r[0] for r in planned.select("label_name").where(F.col("label_name").isNotNull()).distinct().collect()]
+def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out_uri: str, label_names: list[str],
+             row_group_bytes: int, quarantine_uri: str, stage: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over task numbers (pipeline/tasks.py) -> TASK_DDL: each task reads its
+    plan (``<plan_uri>/part-<task>.parquet``), runs write_shards over it and writes its bad
+    records to the quarantine; what comes back is counts and pixel sums, and counts of the bad
+    records by reason."""
+    for t in tasks.each(frames):
+        with fsspec.open(f"{plan_uri}/part-{t:05d}.parquet", "rb") as f:
+            planned = pq.read_table(f).to_pandas()
+        batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
+        res = pd.concat([*write_shards(batches, spec, out_uri, label_names, row_group_bytes, part=t),
+                         pd.DataFrame(columns=RESULT_COLUMNS)], ignore_index=True)
+        bad = res[res["reason"].notna()]
+        if len(bad):
+            quarantine.write_part(quarantine_uri, t, tasks.attempt(), bad["source"].to_numpy(),
+                                  bad["reason"].to_numpy(), bad["detail"].to_numpy(), stage)
+            counts = bad.groupby(["split", "label_name", "reason"], dropna=False)["n"].sum().reset_index()
+            res = pd.concat([res[res["reason"].isna()], counts], ignore_index=True)
+        for c in ("px_sum", "px_sumsq"):  # lists, or None (not NaN) where the row has none
+            res[c] = [v if isinstance(v, list) else None for v in res[c]]
+        yield res.drop(columns=["detail", "source"])
+

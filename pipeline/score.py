@@ -23,7 +23,7 @@ from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shar
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
-from pipeline.preprocess import max_piece_bytes, read_files
+from pipeline.preprocess import max_piece_bytes
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,21 @@ def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared
             "reason": reasons, "detail": details,
             "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
         })
+
+
+def read_files(spark: SparkSession, source_uri: str) -> DataFrame:
+    """Every file under source_uri as (path, content). Non-images are kept so they get quarantined.
+
+    Spark's file sources silently skip zero-byte files, so those are found with a metadata
+    listing and added back with empty content: they must reach the quarantine too.
+    """
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+             .load(source_uri).select("path", "content"))
+    empty = lake.empty_files(source_uri)
+    if empty:
+        spark_paths = [lake.spark_path(u) for u in empty]
+        files = files.unionByName(spark.createDataFrame([(p, bytearray()) for p in spark_paths], files.schema))
+    return files
 
 
 def _scored(spark: SparkSession, spec: dict[str, Any], source: str, kw: dict[str, Any]) -> tuple[DataFrame, str]:

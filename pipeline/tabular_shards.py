@@ -1,7 +1,7 @@
 """The tabular tasks of preprocess and score: Spark schedules them, pyarrow and numpy do the work.
 
-Preprocess runs two Spark jobs over the same ``tasks`` partitions (one row each, the task
-number; ``plan`` in pipeline/tabular.py gives each its pieces of the input):
+Preprocess runs two Spark jobs over the same task numbers (pipeline/tasks.py); ``plan`` in
+pipeline/tabular.py gives each task its pieces of the input:
 
 1. ``stage``: read and validate the task's pieces, assign splits, write the good records to
    ``<out>/_staging/part-<task>.arrow`` and the bad ones to the quarantine, and return counts
@@ -23,22 +23,14 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark import TaskContext
 
-from pipeline import lake, splits, tabular
+from pipeline import lake, quarantine, splits, tabular, tasks
 from pipeline.config import SplitConf, TabularConf
 
 STAGE_DDL = "part int, stats string"
 WRITE_DDL = "part int, split string, n long"
 SCORE_DDL = "id string, source string, reason string, detail string, features array<float>"
-QUARANTINE = pa.schema([("source", pa.string()), ("reason", pa.string()), ("stage", pa.string()),
-                        ("detail", pa.string())])
 CURATED = pa.schema([("id", pa.string()), ("features", pa.list_(pa.float32())), ("label", pa.int32())])
-
-
-def _attempt() -> int:
-    ctx = TaskContext.get()
-    return ctx.taskAttemptId() if ctx else 0
 
 
 def _staging_schema(tab: TabularConf) -> pa.Schema:
@@ -46,17 +38,12 @@ def _staging_schema(tab: TabularConf) -> pa.Schema:
                       *[(c, pa.float64()) for c in tab.numeric], *[(c, pa.string()) for c in tab.categorical]])
 
 
-def _tasks(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
-    for pdf in frames:
-        yield from (int(t) for t in pdf["id"])
-
-
 # --- preprocess, job 1 ------------------------------------------------------------------------
 
 def stage(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piece]], tab: TabularConf, split: SplitConf,
           staging_uri: str, quarantine_uri: str, stage_name: str) -> Iterator[pd.DataFrame]:
     """mapInPandas body over spark.range(tasks) -> STAGE_DDL."""
-    for t in _tasks(frames):
+    for t in tasks.each(frames):
         stats = stage_task(pieces[t], t, tab, split, staging_uri, quarantine_uri, stage_name)
         yield pd.DataFrame({"part": [t], "stats": [json.dumps(stats)]})
 
@@ -67,11 +54,11 @@ def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: 
     schema = _staging_schema(tab)
     counts: dict[tuple[int, str], int] = {}
     bad_counts: dict[str, int] = {}
-    bad: list[pa.Table] = []
+    bad: list[tabular.Records] = []
     fits = []
     fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{_attempt()}-{path.rsplit('/', 1)[1]}"
+    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{tasks.attempt()}-{path.rsplit('/', 1)[1]}"
     with fs.open(tmp, "wb") as f, pa.ipc.new_file(f, schema) as staged:
         for piece in pieces:
             rec = tabular.validate(*tabular.read_piece(piece, tab), tab)
@@ -80,9 +67,7 @@ def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: 
                 b = rec.take(np.flatnonzero(~ok))
                 for r, n in zip(*np.unique(b.reason.astype(str), return_counts=True)):
                     bad_counts[r] = bad_counts.get(r, 0) + int(n)
-                bad.append(pa.table({"source": pa.array(b.source, pa.string()), "reason": pa.array(b.reason, pa.string()),
-                                     "stage": pa.array([stage_name] * len(b), pa.string()),
-                                     "detail": pa.array(b.detail, pa.string())}, schema=QUARANTINE))
+                bad.append(b)
             good = rec.take(np.flatnonzero(ok))
             which = splits.assign(list(good.ids), split)
             for (s, label), n in pd.DataFrame({"s": which, "l": good.labels}).value_counts().items():
@@ -95,10 +80,9 @@ def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: 
                  **{c: pa.array(good.categorical[c], pa.string()) for c in tab.categorical}}, schema=schema))
     fs.mv(tmp, path)
     if bad:
-        q = lake.ParquetPart(f"{quarantine_uri}/part-{part:05d}.parquet", QUARANTINE, 1 << 30, _attempt())
-        for b in bad:
-            q.write(b)
-        q.close()
+        quarantine.write_part(quarantine_uri, part, tasks.attempt(), np.concatenate([b.source for b in bad]),
+                              np.concatenate([b.reason for b in bad]), np.concatenate([b.detail for b in bad]),
+                              stage_name)
     return {"counts": [[splits.NAMES[s], label, n] for (s, label), n in counts.items()],
             "bad": bad_counts, "fits": fits}
 
@@ -125,7 +109,7 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
                   staging_uri: str, out_uri: str, row_group_bytes: int) -> Iterator[pd.DataFrame]:
     """mapInPandas body over spark.range(tasks) -> WRITE_DDL: encodes the staged records."""
     index = {n: i for i, n in enumerate(label_names)}
-    for t in _tasks(frames):
+    for t in tasks.each(frames):
         writers: dict[int, lake.ParquetPart] = {}
         for batch, rec in _staged(staging_uri, t, tab):
             x = tabular.encode(rec, tab, params)
@@ -135,7 +119,7 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
                 sel = np.flatnonzero(which == s)
                 if s not in writers:
                     writers[s] = lake.ParquetPart(f"{out_uri}/{splits.NAMES[s]}/part-{t:05d}.parquet", CURATED,
-                                                  row_group_bytes, _attempt())
+                                                  row_group_bytes, tasks.attempt())
                 writers[s].write(pa.table({"id": batch.column("id").take(pa.array(sel)),
                                            "features": tabular.features_array(x[sel]),
                                            "label": pa.array(labels[sel], pa.int32())}, schema=CURATED))
@@ -151,7 +135,7 @@ def score_records(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piec
                   params: dict[str, Any], batch_size: int) -> Iterator[pd.DataFrame]:
     """The tasks' records, validated (no label needed) and encoded with the dataset version's
     parameters, in frames of batch_size: id, source, reason, detail, features (None if bad)."""
-    for t in _tasks(frames):
+    for t in tasks.each(frames):
         for piece in pieces[t]:
             rec = tabular.validate(*tabular.read_piece(piece, tab, label_required=False), tab, label_required=False)
             ok = np.flatnonzero(rec.good())

@@ -1,40 +1,64 @@
+"""The image plan (ids, labels, splits, dealing to tasks) and the split function."""
+import numpy as np
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 
-from pipeline import preprocess
+from pipeline import image_shards, preprocess, splits
 from pipeline.config import SplitConf
 
 
-def _ids(spark, n, partitions):
-    return spark.createDataFrame([Row(id=f"{i % 10}/{i:05d}.png") for i in range(n)]).repartition(partitions)
+def _files(tmp_path, n=300):
+    for i in range(n):
+        d = tmp_path / "src" / str(i % 3)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:05d}.png").write_bytes(b"x")
+    return f"file://{tmp_path}/src"
 
 
-def test_split_is_deterministic_across_partitionings_and_roughly_proportional(spark):
+def _rows(plans):
+    return {r["id"]: r for t in plans for r in t.to_pylist()}
+
+
+def test_split_is_deterministic_and_roughly_proportional():
+    ids = [f"{i % 10}/{i:05d}.png" for i in range(2000)]
     conf = SplitConf(train=0.8, val=0.1, test=0.1, seed=17)
-    a = {r.id: r.split for r in preprocess.with_split(_ids(spark, 2000, 1), conf).collect()}
-    b = {r.id: r.split for r in preprocess.with_split(_ids(spark, 2000, 7), conf).collect()}
-    assert a == b
-    counts = {s: list(a.values()).count(s) for s in ("train", "val", "test")}
-    assert 1500 < counts["train"] < 1700 and 120 < counts["val"] < 280 and 120 < counts["test"] < 280
-    c = {r.id: r.split for r in preprocess.with_split(_ids(spark, 2000, 3), SplitConf(seed=18)).collect()}
-    assert c != a  # the seed matters
+    a = splits.assign(ids, conf)
+    assert (a == splits.assign(list(reversed(ids)), conf)[::-1]).all()
+    counts = np.bincount(a, minlength=3)
+    assert 1500 < counts[0] < 1700 and 120 < counts[1] < 280 and 120 < counts[2] < 280
+    assert (splits.assign(ids, SplitConf(seed=18)) != a).any()  # the seed matters
 
 
-def test_relative_id(spark):
-    df = spark.createDataFrame([Row(path="file:/lake/raw/digits/labelled/7/0001.png")])
-    out = preprocess.with_relative_id(df, "file:///lake/raw/digits/labelled").first()
-    assert out.id == "7/0001.png"
+def test_numpy_split_is_sparks_xxhash64(spark):
+    """The documented formula, pmod(xxhash64(seed, id), 1e6) / 1e6, evaluated by Spark SQL."""
+    rng = np.random.default_rng(1)
+    ids = ["", "a", "7/0001.png", "é/ü.png", *(f"{'x' * int(k)}{i}" for i, k in enumerate(rng.integers(0, 90, 400)))]
+    conf = SplitConf(train=0.6, val=0.2, test=0.2, seed=23)
+    u = F.pmod(F.xxhash64(F.lit(conf.seed), F.col("id")), F.lit(1_000_000)) / 1_000_000.0
+    split = F.when(u < conf.train, "train").when(u < conf.train + conf.val, "val").otherwise("test")
+    want = {r.id: r.split for r in spark.createDataFrame([Row(id=i) for i in ids]).select("id", split.alias("split")).collect()}
+    assert dict(zip(ids, np.asarray(splits.NAMES)[splits.assign(ids, conf)])) == want
 
 
-def test_label_file_join_leaves_unlabelled_rows_null(spark):
-    df = spark.createDataFrame([Row(id="a.png"), Row(id="b.png")])
-    labels = spark.createDataFrame([Row(path="a.png", label="cat")])
-    out = {r.id: r.label_name for r in preprocess.with_file_label(df, labels).collect()}
-    assert out == {"a.png": "cat", "b.png": None}
+def test_plan_gives_relative_ids_folder_labels_and_the_same_splits_for_any_task_count(tmp_path):
+    src = _files(tmp_path)
+    plans, classes = image_shards.plan(src, None, SplitConf(), 4)
+    assert classes == ["0", "1", "2"] and len(plans) == 4 and {t.num_rows for t in plans} == {75}
+    rows = _rows(plans)
+    assert rows["1/00004.png"]["label_name"] == "1" and rows["1/00004.png"]["path"].startswith("file:/")
+    assert all(len({r["label_name"] for r in t.to_pylist()}) == 3 for t in plans)  # every task gets every class
+    other = _rows(image_shards.plan(src, None, SplitConf(), 7)[0])
+    assert {i: r["split"] for i, r in other.items()} == {i: rows[i]["split"] for i in other}
 
 
-def test_label_index_follows_numeric_order(spark):
-    names = preprocess.sort_labels(["10", "2", "1"])
-    assert names == ["1", "2", "10"]
-    df = spark.createDataFrame([Row(label_name="10"), Row(label_name="1")])
-    assert [r.label for r in preprocess.with_label_index(df, names).collect()] == [2, 0]
+def test_labels_file_leaves_unlabelled_files_without_a_label(tmp_path):
+    src = _files(tmp_path, 6)
+    plans, classes = image_shards.plan(src, {"0/00000.png": "cat", "1/00001.png": "dog"}, SplitConf(), 2)
+    rows = _rows(plans)
+    assert classes == ["cat", "dog"] and rows["0/00000.png"]["label_name"] == "cat"
+    assert rows["2/00002.png"]["label_name"] is None
+
+
+def test_label_order_is_numeric_where_the_names_are_numbers():
+    assert preprocess.sort_labels(["10", "2", "1"]) == ["1", "2", "10"]
     assert preprocess.sort_labels(["dog", "cat"]) == ["cat", "dog"]

@@ -5,10 +5,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyspark.sql import Row
 
-from pipeline import preprocess, splits, tabular
-from pipeline.config import SplitConf, TabularConf
+from pipeline import tabular
+from pipeline.config import TabularConf
 
 TAB = TabularConf(format="csv", id_column="id", label_column="y", numeric=["a", "b"], categorical=["c"],
                   max_categories=2)
@@ -113,13 +112,3 @@ def test_fit_merged_from_parts_equals_a_fit_on_everything(tmp_path):
     x = tabular.encode(whole, TAB, merged)
     assert x.shape == (3000, merged["num_features"]) == (3000, 2 + 3) and x.dtype == np.float32
     assert np.allclose(x[:, 0].mean(), 0, atol=1e-5) and np.allclose(x[:, 2:].sum(1), 1)
-
-
-def test_numpy_split_is_sparks_split(spark):
-    rng = np.random.default_rng(1)
-    ids = ["", "a", "7/0001.png", "é/ü.png", *(f"{'x' * int(k)}{i}" for i, k in enumerate(rng.integers(0, 90, 400)))]
-    conf = SplitConf(train=0.6, val=0.2, test=0.2, seed=23)
-    df = spark.createDataFrame([Row(id=i) for i in ids])
-    want = {r.id: r.split for r in preprocess.with_split(df, conf).collect()}
-    got = dict(zip(ids, np.asarray(splits.NAMES)[splits.assign(ids, conf)]))
-    assert got == want
