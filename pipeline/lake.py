@@ -98,6 +98,18 @@ def empty_files(uri: str) -> list[str]:
     return [u for u, size in list_files(uri) if size == 0]
 
 
+def remove_temporaries(uri: str) -> int:
+    """Delete the ``_tmp-*`` files ParquetPart leaves when a task attempt dies mid-write (call
+    once the job is over: no attempt is writing any more). Returns how many there were."""
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return 0
+    stale = [p for p in fs.find(path) if p.rsplit("/", 1)[-1].startswith("_tmp-")]
+    for p in stale:
+        fs.rm(p)
+    return len(stale)
+
+
 def remove(uri: str) -> None:
     fs, path = _fs(uri)
     if fs.exists(path):

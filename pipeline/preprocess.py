@@ -45,6 +45,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     except BaseException:
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
         raise
+    for uri in (out, quarantine_uri):  # left by task attempts that died mid-write, if any
+        if n := lake.remove_temporaries(uri):
+            log.warning("removed %d temporary files of failed task attempts under %s", n, uri)
     by_reason = stats["by_reason"]
     m = manifest.build(
         "preprocess", version, cfg.to_dict(),
