@@ -22,11 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
@@ -63,13 +61,6 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
                       "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
     classes = sorted({n for n in names if n is not None})
     return [table.take(pa.array(np.arange(t, len(uris), n_tasks))) for t in range(n_tasks)], classes
-
-
-def write_plans(plans: list[pa.Table], plan_uri: str) -> None:
-    for t, table in enumerate(plans):
-        part = lake.ParquetPart(f"{plan_uri}/part-{t:05d}.parquet", table.schema, 1 << 62)
-        part.write(table)
-        part.close()
 
 
 def num_tasks(spark: SparkSession, files_per_split: int) -> int:
@@ -172,8 +163,7 @@ def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out
     records to the quarantine; what comes back is counts and pixel sums, and counts of the bad
     records by reason."""
     for t in tasks.each(frames):
-        with fsspec.open(f"{plan_uri}/part-{t:05d}.parquet", "rb") as f:
-            planned = pq.read_table(f).to_pandas()
+        planned = tasks.read_plan(plan_uri, t)
         batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
         res = pd.concat([*write_shards(batches, spec, out_uri, label_names, row_group_bytes, part=t),
                          pd.DataFrame(columns=RESULT_COLUMNS)], ignore_index=True)

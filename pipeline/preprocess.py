@@ -80,7 +80,7 @@ def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_
     plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
     label_names = sort_labels(label_names)
     plan_uri = f"{out}/_staging"
-    image_shards.write_plans(plans, plan_uri)
+    tasks.write_plans(plans, plan_uri)
     body = partial(image_shards.run_task, plan_uri=plan_uri, spec=ImageSpec.from_conf(ds.image), out_uri=out,
                    label_names=label_names, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024,
                    quarantine_uri=quarantine_uri, stage="preprocess.validate")

@@ -15,11 +15,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards
+from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards, tasks
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
@@ -27,6 +28,7 @@ from pipeline.preprocess import max_piece_bytes
 
 log = logging.getLogger(__name__)
 
+PLAN = pa.schema([("uri", pa.string()), ("path", pa.string())])
 SCORED_DDL = ("key string, prediction string, label_index int, probability float, "
               "probabilities array<float>, reason string, detail string, source string")
 
@@ -106,35 +108,47 @@ def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared
         })
 
 
-def read_files(spark: SparkSession, source_uri: str) -> DataFrame:
-    """Every file under source_uri as (path, content). Non-images are kept so they get quarantined.
-
-    Spark's file sources silently skip zero-byte files, so those are found with a metadata
-    listing and added back with empty content: they must reach the quarantine too.
-    """
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-             .load(source_uri).select("path", "content"))
-    empty = lake.empty_files(source_uri)
-    if empty:
-        spark_paths = [lake.spark_path(u) for u in empty]
-        files = files.unionByName(spark.createDataFrame([(p, bytearray()) for p in spark_paths], files.schema))
-    return files
+def image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
+    """The task's files (its plan under plan_uri) as (path, content) frames of batch_size rows,
+    read by the task itself: nothing per file passes through the JVM."""
+    for t in tasks.each(frames):
+        planned = tasks.read_plan(plan_uri, t)
+        if not len(planned):
+            continue
+        read = lake.file_reader(planned["uri"].iloc[0])
+        for lo in range(0, len(planned), batch_size):
+            chunk = planned.iloc[lo:lo + batch_size]
+            yield pd.DataFrame({"path": chunk["path"].to_numpy(), "content": [read(u) for u in chunk["uri"]]})
 
 
-def _scored(spark: SparkSession, spec: dict[str, Any], source: str, kw: dict[str, Any]) -> tuple[DataFrame, str]:
-    """(scored rows, name of the key column) for the model's kind of input."""
+def _num_tasks(spark: SparkSession, total_bytes: int) -> int:
+    """One per core at least, and one per spark.sql.files.maxPartitionBytes of input."""
+    return max(spark.sparkContext.defaultParallelism, -(-total_bytes // max_piece_bytes(spark)))
+
+
+def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str,
+            kw: dict[str, Any]) -> tuple[DataFrame, str]:
+    """(scored rows, name of the key column) for the model's kind of input. The tasks read their
+    share of the input themselves (pipeline/tasks.py)."""
     if spec["input"]["kind"] == "images":
+        files = lake.list_files(source)  # zero-byte files included: they are quarantined
+        n = _num_tasks(spark, sum(size for _, size in files))
+        uris = [u for u, _ in files]
+        plan_uri = f"{staging}/_plan"
+        tasks.write_plans([pa.table({"uri": uris[t::n], "path": [lake.spark_path(u) for u in uris[t::n]]},
+                                    schema=PLAN) for t in range(n)], plan_uri)
+        frames = partial(image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
         body = partial(score_frames, prepare=prepare_images, key="path", **kw)
-        return read_files(spark, source).mapInPandas(body, SCORED_DDL), "path"
+        return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), SCORED_DDL), "path"
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
-    tasks = spark.sparkContext.defaultParallelism
-    pieces = tabular.plan(source, tab, tasks, max_piece_bytes(spark), label_required=False)
+    n = spark.sparkContext.defaultParallelism
+    pieces = tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False)
     records = partial(tabular_shards.score_records, pieces=pieces, tab=tab, params=spec["input"]["tabular"],
                       batch_size=kw["batch_size"])
     body = partial(score_frames, prepare=prepare_features, key="id", **kw)
-    return spark.range(0, tasks, 1, tasks).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
+    return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
@@ -151,7 +165,11 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
     kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size)
-    scored, key = _scored(spark, spec, source, kw)
+    root = cfg.uri("predictions", name)
+    job_dir = f"{root}/_staging/{job_id}"
+    final = f"{root}/dt={score_date}"
+    staging = f"{job_dir}/dt={score_date}"
+    scored, key = _scored(spark, spec, source, job_dir, kw)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
@@ -162,9 +180,6 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
             bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
             quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
-        root = cfg.uri("predictions", name)
-        final = f"{root}/dt={score_date}"
-        staging = f"{root}/_staging/{job_id}/dt={score_date}"
         (scored.filter(F.col("reason").isNull())
          .select(F.col("key").alias(key), "prediction", "label_index", "probability", "probabilities",
                  F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
@@ -172,6 +187,9 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
          .coalesce(max(1, min(8, output_count // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
+    except BaseException:
+        lake.remove(job_dir)  # nothing was published; the previous partition is untouched
+        raise
     finally:
         scored.unpersist()
 
@@ -183,7 +201,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     )
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
-    lake.remove(f"{root}/_staging/{job_id}")
+    lake.remove(job_dir)
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     return m
 

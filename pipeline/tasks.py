@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
+
+from pipeline import lake
 
 
 def numbers(spark: SparkSession, n: int) -> DataFrame:
@@ -30,3 +35,17 @@ def attempt() -> int:
     """This task attempt's id (0 outside Spark), to name temporary files."""
     ctx = TaskContext.get()
     return ctx.taskAttemptId() if ctx else 0
+
+
+def write_plans(plans: list[pa.Table], plan_uri: str) -> None:
+    """Each task's share of the input as ``<plan_uri>/part-<task>.parquet``: a task reads only its
+    own, where a plan in the task closure would be shipped whole to every task."""
+    for t, table in enumerate(plans):
+        part = lake.ParquetPart(f"{plan_uri}/part-{t:05d}.parquet", table.schema, 1 << 62)
+        part.write(table)
+        part.close()
+
+
+def read_plan(plan_uri: str, task: int) -> pd.DataFrame:
+    with fsspec.open(f"{plan_uri}/part-{task:05d}.parquet", "rb") as f:
+        return pq.read_table(f).to_pandas()
