@@ -143,7 +143,7 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
-    n = spark.sparkContext.defaultParallelism
+    n = _num_tasks(spark, sum(size for _, size in lake.list_files(source)))
     pieces = tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False)
     records = partial(tabular_shards.score_records, pieces=pieces, tab=tab, params=spec["input"]["tabular"],
                       batch_size=kw["batch_size"])
