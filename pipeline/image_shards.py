@@ -118,7 +118,7 @@ class _SplitWriter:
 
 def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, label_names: list[str],
                  row_group_bytes: int, part: int | None = None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_DDL, writing the good images.
+    """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_COLUMNS, writing the good images.
 
     ``part`` numbers the output files; in a Spark task it is the partition.
     """

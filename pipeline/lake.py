@@ -88,11 +88,15 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     if proto == "file" and os.path.isdir(path):
         return sorted(_walk_local(path.rstrip("/")))
     root = path.rstrip("/") + "/"
+    # fsspec paths drop the scheme and, for hdfs://namenode:port/..., the authority: put back
+    # what the given URI had in front of its path.
+    stem = uri.rstrip("/")
+    prefix = stem[:-len(path.rstrip("/"))] if path.rstrip("/") and stem.endswith(path.rstrip("/")) else f"{proto}://"
     out = []
     for p, info in fs.find(path, detail=True).items():
         if info.get("type") != "file" or any(part.startswith((".", "_")) for part in p[len(root):].split("/")):
             continue
-        out.append((f"{proto}://{p}", int(info.get("size", 0))))
+        out.append((f"{prefix}{p}", int(info.get("size", 0))))
     return sorted(out)
 
 

@@ -42,8 +42,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     try:
         stats, label_names, fitted, schema = (_images if ds.kind == "images" else _tabular)(
             spark, cfg, source, out, quarantine_uri)
-    except BaseException:
+    except BaseException as e:
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
+        if not isinstance(e, quarantine.TooManyBadRecords):  # that one's message points at the quarantine
+            lake.remove(quarantine_uri)
         raise
     for uri in (out, quarantine_uri):  # left by task attempts that died mid-write, if any
         if n := lake.remove_temporaries(uri):
@@ -109,8 +111,9 @@ def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine
     n_tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
     pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark))
     staging = f"{out}/_staging"
+    tabular_shards.write_pieces(pieces, f"{staging}/_plan")
     parts = tasks.numbers(spark, n_tasks)
-    stage = partial(tabular_shards.stage, pieces=pieces, tab=tab, split=cfg.preprocess.split,
+    stage = partial(tabular_shards.stage, plan_uri=f"{staging}/_plan", tab=tab, split=cfg.preprocess.split,
                     staging_uri=staging, quarantine_uri=quarantine_uri, stage_name="preprocess.validate")
     results = [json.loads(r["stats"]) for r in parts.mapInPandas(stage, tabular_shards.STAGE_DDL).collect()]
     by_reason: dict[str, int] = {}

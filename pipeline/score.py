@@ -144,9 +144,10 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
     n = _num_tasks(spark, sum(size for _, size in lake.list_files(source)))
-    pieces = tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False)
-    records = partial(tabular_shards.score_records, pieces=pieces, tab=tab, params=spec["input"]["tabular"],
-                      batch_size=kw["batch_size"])
+    tabular_shards.write_pieces(tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False),
+                                f"{staging}/_plan")
+    records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
+                      params=spec["input"]["tabular"], batch_size=kw["batch_size"])
     body = partial(score_frames, prepare=prepare_features, key="id", **kw)
     return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
 

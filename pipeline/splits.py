@@ -1,9 +1,9 @@
 """Deterministic train/val/test assignment from a hash of each record's id.
 
-split = pmod(xxhash64(seed, id), 1e6) / 1e6 against the configured fractions, the same function
-in Spark SQL (``preprocess.with_split``, used for images) and in numpy (``assign``, used by the
-tabular tasks, which parse their records in Python). Both give a record the same split on every
-run, whatever the partitioning, and the two agree bit for bit (tests/test_preprocess_transforms.py).
+split = pmod(xxhash64(seed, id), 1e6) / 1e6 against the configured fractions, computed in numpy
+by the tasks (which parse their records in Python) and equal bit for bit to the same formula in
+Spark SQL (tests/test_preprocess_transforms.py), so a split can be reproduced in SQL. A record
+gets the same split on every run, whatever the partitioning.
 """
 from __future__ import annotations
 

@@ -44,7 +44,9 @@ MISSING_LABEL = "missing_label"
 WRONG_TYPE = "wrong_type"
 NON_FINITE = "non_finite"
 
-_NON_FINITE_SPELLINGS = pa.array(["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"])
+# The strings pyarrow's cast to double accepts (and Spark's cast does too); tested against it.
+_NUMBER = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$"
+_NON_FINITE = r"^[+-]?(?:inf|infinity|nan)$"
 
 
 class SchemaDriftError(ValueError):
@@ -69,14 +71,20 @@ def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: 
 Piece = tuple[str, int, int]  # (file URI, first byte, length; -1 = to the end)
 
 
+def _open(uri: str):
+    """A binary file object; .gz, .bz2, .xz and other compressed files (by their suffix) come
+    out decompressed. Those cannot be cut into byte ranges: one task reads each, as in Spark."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.open(path, "rb", compression=fsspec.utils.infer_compression(path))
+
+
 def file_columns(uri: str, fmt: str) -> list[str]:
     """The columns of one input file: the CSV header, the keys of the first JSON records, or the
     Parquet schema."""
-    fs, path = fsspec.core.url_to_fs(uri)
     if fmt == "parquet":
-        with fs.open(path, "rb") as f:
+        with _open(uri) as f:
             return pq.ParquetFile(f).schema_arrow.names
-    with fs.open(path, "rb") as f:
+    with _open(uri) as f:
         if fmt == "csv":
             return next(csv.reader([f.readline().decode("utf-8-sig").rstrip("\r\n")]), [])
         keys: dict[str, None] = {}
@@ -96,12 +104,15 @@ def plan(source_uri: str, tab: TabularConf, tasks: int, max_piece_bytes: int,
     files = [(u, size) for u, size in lake.list_files(source_uri) if size > 0]
     if not files:
         raise FileNotFoundError(f"no input files under {source_uri}")
-    check_columns(file_columns(files[0][0], tab.format), tab, files[0][0], label_required)
+    found = file_columns(files[0][0], tab.format)
+    if tab.format == "json":  # a JSON writer leaves null fields out: only undeclared keys are drift
+        found += [c for c in tab.columns() if c not in found]
+    check_columns(found, tab, files[0][0], label_required)
     total = sum(size for _, size in files)
     step = max(1, min(max_piece_bytes, math.ceil(total / tasks)))
     pieces: list[Piece] = []
     for uri, size in files:
-        if tab.format == "parquet":
+        if tab.format == "parquet" or fsspec.utils.infer_compression(uri):
             pieces.append((uri, 0, -1))
         else:
             pieces += [(uri, start, min(step, size - start)) for start in range(0, size, step)]
@@ -120,6 +131,8 @@ def plan(source_uri: str, tab: TabularConf, tasks: int, max_piece_bytes: int,
 def _line_range(f, start: int, length: int) -> bytes:
     """The whole lines that start inside [start, start + length): a line belongs to the piece
     where it starts, as in Hadoop's line reader."""
+    if length < 0:
+        return f.read()
     if start > 0:
         f.seek(start - 1)
         buf = f.read(length + 1)
@@ -148,27 +161,37 @@ def _json_value(v: Any) -> str | None:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (dict, list)):
-        return json.dumps(v)
-    return str(v)
+        return json.dumps(v, ensure_ascii=False)
+    # A lone surrogate escape ("\ud800") is valid JSON but not UTF-8: replaced, as Spark does.
+    return str(v).encode("utf-8", "replace").decode("utf-8")
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    """Invalid UTF-8 (a Latin-1 file, a corrupt byte) replaced with U+FFFD, as Spark's reader
+    does, rather than failing the task."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
 
 
 def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> tuple[pa.Table, list[str]]:
     """(declared columns as strings, raw text of the malformed records) of one piece."""
     uri, start, length = piece
-    fs, path = fsspec.core.url_to_fs(uri)
     wanted = [c for c in tab.columns() if c not in tab.ignore]
     malformed: list[str] = []
     if tab.format == "parquet":
-        with fs.open(path, "rb") as f:
-            t = pq.read_table(f)
-        check_columns(t.column_names, tab, uri, label_required)
-        t = t.select([c for c in wanted if c in t.column_names])
+        with _open(uri) as f:
+            pf = pq.ParquetFile(f)
+            check_columns(pf.schema_arrow.names, tab, uri, label_required)
+            t = pf.read(columns=[c for c in wanted if c in pf.schema_arrow.names])
         t = pa.table({c: pc.cast(t[c], pa.string()) for c in t.column_names})
     elif tab.format == "csv":
         header = file_columns(uri, "csv")
         check_columns(header, tab, uri, label_required)
-        with fs.open(path, "rb") as f:
-            data = _line_range(f, start, length)
+        with _open(uri) as f:
+            data = _valid_utf8(_line_range(f, start, length))
         if start == 0:  # the header line
             data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
         include = [c for c in wanted if c in header]
@@ -187,10 +210,13 @@ def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> t
                 column_types={c: pa.string() for c in header}, include_columns=include,
                 strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True))
     else:  # JSON lines
-        with fs.open(path, "rb") as f:
+        with _open(uri) as f:
             data = _line_range(f, start, length)
+        if start == 0 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]  # a byte-order mark
         rows = []
-        for line in data.decode("utf-8", "replace").splitlines():
+        for raw in data.splitlines():  # on \n, \r and \r\n only, as Spark (str.splitlines cuts more)
+            line = raw.decode("utf-8", "replace")
             if not line.strip():
                 continue
             try:
@@ -240,16 +266,19 @@ def _blank(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def to_double(col: pa.ChunkedArray) -> np.ndarray:
-    """Spark's cast(string as double) on a column: trimmed; null or not a number -> NaN."""
+    """Spark's cast(string as double) on a column: trimmed; null or not a number -> NaN. A value
+    parses the same whatever else is in the column (the same parser on every path)."""
     s = pc.utf8_trim_whitespace(col)
     try:
         return pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:  # some value is not a number: parse value by value
-        return pd.to_numeric(pd.Series(s.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+    except pa.ArrowInvalid:  # some value is not a number: null those, parse the rest
+        number = pc.match_substring_regex(s, _NUMBER, ignore_case=True)
+        return pc.cast(pc.if_else(number, s, pa.scalar(None, pa.string())), pa.float64()).to_numpy(
+            zero_copy_only=False)
 
 
 def _spelled_non_finite(col: pa.ChunkedArray) -> np.ndarray:
-    spelled = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=_NON_FINITE_SPELLINGS)
+    spelled = pc.match_substring_regex(pc.utf8_trim_whitespace(col), _NON_FINITE, ignore_case=True)
     return pc.fill_null(spelled, False).to_numpy(zero_copy_only=False)
 
 
@@ -279,7 +308,7 @@ def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required
             _, code, col = checks[first[i]]
             reason[i] = code
             detail[i] = col if code in (MISSING_ID, MISSING_LABEL) else f"{col}={raw[j][col]}"
-            source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None})
+            source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None}, ensure_ascii=False)
     m = len(malformed)
     obj = lambda c: cols[c].to_numpy(zero_copy_only=False)  # noqa: E731
     none = np.full(m, None, dtype=object)

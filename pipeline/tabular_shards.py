@@ -30,6 +30,8 @@ from pipeline.config import SplitConf, TabularConf
 STAGE_DDL = "part int, stats string"
 WRITE_DDL = "part int, split string, n long"
 SCORE_DDL = "id string, source string, reason string, detail string, features array<float>"
+PIECES = pa.schema([("uri", pa.string()), ("start", pa.int64()), ("length", pa.int64())])
+ENCODE_ROWS = 65_536  # rows encoded at once: a dense float32 matrix of rows x features
 CURATED = pa.schema([("id", pa.string()), ("features", pa.list_(pa.float32())), ("label", pa.int32())])
 
 
@@ -40,11 +42,22 @@ def _staging_schema(tab: TabularConf) -> pa.Schema:
 
 # --- preprocess, job 1 ------------------------------------------------------------------------
 
-def stage(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piece]], tab: TabularConf, split: SplitConf,
+def write_pieces(pieces: list[list[tabular.Piece]], plan_uri: str) -> None:
+    """Each task's pieces as its plan file (pipeline/tasks.py)."""
+    tasks.write_plans([pa.table({"uri": [p[0] for p in ps], "start": [p[1] for p in ps],
+                                 "length": [p[2] for p in ps]}, schema=PIECES) for ps in pieces], plan_uri)
+
+
+def read_pieces(plan_uri: str, task: int) -> list[tabular.Piece]:
+    plan = tasks.read_plan(plan_uri, task)
+    return list(zip(plan["uri"], plan["start"].astype(int), plan["length"].astype(int)))
+
+
+def stage(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularConf, split: SplitConf,
           staging_uri: str, quarantine_uri: str, stage_name: str) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over spark.range(tasks) -> STAGE_DDL."""
+    """mapInPandas body over task numbers -> STAGE_DDL."""
     for t in tasks.each(frames):
-        stats = stage_task(pieces[t], t, tab, split, staging_uri, quarantine_uri, stage_name)
+        stats = stage_task(read_pieces(plan_uri, t), t, tab, split, staging_uri, quarantine_uri, stage_name)
         yield pd.DataFrame({"part": [t], "stats": [json.dumps(stats)]})
 
 
@@ -92,15 +105,20 @@ def _staged(staging_uri: str, part: int, tab: TabularConf) -> Iterator[tuple[pa.
     with fs.open(path, "rb") as f:
         reader = pa.ipc.open_file(f)
         for i in range(reader.num_record_batches):
-            b = reader.get_batch(i)
-            cols = {name: b.column(name) for name in b.schema.names}
-            n = b.num_rows
-            none = np.full(n, None, dtype=object)
-            yield b, tabular.Records(
-                ids=cols["id"].to_numpy(zero_copy_only=False), labels=cols["label"].to_numpy(zero_copy_only=False),
-                numeric={c: cols[c].to_numpy() for c in tab.numeric},
-                categorical={c: cols[c].to_numpy(zero_copy_only=False) for c in tab.categorical},
-                reason=none, detail=none, source=none)
+            whole = reader.get_batch(i)  # a whole piece: encoded in slices, to bound the memory
+            for lo in range(0, whole.num_rows, ENCODE_ROWS):
+                b = whole.slice(lo, ENCODE_ROWS)
+                yield b, _records(b, tab)
+
+
+def _records(b: pa.RecordBatch, tab: TabularConf) -> tabular.Records:
+    cols = {name: b.column(name) for name in b.schema.names}
+    none = np.full(b.num_rows, None, dtype=object)
+    return tabular.Records(
+        ids=cols["id"].to_numpy(zero_copy_only=False), labels=cols["label"].to_numpy(zero_copy_only=False),
+        numeric={c: cols[c].to_numpy() for c in tab.numeric},
+        categorical={c: cols[c].to_numpy(zero_copy_only=False) for c in tab.categorical},
+        reason=none, detail=none, source=none)
 
 
 # --- preprocess, job 2 ------------------------------------------------------------------------
@@ -131,20 +149,21 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
 
 # --- score ------------------------------------------------------------------------------------
 
-def score_records(frames: Iterator[pd.DataFrame], pieces: list[list[tabular.Piece]], tab: TabularConf,
-                  params: dict[str, Any], batch_size: int) -> Iterator[pd.DataFrame]:
-    """The tasks' records, validated (no label needed) and encoded with the dataset version's
-    parameters, in frames of batch_size: id, source, reason, detail, features (None if bad)."""
+def score_records(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],
+                  batch_size: int) -> Iterator[pd.DataFrame]:
+    """The tasks' records (plans under plan_uri), validated (no label needed) and encoded with
+    the dataset version's parameters, in frames of batch_size: id, source, reason, detail,
+    features (None if bad)."""
     for t in tasks.each(frames):
-        for piece in pieces[t]:
+        for piece in read_pieces(plan_uri, t):
             rec = tabular.validate(*tabular.read_piece(piece, tab, label_required=False), tab, label_required=False)
-            ok = np.flatnonzero(rec.good())
-            features = np.full(len(rec), None, dtype=object)
-            if len(ok):
-                x = tabular.encode(rec.take(ok), tab, params)
-                for j, i in enumerate(ok):
-                    features[i] = x[j]
             for lo in range(0, len(rec), batch_size):
-                sl = slice(lo, lo + batch_size)
-                yield pd.DataFrame({"id": rec.ids[sl], "source": rec.source[sl], "reason": rec.reason[sl],
-                                    "detail": rec.detail[sl], "features": features[sl]})
+                r = rec.take(np.arange(lo, min(lo + batch_size, len(rec))))
+                ok = np.flatnonzero(r.good())
+                features = np.full(len(r), None, dtype=object)
+                if len(ok):
+                    x = tabular.encode(r.take(ok), tab, params)
+                    for j, i in enumerate(ok):
+                        features[i] = x[j]
+                yield pd.DataFrame({"id": r.ids, "source": r.source, "reason": r.reason, "detail": r.detail,
+                                    "features": features})

@@ -148,7 +148,7 @@ def test_too_many_bad_records_fails_loudly_and_keeps_latest(spark, digits_run):
     assert lake.get_latest(cfg.uri("curated", "digits")) == before
 
 
-def test_scoring_encodes_a_row_exactly_as_preprocess_did(spark, tabular_run):
+def test_scoring_encodes_a_row_exactly_as_preprocess_did(spark, tabular_run, tmp_path):
     """The same raw record gives the same feature vector in preprocess and in score."""
     cfg, m = tabular_run
     curated = pq.read_table(lake.local_path(m["splits"]["train"]["uri"])).to_pandas().set_index("id")
@@ -156,7 +156,9 @@ def test_scoring_encodes_a_row_exactly_as_preprocess_did(spark, tabular_run):
     # The labelled source read the way score reads new data (label optional, the score tasks'
     # own function), encoded with the parameters saved in the manifest.
     pieces = tabular.plan(cfg.resolve(cfg.dataset.source), tab, 2, 1 << 27, label_required=False)
-    frames = tabular_shards.score_records(iter([pd.DataFrame({"id": [0, 1]})]), pieces, tab, m["tabular"], 64)
+    tabular_shards.write_pieces(pieces, f"file://{tmp_path}/plan")
+    frames = tabular_shards.score_records(iter([pd.DataFrame({"id": [0, 1]})]), f"file://{tmp_path}/plan", tab,
+                                          m["tabular"], 64)
     enc = pd.concat(list(frames)).dropna(subset=["features"]).set_index("id")
     ids = curated.index[:50]
     np.testing.assert_array_equal(np.stack(enc.loc[ids, "features"].values), np.stack(curated.loc[ids, "features"].values))

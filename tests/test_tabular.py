@@ -112,3 +112,34 @@ def test_fit_merged_from_parts_equals_a_fit_on_everything(tmp_path):
     x = tabular.encode(whole, TAB, merged)
     assert x.shape == (3000, merged["num_features"]) == (3000, 2 + 3) and x.dtype == np.float32
     assert np.allclose(x[:, 0].mean(), 0, atol=1e-5) and np.allclose(x[:, 2:].sum(1), 1)
+
+
+def test_a_value_parses_the_same_whatever_else_is_in_its_column(tmp_path):
+    rng = np.random.default_rng(2)
+    values = [repr(float(v)) for v in rng.normal(0, 1e3, 2000)] + ["1e400", "-nan", "+inf", "0.1000000000000000055511151231257827"]
+    clean = tabular.to_double(pa.chunked_array([pa.array(values)]))
+    mixed = tabular.to_double(pa.chunked_array([pa.array(values + ["twelve", "1d", "0x10"])]))
+    np.testing.assert_array_equal(mixed[:len(values)], clean)
+    assert np.isnan(mixed[len(values):]).all()
+
+
+def test_odd_input_is_read_not_fatal(tmp_path):
+    """Invalid UTF-8, gzip, sparse JSON (null fields left out), a JSON BOM and U+2028 in a value."""
+    (tmp_path / "latin1.csv").write_bytes(b"id,y,a,b,c\nr1,p,1,2,caf\xe9\n")
+    (rec,) = _records([(f"file://{tmp_path}/latin1.csv", 0, -1)])
+    assert rec.reason[0] is None and rec.categorical["c"][0] == "caf\ufffd"
+
+    import gzip
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "t.csv.gz").write_bytes(gzip.compress("\n".join(LINES[:3]).encode() + b"\n"))
+    plan = tabular.plan(f"file://{tmp_path}/gz", TAB, 4, 1 << 20)
+    assert [p for t in plan for p in t] == [(f"file://{tmp_path}/gz/t.csv.gz", 0, -1)]
+    assert [list(r.ids) for t in plan for r in _records(t)] == [["r1", "r2"]]
+
+    jtab = TabularConf(**{**TAB.__dict__, "format": "json"})
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "t.json").write_bytes(
+        b'\xef\xbb\xbf{"id": "r1", "y": "p", "a": 1}\n{"id": "r2", "y": "q", "a": 2, "c": "u\\u2028v", "b": 3}\n')
+    (plan,) = tabular.plan(f"file://{tmp_path}/j", jtab, 1, 1 << 20)  # "b" and "c" absent from the first record
+    (rec,) = _records(plan, jtab)
+    assert list(rec.reason) == [None, None] and rec.categorical["c"][1] == "u\u2028v"
