@@ -166,6 +166,14 @@ def _json_value(v: Any) -> str | None:
     return str(v).encode("utf-8", "replace").decode("utf-8")
 
 
+def _as_text(col: pa.ChunkedArray, numeric: bool) -> pa.ChunkedArray:
+    """A typed Parquet column as the text the other formats give. A float id, label or category
+    is written as Python and Spark write it (1.0 -> "1.0", where Arrow's cast gives "1")."""
+    if pa.types.is_floating(col.type) and not numeric:
+        return pa.chunked_array([pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())])
+    return pc.cast(col, pa.string())
+
+
 def _valid_utf8(data: bytes) -> bytes:
     """Invalid UTF-8 (a Latin-1 file, a corrupt byte) replaced with U+FFFD, as Spark's reader
     does, rather than failing the task."""
@@ -186,7 +194,7 @@ def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> t
             pf = pq.ParquetFile(f)
             check_columns(pf.schema_arrow.names, tab, uri, label_required)
             t = pf.read(columns=[c for c in wanted if c in pf.schema_arrow.names])
-        t = pa.table({c: pc.cast(t[c], pa.string()) for c in t.column_names})
+        t = pa.table({c: _as_text(t[c], c in tab.numeric) for c in t.column_names})
     elif tab.format == "csv":
         header = file_columns(uri, "csv")
         check_columns(header, tab, uri, label_required)

@@ -89,11 +89,12 @@ def test_json_lines_and_parquet_read_like_csv(tmp_path):
     rows = [{"id": "r1", "y": "p", "a": 1.0, "b": 2, "c": "red"}, {"id": "r2", "y": "q", "a": "x", "b": None, "c": "blue"}]
     (tmp_path / "t.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
     pq.write_table(pa.table({"id": ["r1", "r2"], "y": ["p", "q"], "a": [1.0, float("inf")], "b": [2.0, None],
-                             "c": ["red", "blue"]}), tmp_path / "t.parquet")
+                             "c": [1.0, None]}), tmp_path / "t.parquet")  # a float category, as pandas writes it
     (j,) = _records([(f"file://{tmp_path}/t.json", 0, -1)], TabularConf(**{**TAB.__dict__, "format": "json"}))
     assert list(j.reason) == [None, "wrong_type", "malformed_record"] and j.source[2] == "{not json"
     (p,) = _records([(f"file://{tmp_path}/t.parquet", 0, -1)], TabularConf(**{**TAB.__dict__, "format": "parquet"}))
     assert list(p.reason) == [None, "non_finite"] and p.numeric["b"][0] == 2.0
+    assert p.categorical["c"][0] == "1.0"  # as JSON text and Spark give a float, not Arrow's "1"
 
 
 def test_fit_merged_from_parts_equals_a_fit_on_everything(tmp_path):
