@@ -19,14 +19,12 @@ per file. For tens of millions of files, preprocess the input in parts.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark import TaskContext
-from pyspark.sql import SparkSession
 
 from pipeline import lake, quarantine, splits, tasks
 from pipeline.config import SplitConf
@@ -61,11 +59,6 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
                       "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
     classes = sorted({n for n in names if n is not None})
     return [table.take(pa.array(np.arange(t, len(uris), n_tasks))) for t in range(n_tasks)], classes
-
-
-def num_tasks(spark: SparkSession, files_per_split: int) -> int:
-    """files_per_split, or the smallest multiple of it that gives every core a task."""
-    return files_per_split * max(1, math.ceil(spark.sparkContext.defaultParallelism / files_per_split))
 
 
 class _SplitWriter:

@@ -172,6 +172,15 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
+def temporary_name(uri: str, attempt: int) -> tuple[Any, str, str]:
+    """(filesystem, path, hidden temporary path beside it) for a file a task attempt writes and
+    then renames into place; the parent directory is created."""
+    fs, path = _fs(uri)
+    parent, name = path.rsplit("/", 1)
+    fs.makedirs(parent, exist_ok=True)
+    return fs, path, f"{parent}/_tmp-{attempt}-{name}"
+
+
 class ParquetPart:
     """One Parquet file written by one task: row groups of about row_group_bytes, through a
     hidden temporary name (``_tmp-<attempt>-<name>``, which readers skip) and a rename on
@@ -182,10 +191,7 @@ class ParquetPart:
         import pyarrow.parquet as pq
 
         self.schema, self.row_group_bytes = schema, row_group_bytes
-        self.fs, self.path = _fs(uri)
-        parent, name = self.path.rsplit("/", 1)
-        self.fs.makedirs(parent, exist_ok=True)
-        self.tmp = f"{parent}/_tmp-{attempt}-{name}"
+        self.fs, self.path, self.tmp = temporary_name(uri, attempt)
         self.file = self.fs.open(self.tmp, "wb")
         self.writer = pq.ParquetWriter(self.file, schema)
         self.pending: list = []

@@ -77,7 +77,7 @@ def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_
     """One job of Python tasks (pipeline/image_shards.py) that decode the images, write the
     curated files and the quarantine, and return counts and pixel sums."""
     ds = cfg.dataset
-    n_tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
+    n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
     labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
     plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
     label_names = sort_labels(label_names)
@@ -108,7 +108,7 @@ def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine
     """Two passes of Python tasks (pipeline/tabular_shards.py): validate and stage, then encode
     and write with the parameters fitted on the train split in between."""
     tab = cfg.dataset.tabular
-    n_tasks = image_shards.num_tasks(spark, cfg.preprocess.files_per_split)
+    n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
     pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark))
     staging = f"{out}/_staging"
     tabular_shards.write_pieces(pieces, f"{staging}/_plan")

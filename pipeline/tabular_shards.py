@@ -29,7 +29,6 @@ from pipeline.config import SplitConf, TabularConf
 
 STAGE_DDL = "part int, stats string"
 WRITE_DDL = "part int, split string, n long"
-SCORE_DDL = "id string, source string, reason string, detail string, features array<float>"
 PIECES = pa.schema([("uri", pa.string()), ("start", pa.int64()), ("length", pa.int64())])
 ENCODE_ROWS = 65_536  # rows encoded at once: a dense float32 matrix of rows x features
 CURATED = pa.schema([("id", pa.string()), ("features", pa.list_(pa.float32())), ("label", pa.int32())])
@@ -69,9 +68,7 @@ def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: 
     bad_counts: dict[str, int] = {}
     bad: list[tabular.Records] = []
     fits = []
-    fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{tasks.attempt()}-{path.rsplit('/', 1)[1]}"
+    fs, path, tmp = lake.temporary_name(f"{staging_uri}/part-{part:05d}.arrow", tasks.attempt())
     with fs.open(tmp, "wb") as f, pa.ipc.new_file(f, schema) as staged:
         for piece in pieces:
             rec = tabular.validate(*tabular.read_piece(piece, tab), tab)

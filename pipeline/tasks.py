@@ -8,6 +8,7 @@ retried or speculative attempt replaces a file whole.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import fsspec
@@ -23,6 +24,11 @@ from pipeline import lake
 def numbers(spark: SparkSession, n: int) -> DataFrame:
     """n partitions of one row each: the task numbers 0..n-1 (column ``id``)."""
     return spark.range(0, n, 1, n)
+
+
+def num_tasks(spark: SparkSession, files_per_split: int) -> int:
+    """files_per_split, or the smallest multiple of it that gives every core a task."""
+    return files_per_split * max(1, math.ceil(spark.sparkContext.defaultParallelism / files_per_split))
 
 
 def each(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
