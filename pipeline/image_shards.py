@@ -68,9 +68,8 @@ class _SplitWriter:
 
     def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool):
         self.row_group_bytes, self.channels = row_group_bytes, channels
-        ctx = TaskContext.get()
         # Row groups are cut here (flush), so the file writes each flush as one.
-        self.file = lake.ParquetPart(uri, SCHEMA, 0, ctx.taskAttemptId() if ctx else 0)
+        self.file = lake.ParquetPart(uri, SCHEMA, 0, tasks.attempt())
         self.rows: dict[str, list] = {k: [] for k in SCHEMA.names}
         self.buffered = 0
         self.counts: dict[int, int] = {}

@@ -116,11 +116,6 @@ def _walk_local(root: str) -> list[tuple[str, int]]:
     return out
 
 
-def empty_files(uri: str) -> list[str]:
-    """URIs of the zero-byte files under a directory (recursive), skipping hidden ones."""
-    return [u for u, size in list_files(uri) if size == 0]
-
-
 def remove_temporaries(uri: str) -> int:
     """Delete the ``_tmp-*`` files ParquetPart leaves when a task attempt dies mid-write (call
     once the job is over: no attempt is writing any more). Returns how many there were."""

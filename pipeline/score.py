@@ -143,9 +143,10 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
-    n = _num_tasks(spark, sum(size for _, size in lake.list_files(source)))
-    tabular_shards.write_pieces(tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False),
-                                f"{staging}/_plan")
+    files = lake.list_files(source)
+    n = _num_tasks(spark, sum(size for _, size in files))
+    tabular_shards.write_pieces(tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False,
+                                             listing=files), f"{staging}/_plan")
     records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
                       params=spec["input"]["tabular"], batch_size=kw["batch_size"])
     body = partial(score_frames, prepare=prepare_features, key="id", **kw)

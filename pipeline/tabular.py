@@ -96,12 +96,13 @@ def file_columns(uri: str, fmt: str) -> list[str]:
         return list(keys)
 
 
-def plan(source_uri: str, tab: TabularConf, tasks: int, max_piece_bytes: int,
-         label_required: bool = True) -> list[list[Piece]]:
+def plan(source_uri: str, tab: TabularConf, tasks: int, max_piece_bytes: int, label_required: bool = True,
+         listing: list[tuple[str, int]] | None = None) -> list[list[Piece]]:
     """The input cut into pieces of at most max_piece_bytes, dealt to ``tasks`` lists of about
     equal bytes (so the output files come out near-equal). Checks the first file's columns, so
-    schema drift is reported before any task runs."""
-    files = [(u, size) for u, size in lake.list_files(source_uri) if size > 0]
+    schema drift is reported before any task runs. ``listing``: lake.list_files(source_uri),
+    where the caller has it already."""
+    files = [(u, size) for u, size in (lake.list_files(source_uri) if listing is None else listing) if size > 0]
     if not files:
         raise FileNotFoundError(f"no input files under {source_uri}")
     found = file_columns(files[0][0], tab.format)
