@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from pipeline import image_shards, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
 from pipeline.config import Config
 from pipeline.images import ImageSpec
 
@@ -105,17 +105,29 @@ def _labels_file(uri: str) -> dict[str, str]:
 
 
 def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str):
-    """Two passes of Python tasks (pipeline/tabular_shards.py): validate and stage, then encode
-    and write with the parameters fitted on the train split in between."""
+    """Two passes of Python tasks (pipeline/tabular_shards.py): read, validate and stage, then
+    encode and write with the parameters fitted on the train split in between. The first pass
+    reads through Spark's reader (pipeline/sources.py), or, for plain files, with pyarrow in the
+    tasks; both feed the same validation."""
     tab = cfg.dataset.tabular
+    regression = cfg.train.task == "regression"
     n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-    pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark))
     staging = f"{out}/_staging"
-    tabular_shards.write_pieces(pieces, f"{staging}/_plan")
-    parts = tasks.numbers(spark, n_tasks)
-    stage = partial(tabular_shards.stage, plan_uri=f"{staging}/_plan", tab=tab, split=cfg.preprocess.split,
-                    staging_uri=staging, quarantine_uri=quarantine_uri, stage_name="preprocess.validate")
-    results = [json.loads(r["stats"]) for r in parts.mapInPandas(stage, tabular_shards.STAGE_DDL).collect()]
+    kw = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
+              stage_name="preprocess.validate", regression=regression)
+    files = sources.listing(source) if sources.kind(source) == "path" else []
+    if sources.fast_path(source, tab, files):
+        pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark), listing=files)
+        tabular_shards.write_pieces(pieces, f"{staging}/_plan")
+        stage = partial(tabular_shards.stage, plan_uri=f"{staging}/_plan", **kw)
+        rows = tasks.numbers(spark, n_tasks).mapInPandas(stage, tabular_shards.STAGE_DDL).collect()
+    else:
+        df = sources.load(spark, source, tab)
+        tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source)
+        df = sources.declared(df, tab, regression)
+        with sources.reading(spark, 16_384):
+            rows = df.mapInArrow(partial(tabular_shards.stage_arrow, **kw), tabular_shards.STAGE_DDL).collect()
+    results = [json.loads(r["stats"]) for r in rows]
     by_reason: dict[str, int] = {}
     split_class: dict[tuple[str, str], int] = {}
     for r in results:
@@ -127,18 +139,25 @@ def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine
     stats = {"input_count": output + sum(by_reason.values()), "output_count": output, "by_reason": by_reason,
              "split_counts": {s: sum(n for (sp, _), n in split_class.items() if sp == s) for s in SPLITS},
              "split_class_counts": split_class}
+    if stats["input_count"] == 0:
+        raise sources.SourceError(f"source {source} has no records")
     quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
 
-    label_names = sort_labels(sorted({label for _, label in split_class}))
-    params = tabular.merge_fits([f for r in results for f in r["fits"]], tab)
+    label_names = [] if regression else sort_labels(sorted({label for _, label in split_class}))
+    fits = [f for r in results for f in r["fits"]]
+    params = tabular.merge_fits(fits, tab)
+    tasks.write_plans(tabular_shards.deal(results, n_tasks), f"{staging}/_write")
     write = partial(tabular_shards.write_curated, tab=tab, params=params, label_names=label_names,
-                    staging_uri=staging, out_uri=out, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
-    written = sum(r["n"] for r in parts.mapInPandas(write, tabular_shards.WRITE_DDL).collect())
+                    staging_uri=staging, plan_uri=f"{staging}/_write", out_uri=out,
+                    row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, regression=regression)
+    written = sum(r["n"] for r in tasks.numbers(spark, n_tasks).mapInPandas(write, tabular_shards.WRITE_DDL).collect())
     if written != output:
         raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
     lake.remove(staging)
-    schema = {"id": "string", "label": "int32", "features": f"array<float>[{params['num_features']}]"}
-    return stats, label_names, {"tabular": params}, schema
+    schema = {"id": "string", "label": "float32" if regression else "int32",
+              "features": f"array<float>[{params['num_features']}]"}
+    fitted = {"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {})}
+    return stats, label_names, fitted, schema
 
 
 def max_piece_bytes(spark: SparkSession) -> int:
