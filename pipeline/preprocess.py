@@ -78,6 +78,7 @@ def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_
     curated files and the quarantine, and return counts and pixel sums."""
     ds = cfg.dataset
     n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
+    sources.listing(source)  # a missing or empty source is an error before any task runs
     labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
     plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
     label_names = sort_labels(label_names)

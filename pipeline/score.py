@@ -158,6 +158,9 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
         return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
     df = sources.load(spark, source, tab, score_date)
     tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
+    absent = [c for c in passthrough if c not in df.columns]
+    if absent:
+        raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
     df = sources.declared(df, tab, extra=passthrough)
     extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
     out = T.StructType(_parse_datatype_string(SCORED_DDL).fields + extra)

@@ -1,10 +1,18 @@
 """Tabular records: read, validate, fit on the train split, encode, with pyarrow and numpy.
 
-Spark plans and schedules the work; the tasks do it, a column at a time. The driver lists the
-input and cuts it into pieces (byte ranges of CSV and JSON-lines files, whole Parquet files);
-each task reads its pieces with pyarrow. Parsing, validating and encoding a whole column at
-once costs a fraction of Spark's row-at-a-time CSV reader and expression evaluation
-(bench/README.md).
+One core for every source. ``validate`` takes Arrow columns (text, or typed numbers from
+Parquet, ORC or a table) and gives Records; ``partial_fit``/``merge_fits`` fit on the train split;
+``encode`` writes the feature matrix. Spark sources reach it through Spark's reader and
+``mapInArrow`` (pipeline/sources.py, pipeline/tabular_shards.py).
+
+The fast path: for plain CSV, JSON-lines and Parquet files the driver cuts the input into pieces
+(byte ranges of CSV and JSON-lines files, whole Parquet files) and each task reads its pieces
+with pyarrow (``plan``, ``read_piece``), a column at a time, at a fraction of the cost of
+Spark's row-at-a-time CSV reader (bench/README.md). It reads as Spark's reader does, which is the
+reference (tests/test_parity.py): a header line per CSV file, an empty field, quoted or not, is
+null, a record with the wrong number of fields is malformed, invalid UTF-8 is replaced; a piece
+boundary moves to the next line end, so records may not contain newlines (files that need
+``multiLine`` or other reader options go through Spark's reader).
 
 The same functions serve preprocess (validate, fit, encode) and score (validate and encode
 with the parameters saved in the dataset version), so training and serving cannot drift apart.
@@ -13,9 +21,9 @@ Feature vector (float32, fixed length): standardised numerics in declared order 
 value is imputed with the train mean), then one one-hot block per categorical column whose
 slot 0 is "unknown" (unseen value or null).
 
-Reading follows Spark's CSV and JSON readers: a header line per CSV file, "" is null, a
-record with the wrong number of fields is malformed; a piece boundary moves to the next line
-end, so records may not contain newlines (as with Spark's default ``multiLine=false``).
+Without an id column (``dataset.tabular.id_column`` empty) a record's id and split key is a hash
+of its declared values as validated (``record_keys``): identical records share a split.
+Regression (``train.task``): the label is a number, validated like the numeric columns.
 """
 from __future__ import annotations
 
@@ -54,9 +62,10 @@ class SchemaDriftError(ValueError):
 
 
 def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: bool = True) -> None:
-    """The input's columns must be exactly the declared ones (the label may be absent when scoring)."""
+    """The input's columns must be exactly the declared ones (the label may be absent when
+    scoring, ignored columns may be absent)."""
     declared = tab.columns()
-    optional = set() if label_required else {tab.label_column}
+    optional = set(tab.ignore) | (set() if label_required else {tab.label_column})
     missing = [c for c in declared if c not in found and c not in optional]
     extra = [c for c in found if c not in declared]
     if missing or extra:

@@ -1,13 +1,16 @@
 """The tabular tasks of preprocess and score: Spark schedules them, pyarrow and numpy do the work.
 
-Preprocess runs two Spark jobs over the same task numbers (pipeline/tasks.py); ``plan`` in
-pipeline/tabular.py gives each task its pieces of the input:
+Preprocess runs two Spark jobs:
 
-1. ``stage``: read and validate the task's pieces, assign splits, write the good records to
-   ``<out>/_staging/part-<task>.arrow`` and the bad ones to the quarantine, and return counts
-   and partial statistics of the train split (one small JSON row per task).
+1. stage: read and validate the records, assign splits, write the good records to
+   ``<out>/_staging/part-<n>.arrow`` and the bad ones to the quarantine, and return counts and
+   partial statistics of the train split (one small JSON row per task). Either ``stage_arrow``,
+   a ``mapInArrow`` over the source read by Spark (pipeline/sources.py; n is the partition), or,
+   on the fast path, ``stage`` over task numbers, each task reading its pieces of the files
+   with pyarrow (pipeline/tabular.py; n is the task). Both hand Arrow tables to ``Stager``.
 2. ``write_curated``, once the driver has merged the statistics into the fitted parameters:
-   encode the staged records and write ``<out>/<split>/part-<task>.parquet``.
+   encode the range of staged rows ``deal`` gave each task and write ``<out>/<split>/part-<task>.parquet``
+   (preprocess.files_per_split files per split, however many input partitions there were).
 
 The input is parsed once; staging costs a write and a read of the parsed columns (Arrow IPC,
 uncompressed). Every file goes through a hidden temporary name and a rename, so a retried
@@ -33,7 +36,7 @@ STAGE_DDL = "part int, stats string"
 STAGE_SCHEMA = pa.schema([("part", pa.int32()), ("stats", pa.string())])
 WRITE_DDL = "part int, split string, n long"
 PIECES = pa.schema([("uri", pa.string()), ("start", pa.int64()), ("length", pa.int64())])
-BATCHES = pa.schema([("part", pa.int64()), ("batch", pa.int64())])
+BATCHES = pa.schema([("part", pa.int64()), ("batch", pa.int64()), ("offset", pa.int64()), ("length", pa.int64())])
 ENCODE_ROWS = 65_536  # rows encoded at once: a dense float32 matrix of rows x features
 
 
@@ -53,7 +56,7 @@ def _staging_schema(tab: TabularConf, regression: bool) -> pa.Schema:
 class Stager:
     """One task's staging file (``<staging>/part-<part>.arrow``), its quarantine part and its
     statistics: counts per (split, label) and bad counts by reason, partial fits of the train
-    split, the number of batches staged."""
+    split, the rows of each batch staged."""
 
     def __init__(self, part: int, tab: TabularConf, split: SplitConf, staging_uri: str, quarantine_uri: str,
                  stage_name: str, regression: bool):
@@ -64,7 +67,7 @@ class Stager:
         self.bad_counts: dict[str, int] = {}
         self.bad: list[tabular.Records] = []
         self.fits: list[dict[str, Any]] = []
-        self.batches = 0
+        self.batch_rows: list[int] = []
         self.fs, self.path, self.tmp = lake.temporary_name(f"{staging_uri}/part-{part:05d}.arrow", tasks.attempt())
         self.file = self.fs.open(self.tmp, "wb")
         self.writer = pa.ipc.new_file(self.file, self.schema)
@@ -90,7 +93,7 @@ class Stager:
              "split": pa.array(which, pa.int8()),
              **{c: pa.array(good.numeric[c], pa.float64()) for c in self.tab.numeric},
              **{c: pa.array(good.categorical[c], pa.string()) for c in self.tab.categorical}}, schema=self.schema))
-        self.batches += 1
+        self.batch_rows.append(len(good))
 
     def close(self) -> dict[str, Any]:
         self.writer.close()
@@ -101,7 +104,7 @@ class Stager:
                                   np.concatenate([b.source for b in self.bad]),
                                   np.concatenate([b.reason for b in self.bad]),
                                   np.concatenate([b.detail for b in self.bad]), self.stage_name)
-        return {"part": self.part, "batches": self.batches, "bad": self.bad_counts, "fits": self.fits,
+        return {"part": self.part, "batch_rows": self.batch_rows, "bad": self.bad_counts, "fits": self.fits,
                 "counts": [[splits.NAMES[s], label, n] for (s, label), n in self.counts.items()]}
 
 
@@ -160,24 +163,35 @@ def stage_arrow(batches: Iterator[pa.RecordBatch], **kw) -> Iterator[pa.RecordBa
 
 
 def deal(stats: list[dict[str, Any]], n_tasks: int) -> list[pa.Table]:
-    """The staged batches, dealt round-robin to the n_tasks that encode and write them: each
-    output file gets a share of every input partition, however many there were."""
-    every = [(s["part"], b) for s in sorted(stats, key=lambda s: s["part"]) for b in range(s["batches"])]
-    return [pa.table({"part": [p for p, _ in every[t::n_tasks]], "batch": [b for _, b in every[t::n_tasks]]},
-                     schema=BATCHES) for t in range(n_tasks)]
+    """The staged rows cut into n_tasks near-equal contiguous ranges, as (part, batch, offset,
+    length) slices of the staged batches: every output file gets its share of rows, however many
+    input partitions (or however few rows) there were."""
+    sizes = [(s["part"], b, n) for s in sorted(stats, key=lambda s: s["part"]) for b, n in enumerate(s["batch_rows"])]
+    total = sum(n for _, _, n in sizes)
+    bounds = [total * t // n_tasks for t in range(n_tasks + 1)]
+    out: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_tasks)]
+    start = 0
+    for part, b, n in sizes:
+        for t in range(n_tasks):  # the tasks whose range overlaps rows [start, start + n)
+            lo, hi = max(start, bounds[t]), min(start + n, bounds[t + 1])
+            if lo < hi:
+                out[t].append((part, b, lo - start, hi - lo))
+        start += n
+    return [pa.table({k: [row[i] for row in rows] for i, k in enumerate(BATCHES.names)}, schema=BATCHES)
+            for rows in out]
 
 
 def _staged(staging_uri: str, plan: pd.DataFrame, tab: TabularConf
             ) -> Iterator[tuple[pa.RecordBatch, tabular.Records]]:
-    for part, batch in plan.groupby("part", sort=True)["batch"]:
+    for part, slices in plan.groupby("part", sort=True):
         fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{int(part):05d}.arrow")
         with fs.open(path, "rb") as f:
             reader = pa.ipc.open_file(f)
-            for i in batch:
-                whole = reader.get_batch(int(i))  # encoded in slices, to bound the memory
-                for lo in range(0, whole.num_rows, ENCODE_ROWS):
-                    b = whole.slice(lo, ENCODE_ROWS)
-                    yield b, _records(b, tab)
+            for b, offset, length in zip(slices["batch"], slices["offset"], slices["length"]):
+                whole = reader.get_batch(int(b)).slice(int(offset), int(length))
+                for lo in range(0, whole.num_rows, ENCODE_ROWS):  # encoded in slices, to bound the memory
+                    s = whole.slice(lo, ENCODE_ROWS)
+                    yield s, _records(s, tab)
 
 
 def _records(b: pa.RecordBatch, tab: TabularConf) -> tabular.Records:
