@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
 from pipeline.config import Config
@@ -78,23 +79,44 @@ def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_
     curated files and the quarantine, and return counts and pixel sums."""
     ds = cfg.dataset
     n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-    sources.listing(source)  # a missing or empty source is an error before any task runs
-    labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
-    plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
-    label_names = sort_labels(label_names)
-    plan_uri = f"{out}/_staging"
-    tasks.write_plans(plans, plan_uri)
-    body = partial(image_shards.run_task, plan_uri=plan_uri, spec=ImageSpec.from_conf(ds.image), out_uri=out,
-                   label_names=label_names, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024,
-                   quarantine_uri=quarantine_uri, stage="preprocess.validate")
-    rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
-    lake.remove(plan_uri)
+    common = dict(spec=ImageSpec.from_conf(ds.image), out_uri=out, quarantine_uri=quarantine_uri,
+                  row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, stage="preprocess.validate")
+    if sources.kind(source) != "path":  # a table or query with a binary content column
+        df = image_table(spark, source, cfg)
+        label_names = sort_labels([r[0] for r in df.select("label_name").distinct().collect() if r[0] is not None])
+        body = partial(image_shards.run_table_task, split=cfg.preprocess.split, label_names=label_names, **common)
+        # Spread over n_tasks partitions, so each split gets files_per_split files whatever the table's layout.
+        rows = df.repartition(n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
+    else:
+        sources.listing(source)  # a missing or empty source is an error before any task runs
+        labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
+        plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
+        label_names = sort_labels(label_names)
+        plan_uri = f"{out}/_staging"
+        tasks.write_plans(plans, plan_uri)
+        body = partial(image_shards.run_task, plan_uri=plan_uri, label_names=label_names, **common)
+        rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
+        lake.remove(plan_uri)
+    if not rows or sum(r["n"] for r in rows) == 0:
+        raise sources.SourceError(f"source {source} has no records")
     stats = _image_stats(rows, ds.image.channels, ds.image.height * ds.image.width)
     quarantine.check_fraction(stats["by_reason"], stats["input_count"], cfg.preprocess.max_bad_fraction,
                               quarantine_uri)
     schema = {"id": "string", "path": "string", "label": "int32",
               "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{ds.image.channels}, row-major"}
     return stats, label_names, {"normalization": stats["normalization"]}, schema
+
+
+def image_table(spark: SparkSession, source: str, cfg: Config, date: str | None = None):
+    """An images table or query as (content, label_name) rows, plus any score.passthrough columns."""
+    img = cfg.dataset.image
+    df = sources.load(spark, source, cfg.dataset.tabular, date)
+    absent = [c for c in [img.content_column, img.label_column] if c not in df.columns]
+    if img.content_column in absent:
+        raise sources.SourceError(f"{source} has no column {img.content_column!r} (dataset.image.content_column); "
+                                  f"it has {df.columns}")
+    label = F.lit(None).cast("string") if absent else F.col(f"`{img.label_column}`").cast("string")
+    return df.select(F.col(f"`{img.content_column}`").cast("binary").alias("content"), label.alias("label_name"))
 
 
 def _labels_file(uri: str) -> dict[str, str]:

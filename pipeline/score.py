@@ -23,11 +23,11 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import _parse_datatype_string
 
-from pipeline import artifact, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
+from pipeline import artifact, image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
-from pipeline.preprocess import max_piece_bytes
+from pipeline.preprocess import image_table, max_piece_bytes
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,14 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
             kw: dict[str, Any]) -> tuple[DataFrame, str]:
     """(scored rows, name of the key column) for the model's kind of input. The tasks read their
     share of the input themselves (pipeline/tasks.py)."""
+    if spec["input"]["kind"] == "images" and sources.kind(source) != "path":  # a table with a binary column
+        df = image_table(spark, source, cfg, score_date).drop("label_name")
+        body = partial(score_frames, prepare=prepare_images, key="path", **kw)
+
+        def with_ids(frames):
+            for pdf in frames:
+                yield pdf.assign(path=image_shards.content_ids(pdf["content"]))
+        return df.mapInPandas(lambda it: body(with_ids(it)), SCORED_DDL), "path"
     if spec["input"]["kind"] == "images":
         files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = _num_tasks(spark, sum(size for _, size in files))
@@ -170,7 +178,7 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
     def body(batches):
         for pdf, rec in tabular_shards.score_batches(batches, tab, params, kw["batch_size"], passthrough):
             (scored,) = score_frames(iter([pdf]), prepare_features, "id", **kw)
-            cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(arrow[:len(arrow) - len(extra)]),
+            cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
                                               preserve_index=False).columns
             cols += [rec.extra[sources.PASSTHROUGH + f.name].cast(arrow.field(f.name).type) for f in extra]
             yield pa.RecordBatch.from_arrays(cols, schema=arrow)

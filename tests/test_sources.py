@@ -108,15 +108,25 @@ def test_an_image_source_that_is_missing_or_empty(spark, tmp_path):
             preprocess.run(spark, cfg)
 
 
-def test_score_has_no_input_for_an_empty_query(spark, wine):
-    cfg, _, _ = wine
-    other = load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", "dataset.tabular.ignore=[lot, dt]",
-                                           "dataset.score_source=query:SELECT * FROM default.wine_typed "
-                                           "WHERE cultivar = '{date}'", "score.model=wine-mlp@latest"])
+@pytest.fixture(scope="module")
+def wine_model(wine):
     from pipeline import train
+    cfg, _, _ = wine
     train.run_local(load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", "train.epochs=1"]))
+    return cfg
+
+
+def test_score_passthrough_and_no_input_for_an_empty_query(spark, wine_model):
+    cfg = wine_model
+    m = score.run(spark, cfg, DATE)  # conf/wine.yaml: score.passthrough [lot], through Spark's reader
+    t = pq.read_table(lake.local_path(m["uri"])).to_pandas()
+    new = pd.read_csv(lake.local_path(cfg.resolve(cfg.dataset.score_source)) + f"/dt={DATE}/wines.csv", dtype=str)
+    assert m["input_count"] == m["output_count"] == len(new) == 17
+    assert sorted(t["lot"]) == sorted(new["lot"]) and list(t.columns[:2]) == ["id", "lot"]
+    empty = load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", "dataset.score_source=query:SELECT * "
+                                           "FROM default.wine_typed WHERE cultivar = '{date}'"])
     with pytest.raises(cli.NoInput, match="nothing to score for 2026-03-02: .* has no records"):
-        score.run(spark, other, "2026-03-02")
+        score.run(spark, empty, "2026-03-02")
 
 
 def test_regression_labels(spark, tmp_path):
@@ -154,3 +164,33 @@ def test_absolute_paths_stay_absolute(tmp_path):
     assert cfg.resolve("raw/x") == f"file://{tmp_path}/raw/x" and cfg.resolve("table:db.t") == "table:db.t"
     assert sources.for_date("query:SELECT 1 WHERE '{date}' > ''", DATE) == f"query:SELECT 1 WHERE '{DATE}' > ''"
     assert sources.for_date("file:///in", DATE) == f"file:///in/dt={DATE}"
+
+
+def test_images_from_a_table_with_a_binary_column(spark, tmp_path):
+    """Preprocess and score read encoded images from a binary column, with the quarantine
+    reasons of image files."""
+    from sklearn.datasets import load_digits
+
+    from pipeline import train
+    digits = load_digits()
+    images = np.rint(digits.images[:400] * (255.0 / 16.0)).astype(np.uint8)
+    rows = [(sample_data._png(a), int(d), f"b{i // 50}") for i, (a, d) in enumerate(zip(images, digits.target))]
+    bad = [(b"", 1, "x"), (b"name,value\n", 2, "x"), (sample_data._png(images[0]), None, "x")]
+    spark.createDataFrame(rows + bad, "png binary, digit int, batch string") \
+        .write.mode("overwrite").saveAsTable("default.digit_images")
+    sets = [f"lake.root={tmp_path}", "dataset.source=table:default.digit_images", "dataset.image.content_column=png",
+            "dataset.image.label_column=digit", "train.epochs=1"]
+    cfg = load_config("conf/digits.yaml", sets)
+    m = preprocess.run(spark, cfg)
+    assert m["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1, "missing_label": 1}
+    assert m["input_count"] == 403 and m["output_count"] == 400 and m["label_names"] == [str(i) for i in range(10)]
+    for s in preprocess.SPLITS:
+        files = [f for f in lake.listdir(m["splits"][s]["uri"]) if f.endswith(".parquet")]
+        assert len(files) == cfg.preprocess.files_per_split, (s, files)
+    train.run_local(cfg)
+    scoring = load_config("conf/digits.yaml", [*sets, "dataset.score_source=query:SELECT png FROM "
+                                               "default.digit_images WHERE batch IN ('b0', 'x')"])
+    s = score.run(spark, scoring, DATE)
+    assert s["input_count"] == 53 and s["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1}
+    t = pq.read_table(lake.local_path(s["uri"])).to_pandas()
+    assert len(t) == 51 and t["path"].str.len().eq(16).all()
