@@ -45,7 +45,7 @@ def run(tmp_path_factory):
                      "--config", "conf/wine.yaml", *s, *args], check=check)
     out = {"cfg": cfg, "catalog": catalog}
     out["preprocess"] = submit("preprocess", "--set", "dataset.source=table:cellar.labelled")
-    out["train"] = submit("train", "--set", "train.epochs=12")
+    out["train"] = submit("train")
     out["score"] = submit("score", "--date", DATE, "--set", f"dataset.score_source={QUERY}",
                           "--set", "score.passthrough=[lot, dt]", "--set", "score.output_table=cellar.predictions")
     out["unknown_table"] = submit("score", "--date", DATE, "--set", "dataset.score_source=table:cellar.nope", check=False)
