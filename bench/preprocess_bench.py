@@ -417,6 +417,8 @@ def main(argv=None) -> int:
             shutil.rmtree(lake_dir, ignore_errors=True)
     print()
     print("\n".join(lines))
+    if not set(args.only) - {"sources"}:
+        return 0
     print(f"ratio/core = (spark rows/s / local[N] cores) / loop rows/s; target >= 0.7. "
           f"Best of {args.repeats} timed runs each; load average now {os.getloadavg()[0]:.1f}.")
     print("Timed: Spark: the preprocess.run() call on a warm session (listing, read, decode/validate, stats, "

@@ -308,5 +308,7 @@ def _check(cfg: Config) -> None:
         if unknown:
             raise ConfigError(f"score.passthrough: {unknown} are not declared columns (dataset.tabular); "
                               f"declare them, e.g. in dataset.tabular.ignore")
+    if cfg.dataset.kind == "images" and cfg.score.passthrough:
+        raise ConfigError("score.passthrough: only tabular datasets carry input columns into predictions")
     if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
         raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")
