@@ -4,6 +4,7 @@
     python bench/preprocess_bench.py                    # defaults, a few minutes on 2 cores
     python bench/preprocess_bench.py --images 50000 --rows 2000000 --repeats 3
     python bench/preprocess_bench.py --only tabular --conf spark.sql.shuffle.partitions=2
+    python bench/preprocess_bench.py --only sources --cores 2 --repeats 2   # readers vs Spark ML (bench_sources)
 
 Data: ``pipeline.synthetic`` writes ``--images`` JPEGs of ``--raw-size`` pixels (the job
 resizes them to ``conf/synthetic_images.yaml``'s 32x32x3) and ``--rows`` rows of
