@@ -212,10 +212,11 @@ def bench_sources(lake_dir: str, cores: int, repeats: int, rows: int, confs: dic
     try:
         for fmt in ("csv", "parquet"):
             for warm in (False, True):
-                synthetic.run(spark, conf(fmt, warm), synthetic.Options(rows=5000 if warm else rows, seed=1 if warm else 0,
-                                                                       overwrite=True))
+                opts = synthetic.Options(rows=5000 if warm else rows, seed=1 if warm else 0, overwrite=True)
+                synthetic.run(spark, conf(fmt, warm), opts)
         variants = {
-            "job, fast path (pyarrow in tasks)": lambda fmt, warm: preprocess.run(spark, conf(fmt, warm))["output_count"],
+            "job, fast path (pyarrow in tasks)": lambda fmt, warm: preprocess.run(
+                spark, conf(fmt, warm))["output_count"],
             "job, Spark reader + mapInArrow": lambda fmt, warm: preprocess.run(
                 spark, conf(fmt, warm, "dataset.tabular.reader=spark"))["output_count"],
             "Spark ML feature pipeline": lambda fmt, warm: spark_ml_pipeline(

@@ -167,7 +167,8 @@ def write_wine(cfg: Config, score_date: str, bad_records: bool = False) -> dict[
 
     source = cfg.resolve(cfg.dataset.source)
     incoming = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
-    lake.write_bytes(f"{source}/wines.csv", "\n".join([",".join(header), *(line(i, True) for i in labelled), ""]).encode())
+    lake.write_bytes(f"{source}/wines.csv",
+                     "\n".join([",".join(header), *(line(i, True) for i in labelled), ""]).encode())
     lake.write_bytes(f"{incoming}/wines.csv", "\n".join([",".join(header[1:]), *(line(i, False) for i in holdout),
                                                          ""]).encode())
     _write_truth(cfg, score_date, [(f"lot-{i // 4:03d}", cultivar[i]) for i in holdout])

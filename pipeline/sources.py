@@ -140,8 +140,9 @@ def load(spark: SparkSession, source: str, tab: TabularConf, date: str | None = 
 
 
 def declared(df: DataFrame, tab: TabularConf, regression: bool = False, extra: list[str] = ()) -> DataFrame:
-    """The declared columns (and ``extra`` untouched, named PASSTHROUGH + name): numerics kept as numbers where typed, the
-    id, label and categories as Spark's text; the corrupt-record column if the reader has one."""
+    """The declared columns (and ``extra`` untouched, named PASSTHROUGH + name): numerics kept as
+    numbers where typed, the id, label and categories as Spark's text; the corrupt-record column
+    if the reader has one."""
     types = {f.name: f.dataType for f in df.schema.fields}
     numeric = set(tab.numeric) | ({tab.label_column} if regression else set())
     cols = []

@@ -51,5 +51,6 @@ def hive_conf(directory) -> list[str]:
     metastore and warehouse under ``directory``, shared by every application given them."""
     return ["--conf", "spark.sql.catalogImplementation=hive",
             "--conf", f"spark.sql.warehouse.dir={directory}/warehouse",
-            "--conf", f"spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName={directory}/metastore_db;create=true",
+            "--conf", "spark.hadoop.javax.jdo.option.ConnectionURL="
+                      f"jdbc:derby:;databaseName={directory}/metastore_db;create=true",
             "--driver-java-options", f"-Dderby.system.home={directory}"]

@@ -48,7 +48,8 @@ def run(tmp_path_factory):
     out["train"] = submit("train")
     out["score"] = submit("score", "--date", DATE, "--set", f"dataset.score_source={QUERY}",
                           "--set", "score.passthrough=[lot, dt]", "--set", "score.output_table=cellar.predictions")
-    out["unknown_table"] = submit("score", "--date", DATE, "--set", "dataset.score_source=table:cellar.nope", check=False)
+    out["unknown_table"] = submit("score", "--date", DATE, "--set", "dataset.score_source=table:cellar.nope",
+                                  check=False)
     out["missing_path"] = submit("preprocess", "--set", f"dataset.source={root}/nowhere", check=False)
     return out
 

@@ -62,7 +62,8 @@ def test_csv_reader_options_pass_through(spark, wine, tmp_path):
     odd["lot"] = odd["lot"] + "\nsecond line"
     (tmp_path / "semi").mkdir()
     odd.to_csv(tmp_path / "semi" / "w.csv", sep=";", index=False, quoting=1)
-    _same_as_reference(_run(spark, cfg, "wine_semi", tmp_path / "semi", "dataset.tabular.options={sep: ';', multiLine: 'true'}"), ref)
+    m = _run(spark, cfg, "wine_semi", tmp_path / "semi", "dataset.tabular.options={sep: ';', multiLine: 'true'}")
+    _same_as_reference(m, ref)
     # Latin-1 text read with encoding: the accent survives.
     latin = raw.copy()
     latin["hue_band"] = latin["hue_band"].replace({"dark": "fonc\u00e9"})
