@@ -172,6 +172,8 @@ def _json_value(v: Any) -> str | None:
         return "true" if v else "false"
     if isinstance(v, (dict, list)):
         return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, float):
+        return java_double_text(v)
     # A lone surrogate escape ("\ud800") is valid JSON but not UTF-8: replaced, as Spark does.
     return str(v).encode("utf-8", "replace").decode("utf-8")
 
@@ -313,14 +315,28 @@ def parse_number(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """A column as the text Spark's cast(... as string) gives: a float id, label or category is
-    written as Python and Java write it (1.0 -> "1.0", where Arrow's cast gives "1")."""
+    written as Java writes it (1.0 -> "1.0" where Arrow's cast gives "1"; 1e7 -> "1.0E7")."""
     if pa.types.is_string(col.type):
         return col
     if pa.types.is_large_string(col.type):
         return pc.cast(col, pa.string())
     if pa.types.is_floating(col.type):
-        return pa.chunked_array([pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())])
+        return pa.chunked_array([pa.array([None if v is None else java_double_text(v) for v in col.to_pylist()],
+                                          pa.string())])
     return pc.cast(col, pa.string())
+
+
+def java_double_text(v: float) -> str:
+    """A double as Spark's cast to string writes it (Java's Double.toString): the shortest digits,
+    plain between 1e-3 and 1e7 ("0.001", "123456.789"), else scientific ("1.0E7", "1.5E-5")."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    if v == 0 or 1e-3 <= abs(v) < 1e7:
+        return repr(v)
+    mantissa, exponent = np.format_float_scientific(v, unique=True, trim="0").split("e")
+    return f"{mantissa}E{int(exponent)}"
 
 
 def record_keys(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categorical: dict[str, pa.ChunkedArray],

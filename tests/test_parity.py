@@ -44,7 +44,8 @@ def _parquet(path):
         "y": pa.array(["p", None, *["pq"[i % 2] for i in range(n - 2)]]),
         "a": pa.array([1.5, float("nan"), float("inf"), None, *[i * 0.5 for i in range(n - 4)]], pa.float64()),
         "b": pa.array([None, *range(n - 1)], pa.int32()),
-        "c": pa.array([1.0, None, 2.5, *[float(i % 3) for i in range(n - 3)]], pa.float64()),  # float categories
+        # float categories, written as Spark casts them to text (1.0E7, 1.5E-5, NaN)
+        "c": pa.array([1.0, None, 2.5, 1e7, 1.5e-5, float("nan"), *[float(i % 3) for i in range(n - 6)]], pa.float64()),
     }), path)
 
 
@@ -116,6 +117,12 @@ def test_both_readers_give_the_same_curated_output(spark, inputs, tmp_path, fmt)
     ref = _run(spark, tmp_path, d / fmt, fmt, "spark")
     _assert_same(fast, ref)
     assert fast["quarantined_count"] > 0 and fast["output_count"] > 40
+
+
+def test_float_categories_read_as_spark_writes_them(spark, inputs, tmp_path):
+    d, _ = inputs
+    m = _run(spark, tmp_path, d / "parquet", "parquet", "auto")
+    assert {"c=1.0E7", "c=1.5E-5", "c=1.0"} <= set(m["tabular"]["feature_names"])  # not 10000000.0, 1e-05, 1
 
 
 def test_what_the_awkward_csv_records_became(spark, inputs, tmp_path):
