@@ -20,6 +20,8 @@ def wine(spark, tmp_path_factory):
     sample_data.write_wine(cfg, DATE)
     m = preprocess.run(spark, cfg)
     csv = lake.local_path(cfg.resolve(cfg.dataset.source)) + "/wines.csv"
+    spark.read.option("header", "true").option("inferSchema", "true").csv(
+        cfg.resolve(cfg.dataset.source)).write.mode("overwrite").saveAsTable("default.wine_typed")
     return cfg, m, pd.read_csv(csv, dtype=str, keep_default_na=False)
 
 
@@ -75,8 +77,6 @@ def test_csv_reader_options_pass_through(spark, wine, tmp_path):
 
 def test_a_catalog_table_and_a_query(spark, wine):
     cfg, ref, raw = wine
-    spark.read.option("header", "true").option("inferSchema", "true").csv(
-        cfg.resolve(cfg.dataset.source)).write.mode("overwrite").saveAsTable("default.wine_typed")
     assert dict(spark.table("default.wine_typed").dtypes)["alcohol"] == "double"  # typed, not text
     _same_as_reference(_run(spark, cfg, "wine_table", "table:default.wine_typed"), ref)
     m = _run(spark, cfg, "wine_query", "query:SELECT * FROM default.wine_typed WHERE cultivar <> 'cultivar_2'")
@@ -128,6 +128,22 @@ def test_score_passthrough_and_no_input_for_an_empty_query(spark, wine_model):
                                            "FROM default.wine_typed WHERE cultivar = '{date}'"])
     with pytest.raises(cli.NoInput, match="nothing to score for 2026-03-02: .* has no records"):
         score.run(spark, empty, "2026-03-02")
+
+
+def test_score_reads_orc_and_csv_with_options(spark, wine_model, tmp_path):
+    cfg = wine_model
+    new = pd.read_csv(lake.local_path(cfg.resolve(cfg.dataset.score_source)) + f"/dt={DATE}/wines.csv", dtype=str)
+    typed = spark.createDataFrame(new).selectExpr(*[f"cast(`{c}` as double) as `{c}`" if c in
+                                                    cfg.dataset.tabular.numeric else f"`{c}`" for c in new.columns])
+    typed.write.orc(str(tmp_path / "orc" / f"dt={DATE}"))
+    (tmp_path / "semi" / f"dt={DATE}").mkdir(parents=True)
+    new.to_csv(tmp_path / "semi" / f"dt={DATE}" / "w.csv", sep=";", index=False)
+    for src, sets in [("orc", ["dataset.tabular.format=orc"]), ("semi", ["dataset.tabular.options={sep: ';'}"])]:
+        other = load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", f"dataset.score_source={tmp_path / src}",
+                                               *sets])
+        m = score.run(spark, other, DATE)
+        t = pq.read_table(lake.local_path(m["uri"])).to_pandas()
+        assert m["output_count"] == 17 and sorted(t["lot"]) == sorted(new["lot"]), src
 
 
 def test_regression_labels(spark, tmp_path):
