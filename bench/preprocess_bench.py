@@ -4,6 +4,7 @@
     python bench/preprocess_bench.py                    # defaults, a few minutes on 2 cores
     python bench/preprocess_bench.py --images 50000 --rows 2000000 --repeats 3
     python bench/preprocess_bench.py --only tabular --conf spark.sql.shuffle.partitions=2
+    python bench/preprocess_bench.py --only sources --cores 2 --repeats 2   # readers vs Spark ML (bench_sources)
 
 Data: ``pipeline.synthetic`` writes ``--images`` JPEGs of ``--raw-size`` pixels (the job
 resizes them to ``conf/synthetic_images.yaml``'s 32x32x3) and ``--rows`` rows of
@@ -152,6 +153,104 @@ def tabular_loop(cfg: Config, out_dir: str) -> dict:
     return result
 
 
+# --- the sources comparison: the job's two readers against Spark ML's feature pipeline ---------
+
+def spark_ml_pipeline(spark, cfg: Config, out_uri: str) -> int:
+    """What a Spark user would write instead of the job: Spark's reader, the same hash split,
+    Imputer, StandardScaler over the assembled numerics, StringIndexer + OneHotEncoder per
+    categorical, VectorAssembler, vector_to_array, Parquet partitioned by split. No validation,
+    no quarantine."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import Imputer, OneHotEncoder, StandardScaler, StringIndexer, VectorAssembler
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    tab, sp = cfg.dataset.tabular, cfg.preprocess.split
+    src = cfg.resolve(cfg.dataset.source)
+    if tab.format == "csv":
+        ddl = ", ".join([f"{tab.id_column} string", f"{tab.label_column} string",
+                         *[f"{c} double" for c in tab.numeric], *[f"{c} string" for c in tab.categorical]])
+        df = spark.read.schema(ddl).option("header", "true").csv(src)
+    else:
+        df = spark.read.format(tab.format).load(src)
+    u = F.pmod(F.xxhash64(F.lit(sp.seed), F.col(tab.id_column)), F.lit(1_000_000)) / 1_000_000.0
+    df = df.withColumn("split", F.when(u < sp.train, "train").when(u < sp.train + sp.val, "val").otherwise("test"))
+    imputed = [f"{c}__imp" for c in tab.numeric]
+    idx = [f"{c}__idx" for c in tab.categorical]
+    ohe = [f"{c}__ohe" for c in tab.categorical]
+    model = Pipeline(stages=[
+        Imputer(inputCols=tab.numeric, outputCols=imputed),
+        VectorAssembler(inputCols=imputed, outputCol="numeric", handleInvalid="keep"),
+        StandardScaler(inputCol="numeric", outputCol="scaled", withMean=True, withStd=True),
+        StringIndexer(inputCols=tab.categorical, outputCols=idx, handleInvalid="keep"),
+        OneHotEncoder(inputCols=idx, outputCols=ohe, handleInvalid="keep", dropLast=False),
+        StringIndexer(inputCol=tab.label_column, outputCol="label_index", handleInvalid="keep"),
+        VectorAssembler(inputCols=["scaled", *ohe], outputCol="features"),
+    ]).fit(df.where(F.col("split") == "train"))
+    (model.transform(df)
+     .select(tab.id_column, vector_to_array("features", "float32").alias("features"),
+             F.col("label_index").cast("int").alias("label"), "split")
+     .write.mode("overwrite").partitionBy("split").parquet(out_uri))
+    return spark.read.parquet(out_uri).count()
+
+
+def bench_sources(lake_dir: str, cores: int, repeats: int, rows: int, confs: dict[str, str]) -> list[str]:
+    """On the same rows as CSV and as typed Parquet (pipeline.synthetic, same seed): the job with
+    its fast path (the tasks read the files with pyarrow), the job through Spark's reader
+    (dataset.tabular.reader=spark: spark.read + mapInArrow into the same validation), and Spark
+    ML's standard feature pipeline. One warm session; every variant warmed up once."""
+    base = [f"lake.root={lake_dir}", f"spark.master=local[{cores}]"]
+
+    def conf(fmt: str, warm: bool, *more: str) -> Config:
+        name = f"src_{fmt}{'_warm' if warm else ''}"
+        return load_config(TABULAR_CONF, [*base, f"dataset.name={name}", f"dataset.source=raw/{name}/labelled",
+                                          f"dataset.tabular.format={fmt}", *more])
+    cfg0 = conf("csv", False)
+    cfg0.spark.conf.update(confs)
+    spark = get_spark(f"bench:sources:local[{cores}]", cfg0)
+    lines = []
+    try:
+        for fmt in ("csv", "parquet"):
+            for warm in (False, True):
+                opts = synthetic.Options(rows=5000 if warm else rows, seed=1 if warm else 0, overwrite=True)
+                synthetic.run(spark, conf(fmt, warm), opts)
+        variants = {
+            "job, fast path (pyarrow in tasks)": lambda fmt, warm: preprocess.run(
+                spark, conf(fmt, warm))["output_count"],
+            "job, Spark reader + mapInArrow": lambda fmt, warm: preprocess.run(
+                spark, conf(fmt, warm, "dataset.tabular.reader=spark"))["output_count"],
+            "Spark ML feature pipeline": lambda fmt, warm: spark_ml_pipeline(
+                spark, conf(fmt, warm), f"file://{lake_dir}/ml_{fmt}"),
+        }
+        best: dict[tuple[str, str], float] = {}
+        for fmt in ("csv", "parquet"):
+            for name, fn in variants.items():
+                fn(fmt, True)
+            runs: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(repeats):  # interleaved, so all variants see the same machine
+                for name, fn in variants.items():
+                    seconds, _, n = timed(lambda: fn(fmt, False))
+                    runs[name].append(round(seconds, 2))
+            for name in variants:
+                best[(fmt, name)] = min(runs[name])
+                print(f"  sources {fmt}: {name}: runs {runs[name]} s", flush=True)
+        names = list(variants)
+        lines.append(f"sources: {rows} rows, local[{cores}], best of {repeats}; seconds (rows/s)")
+        lines.append(f"  {'':<36}{'CSV':>20}{'typed Parquet':>20}")
+        for name in names:
+            lines.append(f"  {name:<36}" + "".join(f"{best[(f, name)]:>9.2f} ({rows / best[(f, name)]:>7.0f})"
+                                                  for f in ("csv", "parquet")))
+        fast, reader, ml = names
+        for label, a, b in [("Spark reader path vs Spark ML pipeline (target >= 2)", ml, reader),
+                            ("Spark reader path vs fast path", fast, reader),
+                            ("Spark ML pipeline vs fast path", fast, ml)]:
+            lines.append(f"  {label:<54}" + "".join(f"{f}: {best[(f, a)] / best[(f, b)]:.2f}x   "
+                                                     for f in ("csv", "parquet")))
+    finally:
+        spark.stop()
+    return lines
+
+
 # --- measuring --------------------------------------------------------------------------------
 
 def _matches(kind: str, job: dict, loop: dict) -> list[str]:
@@ -284,7 +383,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs per measurement; the best is reported (the JVM is still JIT-compiling "
                         "Spark's code paths in the first runs after the warm-up; all runs are printed)")
-    p.add_argument("--only", choices=["images", "tabular"], nargs="+", default=["images", "tabular"])
+    p.add_argument("--only", choices=["images", "tabular", "sources"], nargs="+", default=["images", "tabular"],
+                   help="sources: the job's fast path and Spark-reader path against Spark ML's feature pipeline, "
+                        "on CSV and typed Parquet, at local[max --cores]")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Spark conf for the measured sessions (reported in the output)")
     p.add_argument("--lake", help="directory for the data (default: a new temporary directory, removed after)")
@@ -302,8 +403,10 @@ def main(argv=None) -> int:
     pa.set_io_thread_count(1)
     lines, mismatches = [], []
     try:
-        cfgs = generate(lake_dir, args)
-        for kind in args.only:
+        if "sources" in args.only:
+            lines += bench_sources(lake_dir, max(cores), args.repeats, args.rows, confs)
+        cfgs = generate(lake_dir, args) if set(args.only) - {"sources"} else {}
+        for kind in [k for k in args.only if k != "sources"]:
             n = args.images if kind == "images" else args.rows
             loop, spark_runs = bench_kind(kind, cfgs, lake_dir, cores, args.repeats, confs)
             for c, r in spark_runs.items():
@@ -316,6 +419,8 @@ def main(argv=None) -> int:
             shutil.rmtree(lake_dir, ignore_errors=True)
     print()
     print("\n".join(lines))
+    if not set(args.only) - {"sources"}:
+        return 0
     print(f"ratio/core = (spark rows/s / local[N] cores) / loop rows/s; target >= 0.7. "
           f"Best of {args.repeats} timed runs each; load average now {os.getloadavg()[0]:.1f}.")
     print("Timed: Spark: the preprocess.run() call on a warm session (listing, read, decode/validate, stats, "

@@ -42,12 +42,23 @@ class ImageConf:
     resize: Literal["stretch", "crop", "pad"] = "stretch"
     # Images with more pixels than this are quarantined before decoding (decompression bombs).
     max_pixels: int = 40_000_000
+    # An images source that is a table or query (table:/query:): its binary column of encoded
+    # image bytes and its label column. Folders of files ignore these.
+    content_column: str = "content"
+    label_column: str = "label"
 
 
 @dataclass
 class TabularConf:
-    format: Literal["csv", "parquet", "json"] = "csv"
-    id_column: str = "id"
+    # Any format Spark reads: csv, json, parquet, orc, text (avro, delta with their packages).
+    format: str = "csv"
+    # Spark reader options, passed through unchanged (sep, quote, escape, encoding, multiLine, ...).
+    options: dict[str, str] = field(default_factory=dict)
+    # "auto": plain CSV/JSON/Parquet files without options go through the pyarrow reader, everything
+    # else through Spark's reader; "spark" always uses Spark's. Both give the same curated output.
+    reader: Literal["auto", "spark"] = "auto"
+    # Empty: no id column; the split key is a hash of the record's declared values.
+    id_column: str = ""
     label_column: str = "label"
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
@@ -58,7 +69,8 @@ class TabularConf:
     max_categories: int = 50
 
     def columns(self) -> list[str]:
-        return [self.id_column, self.label_column, *self.numeric, *self.categorical, *self.ignore]
+        return [*([self.id_column] if self.id_column else []), self.label_column, *self.numeric,
+                *self.categorical, *self.ignore]
 
 
 @dataclass
@@ -103,7 +115,8 @@ class PreprocessConf:
 @dataclass
 class TrainConf:
     model_name: str = "digits-cnn"
-    task: Literal["classification"] = "classification"
+    # regression: a numeric label, written unscaled as float32; its train mean/std go to the manifest.
+    task: Literal["classification", "regression"] = "classification"
     arch: Literal["cnn", "resnet", "mlp"] = "cnn"
     num_proc: int = 2
     # horovod (the default stack) or torch (DistributedDataParallel); auto: horovod if installed.
@@ -141,6 +154,10 @@ class ScoreConf:
     # NAME@RUN_ID or NAME@latest.
     model: str = "digits-cnn@latest"
     batch_size: int = 256
+    # Input columns copied into every prediction row (business keys, dt, ...), to join back.
+    passthrough: list[str] = field(default_factory=list)
+    # Also write predictions to this catalog table (db.name), partitioned by dt; "" = no table.
+    output_table: str = ""
 
 
 @dataclass
@@ -160,8 +177,11 @@ class Config:
         return "/".join([self.lake.root.rstrip("/"), *(p.strip("/") for p in parts)])
 
     def resolve(self, uri: str) -> str:
-        """Absolute URIs pass through; relative ones resolve under lake.root."""
-        return uri if "://" in uri else self.uri(uri)
+        """URIs, table:/query: sources and absolute paths pass through (paths as file:// URIs);
+        relative paths resolve under lake.root."""
+        if "://" in uri or uri.startswith(("table:", "query:")):
+            return uri
+        return "file://" + uri if uri.startswith("/") else self.uri(uri)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -291,5 +311,11 @@ def _check(cfg: Config) -> None:
         dupes = sorted({c for c in cols if cols.count(c) > 1})
         if dupes:
             raise ConfigError(f"dataset.tabular: columns declared twice: {dupes}")
+        unknown = [c for c in cfg.score.passthrough if c not in cols]
+        if unknown:
+            raise ConfigError(f"score.passthrough: {unknown} are not declared columns (dataset.tabular); "
+                              f"declare them, e.g. in dataset.tabular.ignore")
+    if cfg.dataset.kind == "images" and cfg.score.passthrough:
+        raise ConfigError("score.passthrough: only tabular datasets carry input columns into predictions")
     if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
         raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")

@@ -19,6 +19,7 @@ per file. For tens of millions of files, preprocess the input in parts.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -111,6 +112,7 @@ class _SplitWriter:
 def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, label_names: list[str],
                  row_group_bytes: int, part: int | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_COLUMNS, writing the good images.
+    With a ``content`` column instead of ``uri`` the images come in the frames (a table source).
 
     ``part`` numbers the output files; in a Spark task it is the partition.
     """
@@ -121,12 +123,13 @@ def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
     bad: list[tuple] = []
     read = None
     for pdf in frames:
-        if read is None and len(pdf):
+        inline = "content" in pdf  # images from a table: the bytes are in the frame
+        if read is None and len(pdf) and not inline:
             read = lake.file_reader(pdf["uri"].iloc[0])
-        for uri, path, id_, label_name, split in zip(pdf["uri"], pdf["path"], pdf["id"], pdf["label_name"],
-                                                     pdf["split"]):
+        for data, path, id_, label_name, split in zip(pdf["content"] if inline else pdf["uri"], pdf["path"], pdf["id"],
+                                                      pdf["label_name"], pdf["split"]):
             try:
-                arr = decode_image(read(uri), spec)
+                arr = decode_image(data if inline else read(data), spec)
             except Rejected as r:
                 bad.append((split, label_name, r.reason, r.detail[:500], path))
                 continue
@@ -157,15 +160,39 @@ def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out
     for t in tasks.each(frames):
         planned = tasks.read_plan(plan_uri, t)
         batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
-        res = pd.concat([*write_shards(batches, spec, out_uri, label_names, row_group_bytes, part=t),
-                         pd.DataFrame(columns=RESULT_COLUMNS)], ignore_index=True)
-        bad = res[res["reason"].notna()]
-        if len(bad):
-            quarantine.write_part(quarantine_uri, t, tasks.attempt(), bad["source"].to_numpy(),
-                                  bad["reason"].to_numpy(), bad["detail"].to_numpy(), stage)
-            counts = bad.groupby(["split", "label_name", "reason"], dropna=False)["n"].sum().reset_index()
-            res = pd.concat([res[res["reason"].isna()], counts], ignore_index=True)
-        for c in ("px_sum", "px_sumsq"):  # lists, or None (not NaN) where the row has none
-            res[c] = [v if isinstance(v, list) else None for v in res[c]]
-        yield res.drop(columns=["detail", "source"])
+        yield _finish(write_shards(batches, spec, out_uri, label_names, row_group_bytes, part=t), t, quarantine_uri,
+                      stage)
 
+
+def content_ids(content: pd.Series) -> list[str]:
+    """Ids of images from a table: a hash of the encoded bytes (identical images share a split)."""
+    return [hashlib.sha1(b if b is not None else b"").hexdigest()[:16] for b in content]
+
+
+def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: ImageSpec, out_uri: str,
+                   label_names: list[str], row_group_bytes: int, quarantine_uri: str, stage: str
+                   ) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over a table's (content, label_name) rows -> TASK_DDL, as run_task; the
+    part number is the Spark partition."""
+    def planned():
+        for pdf in frames:
+            ids = content_ids(pdf["content"])
+            yield pd.DataFrame({"content": pdf["content"], "path": ids, "id": ids, "label_name": pdf["label_name"],
+                                "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
+    part = TaskContext.get().partitionId()
+    yield _finish(write_shards(planned(), spec, out_uri, label_names, row_group_bytes, part=part), part,
+                  quarantine_uri, stage)
+
+
+def _finish(results: Iterator[pd.DataFrame], part: int, quarantine_uri: str, stage: str) -> pd.DataFrame:
+    """write_shards' results with the bad records written to the quarantine and counted by reason."""
+    res = pd.concat([*results, pd.DataFrame(columns=RESULT_COLUMNS)], ignore_index=True)
+    bad = res[res["reason"].notna()]
+    if len(bad):
+        quarantine.write_part(quarantine_uri, part, tasks.attempt(), bad["source"].to_numpy(),
+                              bad["reason"].to_numpy(), bad["detail"].to_numpy(), stage)
+        counts = bad.groupby(["split", "label_name", "reason"], dropna=False)["n"].sum().reset_index()
+        res = pd.concat([res[res["reason"].isna()], counts], ignore_index=True)
+    for c in ("px_sum", "px_sumsq"):  # lists, or None (not NaN) where the row has none
+        res[c] = [v if isinstance(v, list) else None for v in res[c]]
+    return res.drop(columns=["detail", "source"])

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from pipeline import image_shards, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
 from pipeline.config import Config
 from pipeline.images import ImageSpec
 
@@ -78,22 +79,44 @@ def _images(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_
     curated files and the quarantine, and return counts and pixel sums."""
     ds = cfg.dataset
     n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-    labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
-    plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
-    label_names = sort_labels(label_names)
-    plan_uri = f"{out}/_staging"
-    tasks.write_plans(plans, plan_uri)
-    body = partial(image_shards.run_task, plan_uri=plan_uri, spec=ImageSpec.from_conf(ds.image), out_uri=out,
-                   label_names=label_names, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024,
-                   quarantine_uri=quarantine_uri, stage="preprocess.validate")
-    rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
-    lake.remove(plan_uri)
+    common = dict(spec=ImageSpec.from_conf(ds.image), out_uri=out, quarantine_uri=quarantine_uri,
+                  row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, stage="preprocess.validate")
+    if sources.kind(source) != "path":  # a table or query with a binary content column
+        df = image_table(spark, source, cfg)
+        label_names = sort_labels([r[0] for r in df.select("label_name").distinct().collect() if r[0] is not None])
+        body = partial(image_shards.run_table_task, split=cfg.preprocess.split, label_names=label_names, **common)
+        # Spread over n_tasks partitions, so each split gets files_per_split files whatever the table's layout.
+        rows = df.repartition(n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
+    else:
+        sources.listing(source)  # a missing or empty source is an error before any task runs
+        labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
+        plans, label_names = image_shards.plan(source, labels, cfg.preprocess.split, n_tasks)
+        label_names = sort_labels(label_names)
+        plan_uri = f"{out}/_staging"
+        tasks.write_plans(plans, plan_uri)
+        body = partial(image_shards.run_task, plan_uri=plan_uri, label_names=label_names, **common)
+        rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_shards.TASK_DDL).collect()
+        lake.remove(plan_uri)
+    if not rows or sum(r["n"] for r in rows) == 0:
+        raise sources.SourceError(f"source {source} has no records")
     stats = _image_stats(rows, ds.image.channels, ds.image.height * ds.image.width)
     quarantine.check_fraction(stats["by_reason"], stats["input_count"], cfg.preprocess.max_bad_fraction,
                               quarantine_uri)
     schema = {"id": "string", "path": "string", "label": "int32",
               "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{ds.image.channels}, row-major"}
     return stats, label_names, {"normalization": stats["normalization"]}, schema
+
+
+def image_table(spark: SparkSession, source: str, cfg: Config, date: str | None = None):
+    """An images table or query as (content, label_name) rows, plus any score.passthrough columns."""
+    img = cfg.dataset.image
+    df = sources.load(spark, source, cfg.dataset.tabular, date)
+    absent = [c for c in [img.content_column, img.label_column] if c not in df.columns]
+    if img.content_column in absent:
+        raise sources.SourceError(f"{source} has no column {img.content_column!r} (dataset.image.content_column); "
+                                  f"it has {df.columns}")
+    label = F.lit(None).cast("string") if absent else F.col(f"`{img.label_column}`").cast("string")
+    return df.select(F.col(f"`{img.content_column}`").cast("binary").alias("content"), label.alias("label_name"))
 
 
 def _labels_file(uri: str) -> dict[str, str]:
@@ -105,17 +128,29 @@ def _labels_file(uri: str) -> dict[str, str]:
 
 
 def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str):
-    """Two passes of Python tasks (pipeline/tabular_shards.py): validate and stage, then encode
-    and write with the parameters fitted on the train split in between."""
+    """Two passes of Python tasks (pipeline/tabular_shards.py): read, validate and stage, then
+    encode and write with the parameters fitted on the train split in between. The first pass
+    reads through Spark's reader (pipeline/sources.py), or, for plain files, with pyarrow in the
+    tasks; both feed the same validation."""
     tab = cfg.dataset.tabular
+    regression = cfg.train.task == "regression"
     n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-    pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark))
     staging = f"{out}/_staging"
-    tabular_shards.write_pieces(pieces, f"{staging}/_plan")
-    parts = tasks.numbers(spark, n_tasks)
-    stage = partial(tabular_shards.stage, plan_uri=f"{staging}/_plan", tab=tab, split=cfg.preprocess.split,
-                    staging_uri=staging, quarantine_uri=quarantine_uri, stage_name="preprocess.validate")
-    results = [json.loads(r["stats"]) for r in parts.mapInPandas(stage, tabular_shards.STAGE_DDL).collect()]
+    kw = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
+              stage_name="preprocess.validate", regression=regression)
+    files = sources.listing(source) if sources.kind(source) == "path" else []
+    if sources.fast_path(source, tab, files):
+        pieces = tabular.plan(source, tab, n_tasks, max_piece_bytes(spark), listing=files)
+        tabular_shards.write_pieces(pieces, f"{staging}/_plan")
+        stage = partial(tabular_shards.stage, plan_uri=f"{staging}/_plan", **kw)
+        rows = tasks.numbers(spark, n_tasks).mapInPandas(stage, tabular_shards.STAGE_DDL).collect()
+    else:
+        df = sources.load(spark, source, tab)
+        tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source)
+        df = sources.declared(df, tab, regression)
+        with sources.reading(spark, 16_384):
+            rows = df.mapInArrow(partial(tabular_shards.stage_arrow, **kw), tabular_shards.STAGE_DDL).collect()
+    results = [json.loads(r["stats"]) for r in rows]
     by_reason: dict[str, int] = {}
     split_class: dict[tuple[str, str], int] = {}
     for r in results:
@@ -127,18 +162,25 @@ def _tabular(spark: SparkSession, cfg: Config, source: str, out: str, quarantine
     stats = {"input_count": output + sum(by_reason.values()), "output_count": output, "by_reason": by_reason,
              "split_counts": {s: sum(n for (sp, _), n in split_class.items() if sp == s) for s in SPLITS},
              "split_class_counts": split_class}
+    if stats["input_count"] == 0:
+        raise sources.SourceError(f"source {source} has no records")
     quarantine.check_fraction(by_reason, stats["input_count"], cfg.preprocess.max_bad_fraction, quarantine_uri)
 
-    label_names = sort_labels(sorted({label for _, label in split_class}))
-    params = tabular.merge_fits([f for r in results for f in r["fits"]], tab)
+    label_names = [] if regression else sort_labels(sorted({label for _, label in split_class}))
+    fits = [f for r in results for f in r["fits"]]
+    params = tabular.merge_fits(fits, tab)
+    tasks.write_plans(tabular_shards.deal(results, n_tasks), f"{staging}/_write")
     write = partial(tabular_shards.write_curated, tab=tab, params=params, label_names=label_names,
-                    staging_uri=staging, out_uri=out, row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024)
-    written = sum(r["n"] for r in parts.mapInPandas(write, tabular_shards.WRITE_DDL).collect())
+                    staging_uri=staging, plan_uri=f"{staging}/_write", out_uri=out,
+                    row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, regression=regression)
+    written = sum(r["n"] for r in tasks.numbers(spark, n_tasks).mapInPandas(write, tabular_shards.WRITE_DDL).collect())
     if written != output:
         raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
     lake.remove(staging)
-    schema = {"id": "string", "label": "int32", "features": f"array<float>[{params['num_features']}]"}
-    return stats, label_names, {"tabular": params}, schema
+    schema = {"id": "string", "label": "float32" if regression else "int32",
+              "features": f"array<float>[{params['num_features']}]"}
+    fitted = {"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {})}
+    return stats, label_names, fitted, schema
 
 
 def max_piece_bytes(spark: SparkSession) -> int:

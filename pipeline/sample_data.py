@@ -10,6 +10,8 @@ input for scoring.
 tabular (breast cancer: 569 real cases, 30 numeric measurements, plus a categorical
 ``size_band`` derived from the mean radius): ``<dataset.source>/cases.csv`` with id and
 diagnosis; a held-out tenth without the diagnosis under ``<dataset.score_source>/dt=<date>/``.
+``conf/wine.yaml``: the wine table without an id column; ``conf/diabetes.yaml``: the diabetes
+table, a regression target.
 
 The held-out truth is written under ``raw/<dataset>/holdout_labels/`` so predictions can be
 checked. ``--bad-records`` adds one record of every kind the pipeline must quarantine.
@@ -143,6 +145,72 @@ def write_breast_cancer(cfg: Config, score_date: str, bad_records: bool = False)
     return {"labelled": len(rows) + len(bad), "holdout": len(new) + len(bad_new), "bad": len(bad)}
 
 
+def write_wine(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    """scikit-learn's wine table (178 real wines, 13 measurements, 3 cultivars) as a table without
+    an id column, as the Palmer penguins or most exports come: a categorical ``hue_band`` derived
+    from the hue, and a ``lot`` business key that several wines share (not an id). New wines go
+    to ``dt=<date>/`` without the cultivar."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    tab = cfg.dataset.tabular
+    names = [n.replace("/", "_") for n in data.feature_names]
+    hue = data.data[:, names.index("hue")]
+    band = np.where(hue < np.quantile(hue, 0.5), "dark", "bright")
+    cultivar = np.asarray([f"cultivar_{t}" for t in data.target])
+    holdout, labelled = _split_holdout(len(data.target))
+    header = [tab.label_column, *names, "hue_band", "lot"]
+
+    def line(i: int, with_label: bool) -> str:
+        return ",".join([*([cultivar[i]] if with_label else []), *(repr(float(v)) for v in data.data[i]), band[i],
+                         f"lot-{i // 4:03d}"])
+
+    source = cfg.resolve(cfg.dataset.source)
+    incoming = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
+    lake.write_bytes(f"{source}/wines.csv",
+                     "\n".join([",".join(header), *(line(i, True) for i in labelled), ""]).encode())
+    lake.write_bytes(f"{incoming}/wines.csv", "\n".join([",".join(header[1:]), *(line(i, False) for i in holdout),
+                                                         ""]).encode())
+    _write_truth(cfg, score_date, [(f"lot-{i // 4:03d}", cultivar[i]) for i in holdout])
+    return {"labelled": len(labelled), "holdout": len(holdout), "bad": 0}
+
+
+def write_diabetes(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    """scikit-learn's diabetes table (442 real patients, 10 baseline measurements, a numeric
+    disease progression one year later: a regression target), with a ``patient`` id."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(scaled=False)
+    tab = cfg.dataset.tabular
+    names = list(data.feature_names)
+    sex = np.where(data.data[:, names.index("sex")] == 1, "f", "m")  # coded 1/2 in the raw table
+    numeric = [n for n in names if n != "sex"]
+    holdout, labelled = _split_holdout(len(data.target))
+    header = [tab.id_column, tab.label_column, *numeric, "sex"]
+
+    def line(i: int, with_label: bool) -> list[str]:
+        return [f"patient-{i:03d}", *([repr(float(data.target[i]))] if with_label else []),
+                *(repr(float(data.data[i, names.index(n)])) for n in numeric), sex[i]]
+
+    rows = [",".join(line(i, True)) for i in labelled]
+    bad = []
+    if bad_records:
+        good = line(int(labelled[0]), True)
+        bad = [",".join([f"bad-{tag}", value, *good[2:]]) for tag, value in
+               (("wrong_type", "high"), ("nan", "NaN"), ("missing_label", ""))]
+    source = cfg.resolve(cfg.dataset.source)
+    incoming = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
+    lake.write_bytes(f"{source}/patients.csv", ("\n".join([",".join(header), *rows, *bad]) + "\n").encode())
+    new = [",".join(line(i, False)) for i in holdout]
+    lake.write_bytes(f"{incoming}/patients.csv",
+                     ("\n".join([",".join(h for h in header if h != tab.label_column), *new]) + "\n").encode())
+    _write_truth(cfg, score_date, [(f"patient-{i:03d}", float(data.target[i])) for i in holdout])
+    return {"labelled": len(rows) + len(bad), "holdout": len(new), "bad": len(bad)}
+
+
+WRITERS = {"breast_cancer": write_breast_cancer, "wine": write_wine, "diabetes": write_diabetes}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -152,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    write = write_digits if cfg.dataset.kind == "images" else write_breast_cancer
+    write = write_digits if cfg.dataset.kind == "images" else WRITERS.get(cfg.dataset.name, write_breast_cancer)
     counts = write(cfg, args.date, args.bad_records)
     print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}"
           f" ({counts['bad']} bad records each)")

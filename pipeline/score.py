@@ -19,12 +19,15 @@ import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import _parse_datatype_string
 
-from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import artifact, image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
-from pipeline.preprocess import max_piece_bytes
+from pipeline.preprocess import image_table, max_piece_bytes
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +129,20 @@ def _num_tasks(spark: SparkSession, total_bytes: int) -> int:
     return max(spark.sparkContext.defaultParallelism, -(-total_bytes // max_piece_bytes(spark)))
 
 
-def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str,
+def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, score_date: str, staging: str,
             kw: dict[str, Any]) -> tuple[DataFrame, str]:
     """(scored rows, name of the key column) for the model's kind of input. The tasks read their
     share of the input themselves (pipeline/tasks.py)."""
+    if spec["input"]["kind"] == "images" and sources.kind(source) != "path":  # a table with a binary column
+        df = image_table(spark, source, cfg, score_date).drop("label_name")
+        body = partial(score_frames, prepare=prepare_images, key="path", **kw)
+
+        def with_ids(frames):
+            for pdf in frames:
+                yield pdf.assign(path=image_shards.content_ids(pdf["content"]))
+        return df.mapInPandas(lambda it: body(with_ids(it)), SCORED_DDL), "path"
     if spec["input"]["kind"] == "images":
-        files = lake.list_files(source)  # zero-byte files included: they are quarantined
+        files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = _num_tasks(spark, sum(size for _, size in files))
         uris = [u for u, _ in files]
         plan_uri = f"{staging}/_plan"
@@ -142,23 +153,49 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
         return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), SCORED_DDL), "path"
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
-    tab = TabularConf(**spec["input"]["columns"])
-    files = lake.list_files(source)
-    n = _num_tasks(spark, sum(size for _, size in files))
-    tabular_shards.write_pieces(tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False,
-                                             listing=files), f"{staging}/_plan")
-    records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
-                      params=spec["input"]["tabular"], batch_size=kw["batch_size"])
-    body = partial(score_frames, prepare=prepare_features, key="id", **kw)
-    return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
+    tab = _score_columns(spec, cfg)
+    passthrough = cfg.score.passthrough
+    files = sources.listing(source) if sources.kind(source) == "path" else []
+    if sources.fast_path(source, tab, files, passthrough):
+        n = _num_tasks(spark, sum(size for _, size in files))
+        tabular_shards.write_pieces(tabular.plan(source, tab, n, max_piece_bytes(spark), label_required=False,
+                                                 listing=files), f"{staging}/_plan")
+        records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
+                          params=spec["input"]["tabular"], batch_size=kw["batch_size"])
+        body = partial(score_frames, prepare=prepare_features, key="id", **kw)
+        return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
+    df = sources.load(spark, source, tab, score_date)
+    tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
+    absent = [c for c in passthrough if c not in df.columns]
+    if absent:
+        raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
+    df = sources.declared(df, tab, extra=passthrough)
+    extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
+    out = T.StructType(_parse_datatype_string(SCORED_DDL).fields + extra)
+    arrow = to_arrow_schema(out)
+    params = spec["input"]["tabular"]
+
+    def body(batches):
+        for pdf, rec in tabular_shards.score_batches(batches, tab, params, kw["batch_size"], passthrough):
+            (scored,) = score_frames(iter([pdf]), prepare_features, "id", **kw)
+            cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
+                                              preserve_index=False).columns
+            cols += [rec.extra[sources.PASSTHROUGH + f.name].cast(arrow.field(f.name).type) for f in extra]
+            yield pa.RecordBatch.from_arrays(cols, schema=arrow)
+    return df.mapInArrow(body, out), "id"
+
+
+def _score_columns(spec: dict[str, Any], cfg: Config) -> TabularConf:
+    """The model's declared columns, read with this run's format, reader options and reader."""
+    tab = cfg.dataset.tabular
+    return TabularConf(**{**spec["input"]["columns"], "format": tab.format, "options": tab.options,
+                          "reader": tab.reader})
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
     name, run_id, model_uri = artifact.resolve(cfg.lake.root, model_ref or cfg.score.model)
     spec = lake.read_json(f"{model_uri}/model.json")
-    source = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
-    if not lake.exists(source) or not [f for f in lake.listdir(source) if not f.startswith((".", "_"))]:
-        raise NoInput(f"nothing to score for {score_date}: {source} is missing or empty")
+    source = sources.for_date(cfg.resolve(cfg.dataset.score_source), score_date)
     job_id = lake.new_run_id()
     scored_at = datetime.now(timezone.utc)
     ref = f"{name}@{run_id}"  # pinned: a new _latest mid-run must not change the model
@@ -171,19 +208,27 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     job_dir = f"{root}/_staging/{job_id}"
     final = f"{root}/dt={score_date}"
     staging = f"{job_dir}/dt={score_date}"
-    scored, key = _scored(spark, spec, source, job_dir, kw)
+    try:
+        scored, key = _scored(spark, cfg, spec, source, score_date, job_dir, kw)
+    except sources.SourceError as e:
+        lake.remove(job_dir)
+        raise NoInput(f"nothing to score for {score_date}: {e}") from None
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        with sources.reading(spark):  # the cache holds what this reads
+            counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
         output_count = counts.pop(None, 0)
         input_count = output_count + sum(counts.values())
+        if input_count == 0:
+            raise NoInput(f"nothing to score for {score_date}: {source} has no records")
         quarantine_uri = cfg.uri("quarantine", cfg.dataset.name, f"score-{job_id}")
         if counts:
             bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
             quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
         (scored.filter(F.col("reason").isNull())
-         .select(F.col("key").alias(key), "prediction", "label_index", "probability", "probabilities",
+         .select(F.col("key").alias(key), *[F.col(f"`{c}`") for c in cfg.score.passthrough],
+                 "prediction", "label_index", "probability", "probabilities",
                  F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
                  F.lit(spec["dataset"]["version"]).alias("dataset_version"),
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
@@ -204,8 +249,27 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
     lake.remove(job_dir)
+    if cfg.score.output_table:
+        write_table(spark, final, cfg.score.output_table, score_date)
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     return m
+
+
+def write_table(spark: SparkSession, partition: str, table: str, score_date: str) -> None:
+    """The published predictions of one date into a catalog table partitioned by dt: created on
+    the first run, later runs replace their date's partition only (dynamic partition overwrite)."""
+    preds = spark.read.parquet(partition).withColumn("dt", F.lit(score_date))
+    if not spark.catalog.tableExists(table):
+        preds.write.format("parquet").partitionBy("dt").saveAsTable(table)
+    else:
+        key = "spark.sql.sources.partitionOverwriteMode"
+        before = spark.conf.get(key)
+        spark.conf.set(key, "dynamic")
+        try:
+            preds.select(*spark.table(table).columns).write.insertInto(table, overwrite=True)
+        finally:
+            spark.conf.set(key, before)
+    log.info("predictions for dt=%s written to table %s", score_date, table)
 
 
 def _swap_in(staging: str, final: str, trash: str) -> None:

@@ -1,10 +1,18 @@
 """Tabular records: read, validate, fit on the train split, encode, with pyarrow and numpy.
 
-Spark plans and schedules the work; the tasks do it, a column at a time. The driver lists the
-input and cuts it into pieces (byte ranges of CSV and JSON-lines files, whole Parquet files);
-each task reads its pieces with pyarrow. Parsing, validating and encoding a whole column at
-once costs a fraction of Spark's row-at-a-time CSV reader and expression evaluation
-(bench/README.md).
+One core for every source. ``validate`` takes Arrow columns (text, or typed numbers from
+Parquet, ORC or a table) and gives Records; ``partial_fit``/``merge_fits`` fit on the train split;
+``encode`` writes the feature matrix. Spark sources reach it through Spark's reader and
+``mapInArrow`` (pipeline/sources.py, pipeline/tabular_shards.py).
+
+The fast path: for plain CSV, JSON-lines and Parquet files the driver cuts the input into pieces
+(byte ranges of CSV and JSON-lines files, whole Parquet files) and each task reads its pieces
+with pyarrow (``plan``, ``read_piece``), a column at a time, at a fraction of the cost of
+Spark's row-at-a-time CSV reader (bench/README.md). It reads as Spark's reader does, which is the
+reference (tests/test_parity.py): a header line per CSV file, an empty field, quoted or not, is
+null, a record with the wrong number of fields is malformed, invalid UTF-8 is replaced; a piece
+boundary moves to the next line end, so records may not contain newlines (files that need
+``multiLine`` or other reader options go through Spark's reader).
 
 The same functions serve preprocess (validate, fit, encode) and score (validate and encode
 with the parameters saved in the dataset version), so training and serving cannot drift apart.
@@ -13,9 +21,9 @@ Feature vector (float32, fixed length): standardised numerics in declared order 
 value is imputed with the train mean), then one one-hot block per categorical column whose
 slot 0 is "unknown" (unseen value or null).
 
-Reading follows Spark's CSV and JSON readers: a header line per CSV file, "" is null, a
-record with the wrong number of fields is malformed; a piece boundary moves to the next line
-end, so records may not contain newlines (as with Spark's default ``multiLine=false``).
+Without an id column (``dataset.tabular.id_column`` empty) a record's id and split key is a hash
+of its declared values as validated (``record_keys``): identical records share a split.
+Regression (``train.task``): the label is a number, validated like the numeric columns.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -34,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline import lake
+from pipeline import lake, splits
 from pipeline.config import TabularConf
 
 # Reason codes.
@@ -54,9 +62,10 @@ class SchemaDriftError(ValueError):
 
 
 def check_columns(found: list[str], tab: TabularConf, uri: str, label_required: bool = True) -> None:
-    """The input's columns must be exactly the declared ones (the label may be absent when scoring)."""
+    """The input's columns must be exactly the declared ones (the label may be absent when
+    scoring, ignored columns may be absent)."""
     declared = tab.columns()
-    optional = set() if label_required else {tab.label_column}
+    optional = set(tab.ignore) | (set() if label_required else {tab.label_column})
     missing = [c for c in declared if c not in found and c not in optional]
     extra = [c for c in found if c not in declared]
     if missing or extra:
@@ -163,16 +172,10 @@ def _json_value(v: Any) -> str | None:
         return "true" if v else "false"
     if isinstance(v, (dict, list)):
         return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, float):
+        return java_double_text(v)
     # A lone surrogate escape ("\ud800") is valid JSON but not UTF-8: replaced, as Spark does.
     return str(v).encode("utf-8", "replace").decode("utf-8")
-
-
-def _as_text(col: pa.ChunkedArray, numeric: bool) -> pa.ChunkedArray:
-    """A typed Parquet column as the text the other formats give. A float id, label or category
-    is written as Python and Spark write it (1.0 -> "1.0", where Arrow's cast gives "1")."""
-    if pa.types.is_floating(col.type) and not numeric:
-        return pa.chunked_array([pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())])
-    return pc.cast(col, pa.string())
 
 
 def _valid_utf8(data: bytes) -> bytes:
@@ -195,7 +198,7 @@ def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> t
             pf = pq.ParquetFile(f)
             check_columns(pf.schema_arrow.names, tab, uri, label_required)
             t = pf.read(columns=[c for c in wanted if c in pf.schema_arrow.names])
-        t = pa.table({c: _as_text(t[c], c in tab.numeric) for c in t.column_names})
+        # Typed columns stay typed: validate takes numbers as they are and writes the rest as text.
     elif tab.format == "csv":
         header = file_columns(uri, "csv")
         check_columns(header, tab, uri, label_required)
@@ -249,7 +252,9 @@ def read_piece(piece: Piece, tab: TabularConf, label_required: bool = True) -> t
 
 @dataclass
 class Records:
-    """One piece's records after validation; reason is None for a good record."""
+    """One batch's records after validation; reason is None for a good record. labels are text
+    (classification) or float64 (regression). extra: input columns carried along untouched
+    (score.passthrough), as Arrow arrays."""
     ids: np.ndarray
     labels: np.ndarray
     numeric: dict[str, np.ndarray]  # float64, NaN where the value is missing (to be imputed)
@@ -257,6 +262,7 @@ class Records:
     reason: np.ndarray
     detail: np.ndarray
     source: np.ndarray  # the raw record as text, for bad records only
+    extra: dict[str, pa.Array] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.reason)
@@ -267,7 +273,7 @@ class Records:
     def take(self, idx: np.ndarray) -> "Records":
         return Records(self.ids[idx], self.labels[idx], {c: v[idx] for c, v in self.numeric.items()},
                        {c: v[idx] for c, v in self.categorical.items()}, self.reason[idx], self.detail[idx],
-                       self.source[idx])
+                       self.source[idx], {c: v.take(pa.array(idx, pa.int64())) for c, v in self.extra.items()})
 
 
 def _blank(col: pa.ChunkedArray) -> np.ndarray:
@@ -286,24 +292,96 @@ def to_double(col: pa.ChunkedArray) -> np.ndarray:
             zero_copy_only=False)
 
 
-def _spelled_non_finite(col: pa.ChunkedArray) -> np.ndarray:
-    spelled = pc.match_substring_regex(pc.utf8_trim_whitespace(col), _NON_FINITE, ignore_case=True)
-    return pc.fill_null(spelled, False).to_numpy(zero_copy_only=False)
+def _is_number_type(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
-def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True) -> Records:
-    """Checks every record; the first failing check names the reason. Malformed records come last."""
+def parse_number(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float64 values with NaN where missing, wrong_type mask, non_finite mask) of a numeric
+    column. A typed column (a double in Parquet, ORC or a table) is taken as it is; text is
+    parsed as Spark's cast(string as double) does."""
+    if _is_number_type(col.type):
+        d = pc.cast(col, pa.float64())
+        present = pc.is_valid(d).to_numpy(zero_copy_only=False)
+        v = d.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        return v, np.zeros(len(v), bool), present & ~np.isfinite(v)
+    if not pa.types.is_string(col.type):
+        col = pc.cast(col, pa.string())  # booleans, dates: text, which is not a number
+    v = to_double(col)
+    spelled = pc.fill_null(pc.match_substring_regex(pc.utf8_trim_whitespace(col), _NON_FINITE,
+                                                    ignore_case=True), False).to_numpy(zero_copy_only=False)
+    return v, ~_blank(col) & np.isnan(v) & ~spelled, spelled | np.isinf(v)
+
+
+def as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as the text Spark's cast(... as string) gives: a float id, label or category is
+    written as Java writes it (1.0 -> "1.0" where Arrow's cast gives "1"; 1e7 -> "1.0E7")."""
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_large_string(col.type):
+        return pc.cast(col, pa.string())
+    if pa.types.is_floating(col.type):
+        return pa.chunked_array([pa.array([None if v is None else java_double_text(v) for v in col.to_pylist()],
+                                          pa.string())])
+    return pc.cast(col, pa.string())
+
+
+def java_double_text(v: float) -> str:
+    """A double as Spark's cast to string writes it (Java's Double.toString): the shortest digits,
+    plain between 1e-3 and 1e7 ("0.001", "123456.789"), else scientific ("1.0E7", "1.5E-5")."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    if v == 0 or 1e-3 <= abs(v) < 1e7:
+        return repr(v)
+    mantissa, exponent = np.format_float_scientific(v, unique=True, trim="0").split("e")
+    return f"{mantissa}E{int(exponent)}"
+
+
+def record_keys(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categorical: dict[str, pa.ChunkedArray],
+                ) -> np.ndarray:
+    """Split keys of records without an id: a hash of the declared values as validated (label,
+    numerics as parsed, categories as text), so identical records share a key and a split."""
+    parts = [pc.cast(labels, pa.string()) if not pa.types.is_string(labels.type) else labels]
+    parts += [pc.cast(pa.array(v, pa.float64()), pa.string()) for v in numeric.values()]
+    parts += list(categorical.values())
+    joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
+    h = splits.xxhash64(0, joined.to_pylist()).view(np.uint64)
+    return np.array([f"{x:016x}" for x in h.tolist()], dtype=object)
+
+
+def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True,
+             regression: bool = False, extra: list[str] = ()) -> Records:
+    """Checks every record; the first failing check names the reason. Malformed records come last.
+
+    ``t`` holds the declared columns: text, or typed numerics (a typed id, label or category is
+    turned into text first). Without an id column the ids are ``record_keys``."""
     n = t.num_rows
     cols = {c: t[c] for c in t.column_names}
-    numeric = {c: to_double(cols[c]) for c in tab.numeric}
-    checks: list[tuple[np.ndarray, str, Any]] = [(_blank(cols[tab.id_column]), MISSING_ID, tab.id_column)]
-    if label_required:
-        checks.append((_blank(cols[tab.label_column]), MISSING_LABEL, tab.label_column))
-    spelled = {c: _spelled_non_finite(cols[c]) for c in tab.numeric}
-    for c in tab.numeric:
-        checks.append((~_blank(cols[c]) & np.isnan(numeric[c]) & ~spelled[c], WRONG_TYPE, c))
-    for c in tab.numeric:
-        checks.append((spelled[c] | np.isinf(numeric[c]), NON_FINITE, c))
+    if tab.label_column not in cols:
+        cols[tab.label_column] = pa.chunked_array([pa.nulls(n, pa.string())])
+    for c in [tab.id_column, *tab.categorical] + ([] if regression else [tab.label_column]):
+        if c:
+            cols[c] = as_text(cols[c])
+    parsed = {c: parse_number(cols[c]) for c in tab.numeric}
+    numeric = {c: v for c, (v, _, _) in parsed.items()}
+    checks: list[tuple[np.ndarray, str, Any]] = []
+    if tab.id_column:
+        checks.append((_blank(cols[tab.id_column]), MISSING_ID, tab.id_column))
+    labels: np.ndarray
+    if regression:
+        lv, lwrong, lnonfin = parse_number(cols[tab.label_column])
+        if label_required:
+            checks += [(np.isnan(lv) & ~lwrong & ~lnonfin, MISSING_LABEL, tab.label_column),
+                       (lwrong, WRONG_TYPE, tab.label_column), (lnonfin, NON_FINITE, tab.label_column)]
+        labels = lv
+    else:
+        if label_required:
+            checks.append((_blank(cols[tab.label_column]), MISSING_LABEL, tab.label_column))
+        labels = cols[tab.label_column].to_numpy(zero_copy_only=False)
+    checks += [(wrong, WRONG_TYPE, c) for c, (_, wrong, _) in parsed.items()]
+    checks += [(nonfin, NON_FINITE, c) for c, (_, _, nonfin) in parsed.items()]
     first = np.full(n, -1)
     for i in reversed(range(len(checks))):
         first[checks[i][0]] = i
@@ -312,51 +390,73 @@ def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required
     source = np.full(n, None, dtype=object)
     bad = np.flatnonzero(first >= 0)
     if len(bad):
-        raw = t.take(pa.array(bad)).to_pylist()
+        raw = pa.table({c: cols[c] for c in tab.columns() if c in cols}).take(pa.array(bad)).to_pylist()
         for j, i in enumerate(bad):
             _, code, col = checks[first[i]]
             reason[i] = code
             detail[i] = col if code in (MISSING_ID, MISSING_LABEL) else f"{col}={raw[j][col]}"
-            source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None}, ensure_ascii=False)
+            source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None}, ensure_ascii=False,
+                                   default=str)
+    if tab.id_column:
+        ids = cols[tab.id_column].to_numpy(zero_copy_only=False)
+    else:
+        ids = record_keys(pa.chunked_array([pa.array(labels)]) if regression else cols[tab.label_column],
+                          numeric, {c: cols[c] for c in tab.categorical})
     m = len(malformed)
-    obj = lambda c: cols[c].to_numpy(zero_copy_only=False)  # noqa: E731
     none = np.full(m, None, dtype=object)
     return Records(
-        ids=np.concatenate([obj(tab.id_column), none]),
-        labels=np.concatenate([obj(tab.label_column), none]),
+        ids=np.concatenate([ids, none]),
+        labels=np.concatenate([labels, np.full(m, np.nan) if regression else none]),
         numeric={c: np.concatenate([v, np.full(m, np.nan)]) for c, v in numeric.items()},
-        categorical={c: np.concatenate([obj(c), none]) for c in tab.categorical},
+        categorical={c: np.concatenate([cols[c].to_numpy(zero_copy_only=False), none]) for c in tab.categorical},
         reason=np.concatenate([reason, np.full(m, MALFORMED, dtype=object)]),
         detail=np.concatenate([detail, np.full(m, "unparseable record", dtype=object)]),
         source=np.concatenate([source, np.asarray(malformed, dtype=object)]),
+        extra={c: pa.concat_arrays([*t[c].chunks, pa.nulls(m, t[c].type)]) if t[c].num_chunks
+               else pa.nulls(n + m, t[c].type) for c in extra},
     )
 
 
 # --- fitting: partial statistics per task, merged on the driver -------------------------------
 
+def _moments(v: np.ndarray) -> list:
+    v = v[~np.isnan(v)]
+    mean = float(v.mean()) if len(v) else 0.0
+    return [len(v), mean, float(((v - mean) ** 2).sum())]
+
+
+def _merge_moments(parts: list[list]) -> tuple[float, float]:
+    """(mean, population std) from partial [count, mean, M2] triples (Chan et al.'s pairwise update)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb:
+            d = mb - mean
+            n, mean, m2 = n + nb, mean + d * nb / (n + nb), m2 + m2b + d * d * n * nb / (n + nb)
+    return mean, math.sqrt(m2 / n) if n else 0.0
+
+
 def partial_fit(rec: Records, tab: TabularConf) -> dict[str, Any]:
-    """Count, mean and sum of squared deviations per numeric, value counts per categorical."""
-    out: dict[str, Any] = {"numeric": {}, "categorical": {}}
-    for c in tab.numeric:
-        v = rec.numeric[c][~np.isnan(rec.numeric[c])]
-        mean = float(v.mean()) if len(v) else 0.0
-        out["numeric"][c] = [len(v), mean, float(((v - mean) ** 2).sum())]
+    """Count, mean and sum of squared deviations per numeric (and of a numeric label), value
+    counts per categorical."""
+    out: dict[str, Any] = {"numeric": {c: _moments(rec.numeric[c]) for c in tab.numeric}, "categorical": {}}
     for c in tab.categorical:
         out["categorical"][c] = pd.Series(rec.categorical[c]).value_counts(dropna=True).to_dict()
+    if rec.labels.dtype.kind == "f":
+        out["label"] = _moments(rec.labels)
     return out
+
+
+def label_stats(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """Train-split mean and std of a numeric label (regression), from the partial fits."""
+    mean, std = _merge_moments([p["label"] for p in parts if "label" in p])
+    return {"mean": mean, "std": std}
 
 
 def merge_fits(parts: list[dict[str, Any]], tab: TabularConf) -> dict[str, Any]:
     """The fitted parameters from every task's partial_fit (Chan et al.'s pairwise update)."""
     params: dict[str, Any] = {"numeric": {}, "categorical": {}}
     for c in tab.numeric:
-        n, mean, m2 = 0, 0.0, 0.0
-        for p in parts:
-            nb, mb, m2b = p["numeric"][c]
-            if nb:
-                d = mb - mean
-                n, mean, m2 = n + nb, mean + d * nb / (n + nb), m2 + m2b + d * d * n * nb / (n + nb)
-        std = math.sqrt(m2 / n) if n else 0.0
+        mean, std = _merge_moments([p["numeric"][c] for p in parts])
         params["numeric"][c] = {"mean": mean, "std": std if std > 0 and not math.isnan(std) else 1.0}
     for c in tab.categorical:
         counts: dict[str, int] = {}

@@ -44,3 +44,13 @@ def job_env() -> dict[str, str]:
     env.update(PATH=venv_bin + os.pathsep + env.get("PATH", ""), PYSPARK_PYTHON=sys.executable,
                PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_CONF_DIR=str(ROOT / "conf" / "spark"))
     return env
+
+
+def hive_conf(directory) -> list[str]:
+    """spark-submit flags for a persistent catalog: Spark's Hive support with a local Derby
+    metastore and warehouse under ``directory``, shared by every application given them."""
+    return ["--conf", "spark.sql.catalogImplementation=hive",
+            "--conf", f"spark.sql.warehouse.dir={directory}/warehouse",
+            "--conf", "spark.hadoop.javax.jdo.option.ConnectionURL="
+                      f"jdbc:derby:;databaseName={directory}/metastore_db;create=true",
+            "--driver-java-options", f"-Dderby.system.home={directory}"]
