@@ -20,7 +20,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards, tasks, tracking
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
@@ -154,7 +154,8 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
-    name, run_id, model_uri = artifact.resolve(cfg.lake.root, model_ref or cfg.score.model)
+    name, run_id, model_uri, registry = artifact.resolve_ref(cfg.lake.root, model_ref or cfg.score.model,
+                                                             tracking.settings(cfg))
     spec = lake.read_json(f"{model_uri}/model.json")
     source = f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}"
     if not lake.exists(source) or not [f for f in lake.listdir(source) if not f.startswith((".", "_"))]:
@@ -163,6 +164,9 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     scored_at = datetime.now(timezone.utc)
     ref = f"{name}@{run_id}"  # pinned: a new _latest mid-run must not change the model
     log.info("scoring %s with %s", source, ref)
+    job = tracking.Job(cfg, spark, "score", f"score {name} dt={score_date}", params=cfg.to_dict(), tags={
+        "date": score_date, "model_name": name, "model_run_id": run_id, "model_ref": model_ref or cfg.score.model,
+        "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]})
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
@@ -190,6 +194,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
          .coalesce(max(1, min(8, output_count // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
     except BaseException:
+        job.fail()
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
         raise
     finally:
@@ -198,12 +203,15 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     m = manifest.build(
         "score", job_id, cfg.to_dict(), input_count=input_count, output_count=output_count,
         quarantined_by_reason=counts, date=score_date, source=source, uri=final,
-        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"]},
+        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"],
+               "registry": registry},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+        **job.fields(),
     )
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
     lake.remove(job_dir)
+    job.finish(m)
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     return m
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from pipeline import artifact, lake, manifest, schedule
+from pipeline import artifact, lake, manifest, schedule, tracking
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str
     # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
     # the executor's working directory but not on a child process's PYTHONPATH.
     py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
-    results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
-                                stdout=sys.stdout, stderr=sys.stderr, verbose=0,
-                                executable=spark.sparkContext.pythonExec,
-                                env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)
-    _check_ranks_agree(results)
-    return finish(cfg, params, results[0], results)
+    job = tracking.start_training(cfg, spark, params, "spark", n)
+    try:
+        results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
+                                    stdout=sys.stdout, stderr=sys.stderr, verbose=0,
+                                    executable=spark.sparkContext.pythonExec,
+                                    env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)
+        _check_ranks_agree(results)
+    except BaseException:
+        job.fail()
+        raise
+    return finish(cfg, params, results[0], results, job)
 
 
 def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -128,8 +133,9 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     if hvd.rank() == 0:
         log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
                  hvd.size(), params["steps_per_epoch"])
+    job = tracking.start_training(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
     metrics = train_rank(params)
-    return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
+    return finish(cfg, params, metrics, job=job) if metrics["rank"] == 0 else None
 
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -141,7 +147,13 @@ def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     params = plan(cfg, run_id, 1, resume=resume)
     log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
              params["steps_per_epoch"])
-    return finish(cfg, params, train_rank(params))
+    job = tracking.start_training(cfg, None, params, "local", 1)
+    try:
+        metrics = train_rank(params)
+    except BaseException:
+        job.fail()
+        raise
+    return finish(cfg, params, metrics, job=job)
 
 
 def _check_ranks_agree(results: list[dict[str, Any]]) -> None:
@@ -151,7 +163,7 @@ def _check_ranks_agree(results: list[dict[str, Any]]) -> None:
 
 
 def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
-           ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+           ranks: list[dict[str, Any]] | None = None, job: tracking.Job | None = None) -> dict[str, Any]:
     """After training: point _latest at the artifact; return rank 0's metrics (+ per-rank accounting)."""
     uri = params["model_uri"]
     if not lake.exists(f"{uri}/model.pt"):
@@ -159,4 +171,6 @@ def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
     lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
     log.info("test accuracy %.4f; model %s", metrics["test_accuracy"], uri)
     accounting = [{k: r[k] for k in ("rank", "steps_run", "rows_read")} for r in (ranks or [metrics])]
-    return {**metrics, "model_uri": uri, "ranks": accounting}
+    m = tracking.finish_training(job, cfg, params, metrics, ranks) if job is not None else {}
+    return {**metrics, "model_uri": uri, "ranks": accounting, "mlflow_run_id": m.get("mlflow_run_id"),
+            "registry": m.get("registry"), "cost": m.get("cost")}
