@@ -151,6 +151,8 @@ class Tracker:
         if params:
             t.log_params(params)
         log.info("MLflow run %s in experiment %r at %s", t.run_id, s["experiment"], s["uri"])
+        if ui_command(s):
+            log.info("open the MLflow UI with: %s", ui_command(s))
         return t
 
     @classmethod
@@ -340,9 +342,12 @@ def finish_training(job: Job, cfg, params: dict[str, Any], metrics: dict[str, An
         for rec in lake.read_json(f"{uri}/history.json"):
             t.log_epoch(rec)
     t.set_tags({"device": metrics.get("device", "")})
-    t.log_metrics({k: v for k, v in metrics.items()
-                   if k.startswith(("test_", "val_", "train_")) or k in ("best_epoch", "epochs_run", "samples_per_s",
-                                                                         "data_wait_fraction")})
+    # Final metrics: test_<metric> as they are; the best epoch's val_<metric> as best_val_<metric>,
+    # apart from the per-epoch val_<metric> series; run means as mean_<name>.
+    t.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
+    t.log_metrics({f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")})
+    t.log_metrics({k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics})
+    t.log_metrics({f"mean_{k}": metrics[k] for k in ("samples_per_s", "data_wait_fraction") if k in metrics})
     for name in ARTIFACT_FILES:
         if lake.exists(f"{uri}/{name}"):
             t.log_file(name, lake.read_bytes(f"{uri}/{name}"))
