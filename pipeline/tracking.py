@@ -330,8 +330,7 @@ def start_training(cfg, spark, params: dict[str, Any], launcher: str, world_size
     return job
 
 
-def finish_training(job: Job, cfg, params: dict[str, Any], metrics: dict[str, Any],
-                    ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def finish_training(job: Job, cfg, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """After rank 0 wrote the artifact: the epochs (unless rank 0 logged them as they ran), final
     metrics, artifacts and the model (registered, alias ``candidate``) go to the run; the training
     manifest (``models/<name>/<run id>/_manifest.json``) records the run id and the cost."""
@@ -356,13 +355,14 @@ def finish_training(job: Job, cfg, params: dict[str, Any], metrics: dict[str, An
     t.log_json("preprocess_manifest.json", dataset_manifest)
     version = t.log_model(cfg.lake.root, cfg.train.model_name, params["run_id"])
     rows = sum(s["count"] for s in dataset_manifest["splits"].values())
-    gpu_s = sum(r.get("wall_s", 0.0) for r in (ranks or [metrics]) if str(r.get("device", "")).startswith("cuda"))
+    ranks = metrics.get("ranks") or []
+    gpu_s = sum(r.get("wall_s", 0.0) for r in ranks) if str(metrics.get("device", "")).startswith("cuda") else None
     m = manifest.build(
         "train", params["run_id"], cfg.to_dict(), input_count=rows, output_count=rows, quarantined_by_reason={},
         dataset={**ds, "mlflow_run_id": dataset_manifest.get("mlflow_run_id")}, uri=uri,
         metrics={k: v for k, v in metrics.items() if k not in ("ranks",)},
         registry={"name": cfg.train.model_name, "version": version, "alias": CANDIDATE} if version else None,
-        **job.fields(ranks=ranks or [metrics], gpu_s=gpu_s or None),
+        **job.fields(ranks=ranks, gpu_s=gpu_s),
     )
     manifest.write(uri, m)
     job.finish(m)
