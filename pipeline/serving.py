@@ -78,7 +78,7 @@ def predict_frame(m, pdf: pd.DataFrame) -> pd.DataFrame:
 
 
 # The frame in and out is checked against the logged signature; no type hints needed for that.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class RawInputModel(mlflow.pyfunc.PythonModel):

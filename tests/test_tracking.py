@@ -73,6 +73,7 @@ def test_training_run_is_tracked(tracked):
     assert tags["dataset"] == "digits" and tags["dataset_version"] == pre["version"]
     assert tags["world_size"] == "2" and tags["launcher"] == "spark" and tags["device"] == "cpu"
     assert tags["spark_application_id"].startswith("local-") and tags["code_version"] == train["code_version"]
+    assert train["metrics"]["epochs_tracked"] is True  # rank 0 logged them, on a Spark executor, as they ran
     history = lake.read_json(f"{train['uri']}/history.json")
     for key in ("train_loss", "val_loss", "val_accuracy", "samples_per_s", "data_wait_fraction", "lr"):
         logged = c.get_metric_history(run.info.run_id, key)
@@ -145,6 +146,8 @@ def test_every_manifest_and_run_records_cost(tracked):
         assert cost["wall_s"] > 0 and cost["driver_cpu_s"] > 0 and cost["driver_peak_rss_mb"] > 50, m["stage"]
         assert cost["executor_task_run_s"] > 0 and cost["executor_task_cpu_s"] > 0, m["stage"]
         assert cost["gpu_s"] == 0.0
+        if m["stage"] == "train":
+            assert cost["rank_cpu_s"] > 0 and cost["rank_peak_rss_mb"] > 50
         metrics = c.get_run(m["mlflow_run_id"]).data.metrics
         assert metrics["cost_wall_s"] == pytest.approx(cost["wall_s"]), m["stage"]
         assert metrics["cost_core_hours_per_1k_records"] > 0
