@@ -96,9 +96,12 @@ class Tracker:
         self.run_id = run_id
         self.client = None
         if s["enabled"] and run_id is not None:
-            from mlflow import MlflowClient
+            try:
+                from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=s["uri"], registry_uri=s["uri"])
+                self.client = MlflowClient(tracking_uri=s["uri"], registry_uri=s["uri"])
+            except Exception as e:  # noqa: BLE001 - e.g. an executor environment without mlflow
+                self._failed("opening the run", e)
 
     @property
     def active(self) -> bool:

@@ -195,3 +195,21 @@ def test_embedded_store_by_default_and_unreachable_server(tracked):
                   "--set", "tracking.required=true"], check=False)
     assert stops.returncode == 1 and "tracking.required is true" in stops.stderr
     assert lake.get_latest(f"file://{root}/models/digits-cnn") == run_id  # nothing new was published
+
+
+def test_tracking_settings(tmp_path):
+    from pipeline.config import ConfigError
+
+    s = tracking.settings(load_config("conf/digits.yaml", [f"lake.root={tmp_path}"]))
+    assert s["uri"] == f"sqlite:///{tmp_path}/mlflow/mlflow.db" and s["problem"] is None
+    assert s["artifact_location"] == f"file://{tmp_path}/mlflow/artifacts" and s["experiment"] == "digits"
+    assert tracking.ui_command(s).startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow/mlflow.db")
+    remote = tracking.settings(load_config("conf/digits.yaml", ["lake.root=s3a://bucket/lake"]))
+    assert "set tracking.uri to an MLflow server" in remote["problem"]
+    server = tracking.settings(load_config("conf/digits.yaml", ["tracking.uri=http://mlflow:5000",
+                                                                "tracking.experiment=nightly"]))
+    assert (server["uri"], server["experiment"], tracking.ui_command(server)) == ("http://mlflow:5000", "nightly", None)
+    with pytest.raises(ConfigError, match="tracking.required"):
+        load_config("conf/digits.yaml", ["tracking.required=maybe"])
+    with pytest.raises(ConfigError, match="tracking.server"):
+        load_config("conf/digits.yaml", ["tracking.server=x"])
