@@ -64,6 +64,26 @@ def _curve_png(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def save_confusion(uri: str, out: np.ndarray, y: np.ndarray, label_names: list[str]) -> None:
+    """``confusion_matrix.png`` of a classifier's test split (rows: true label, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.45 * len(label_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(y, out.argmax(1), labels=list(range(len(label_names))),
+                                            display_labels=label_names, ax=ax, colorbar=False)
+    ax.set_title(f"test split, {len(y)} records")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    lake.write_bytes(f"{uri}/confusion_matrix.png", buf.getvalue())
+
+
 class ModelNotFound(FileNotFoundError):
     pass
 

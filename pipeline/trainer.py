@@ -56,12 +56,15 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
             break
 
     state.restore_best(model)
-    test = evaluate(model, data, p["test_url"], objective, dist, precision)
+    test_outputs: list = []
+    test = evaluate(model, data, p["test_url"], objective, dist, precision, keep=test_outputs)
     metrics = state.final_metrics(test, dist, data)
     if dist.rank == 0:
         metrics["epochs_tracked"] = tracker.active
         artifact.save(p["model_uri"], {k: v.detach().cpu() for k, v in model.state_dict().items()},
                       p["artifact_spec"], metrics, state.history, p["config"])
+        if objective.name == "classification":  # every test row, gathered from all ranks
+            artifact.save_confusion(p["model_uri"], *test_outputs, p["artifact_spec"]["label_names"])
         log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p["model_uri"])
     dist.shutdown()
     return metrics
@@ -112,8 +115,10 @@ def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precisio
     }
 
 
-def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision") -> dict[str, float]:
-    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks."""
+def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision",
+             keep: list | None = None) -> dict[str, float]:
+    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks
+    (and appended to ``keep``, as outputs, labels, if given)."""
     import torch
 
     model.eval()
@@ -125,6 +130,8 @@ def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Prec
             labels.append(y.cpu().numpy())
     out = dist.allgather(np.concatenate(outs) if outs else np.zeros((0, objective.output_size()), np.float32))
     y = dist.allgather(np.concatenate(labels) if labels else np.zeros(0, objective.label_dtype))
+    if keep is not None:
+        keep.extend((out, y))
     return {**objective.metrics(out, y), "count": len(y)}
 
 

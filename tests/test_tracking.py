@@ -82,7 +82,8 @@ def test_training_run_is_tracked(tracked):
     assert run.data.metrics["test_accuracy"] == pytest.approx(train["metrics"]["test_accuracy"])
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(train["metrics"]["val_accuracy"])
     names = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"training_curve.png", "config.json", "preprocess_manifest.json", "_manifest.json"} <= names
+    assert {"training_curve.png", "confusion_matrix.png", "config.json", "preprocess_manifest.json",
+            "_manifest.json"} <= names
     import mlflow
 
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="preprocess_manifest.json",
