@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ def resolve(lake_root: str, ref: str) -> tuple[str, str, str]:
 
 
 REGISTRY_PREFIX = "models:/"
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")  # lake.new_run_id()
 
 
 def resolve_ref(lake_root: str, ref: str, tracking: dict[str, Any] | None = None
@@ -124,8 +126,8 @@ def resolve_ref(lake_root: str, ref: str, tracking: dict[str, Any] | None = None
         raise ModelNotFound(f"model reference {ref!r} must be NAME@RUN_ID, NAME@latest, NAME@ALIAS or "
                             f"models:/NAME@ALIAS")
     name, tail = body.split("@", 1)
-    if not from_registry and (tail == "latest" or lake.exists(f"{model_dir(lake_root, name, tail)}/model.pt")
-                              or tracking is None or not tracking["enabled"]):
+    if not from_registry and (tail == "latest" or _RUN_ID.match(tail) or tracking is None or not tracking["enabled"]
+                              or lake.exists(f"{model_dir(lake_root, name, tail)}/model.pt")):
         return (*resolve(lake_root, ref), None)
     from pipeline import tracking as tr
 
