@@ -111,8 +111,8 @@ class Meter:
 
 
 def core_hours_per_1k(cost: dict[str, Any], records: int) -> float | None:
-    """Core-hours per 1,000 records: the cores the job held (task run time, plus the driver's and
-    the ranks' own CPU where they ran outside Spark's tasks) over the records it processed."""
+    """Core-hours per 1,000 records: the cores the job held (Spark task run time plus the driver's
+    CPU, which is where training runs under the local launcher) over the records it took in."""
     if not records:
         return None
     core_s = cost["executor_task_run_s"] + cost["driver_cpu_s"]

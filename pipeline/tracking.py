@@ -169,6 +169,8 @@ class Tracker:
     # --- logging -------------------------------------------------------------------------------
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:
+            return
         from mlflow.entities import Param
 
         flat = [Param(k[:250], v[:6000]) for k, v in _flatten(params).items()]
@@ -176,12 +178,16 @@ class Tracker:
             self._call("logging params", "log_batch", self.run_id, params=flat[i:i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.active:
+            return
         from mlflow.entities import RunTag
 
         self._call("setting tags", "log_batch", self.run_id,
                    tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
+        if not self.active:
+            return
         import time
 
         from mlflow.entities import Metric
@@ -291,7 +297,8 @@ class Job:
 
     @property
     def run_id(self) -> str | None:
-        return self.tracker.run_id if self.tracker.active else None
+        """The MLflow run, if one was started (kept even if logging to it failed later)."""
+        return self.tracker.run_id
 
     def fields(self, **cost_kw: Any) -> dict[str, Any]:
         self.cost = self.meter.stop(**cost_kw)
