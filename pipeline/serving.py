@@ -154,6 +154,24 @@ def _requirements() -> list[str]:
     return out
 
 
+def _copy_package(dest: Path) -> Path:
+    """A plain-directory copy of the ``pipeline`` package, wherever it is imported from (a source
+    tree, site-packages, or the ``--py-files`` zip on a cluster's driver)."""
+    from importlib.resources import files
+
+    def copy(src, to: Path) -> None:
+        to.mkdir(parents=True, exist_ok=True)
+        for item in src.iterdir():
+            if item.is_dir():
+                if item.name != "__pycache__":
+                    copy(item, to / item.name)
+            elif not item.name.endswith((".pyc", ".pyo")):
+                (to / item.name).write_bytes(item.read_bytes())
+
+    copy(files("pipeline"), dest / "pipeline")
+    return dest / "pipeline"
+
+
 def log_model(tracking_uri: str, mlflow_run_id: str, lake_root: str, name: str, lake_run_id: str) -> str:
     """Log the lake artifact name@lake_run_id into the MLflow run as ``model`` and register it as a
     new version of ``name``. Returns the version."""
@@ -161,7 +179,6 @@ def log_model(tracking_uri: str, mlflow_run_id: str, lake_root: str, name: str, 
     import mlflow.pytorch
     from mlflow import MlflowClient
 
-    import pipeline
     from pipeline import artifact
 
     m = artifact.load_model(lake_root, f"{name}@{lake_run_id}", device="cpu")
@@ -175,11 +192,12 @@ def log_model(tracking_uri: str, mlflow_run_id: str, lake_root: str, name: str, 
         mlflow.pytorch.save_model(m.model, f"{d}/torch_model", serialization_format="pt2",
                                   input_example=_network_input(m, example), pip_requirements=_requirements())
         Path(d, "model.json").write_text(json.dumps(m.spec))
+        package = _copy_package(Path(d, "code"))
         with mlflow.start_run(run_id=mlflow_run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                name="model", python_model=str(package / "pyfunc_entry.py"),
                 artifacts={"torch_model": f"{d}/torch_model", "spec": f"{d}/model.json"},
-                code_paths=[str(Path(pipeline.__file__).parent)],
+                code_paths=[str(package)],
                 signature=signature, input_example=example, pip_requirements=_requirements(),
                 registered_model_name=name)
     version_ = str(info.registered_model_version)
