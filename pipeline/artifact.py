@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,26 @@ def _curve_png(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def save_confusion(uri: str, out: np.ndarray, y: np.ndarray, label_names: list[str]) -> None:
+    """``confusion_matrix.png`` of a classifier's test split (rows: true label, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.45 * len(label_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(y, out.argmax(1), labels=list(range(len(label_names))),
+                                            display_labels=label_names, ax=ax, colorbar=False)
+    ax.set_title(f"test split, {len(y)} records")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    lake.write_bytes(f"{uri}/confusion_matrix.png", buf.getvalue())
+
+
 class ModelNotFound(FileNotFoundError):
     pass
 
@@ -84,6 +105,40 @@ def resolve(lake_root: str, ref: str) -> tuple[str, str, str]:
         runs = [r for r in lake.listdir(parent) if not r.startswith("_")]
         raise ModelNotFound(f"model {name}@{run_id} not found at {uri}; runs available: {runs or 'none'}")
     return name, run_id, uri
+
+
+REGISTRY_PREFIX = "models:/"
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")  # lake.new_run_id()
+
+
+def resolve_ref(lake_root: str, ref: str, tracking: dict[str, Any] | None = None
+                ) -> tuple[str, str, str, dict[str, str] | None]:
+    """Any model reference -> (name, lake run id, artifact uri, registry facts or None).
+
+    ``NAME@latest`` and ``NAME@RUN_ID`` resolve in the lake (no tracking needed);
+    ``models:/NAME@ALIAS`` and ``NAME@ALIAS`` (any other word: ``champion``, ``candidate``) through
+    the MLflow registry (``tracking``: pipeline.tracking.settings), whose version points back to
+    the lake artifact its training run wrote. Raises ModelNotFound.
+    """
+    from_registry = ref.startswith(REGISTRY_PREFIX)
+    body = ref[len(REGISTRY_PREFIX):] if from_registry else ref
+    if "@" not in body:
+        raise ModelNotFound(f"model reference {ref!r} must be NAME@RUN_ID, NAME@latest, NAME@ALIAS or "
+                            f"models:/NAME@ALIAS")
+    name, tail = body.split("@", 1)
+    if not from_registry and (tail == "latest" or _RUN_ID.match(tail) or tracking is None or not tracking["enabled"]
+                              or lake.exists(f"{model_dir(lake_root, name, tail)}/model.pt")):
+        return (*resolve(lake_root, ref), None)
+    from pipeline import tracking as tr
+
+    if tracking is None:
+        raise ModelNotFound(f"model {ref} is a registry reference; pass the tracking settings to resolve it")
+    try:
+        run_id, facts = tr.lake_run_of(tracking, name, tail)
+    except (LookupError, tr.TrackingError) as e:
+        raise ModelNotFound(f"model {ref}: {e}") from None
+    name, run_id, uri = resolve(lake_root, f"{name}@{run_id}")
+    return name, run_id, uri, facts
 
 
 @dataclass

@@ -151,13 +151,26 @@ class TrainConf:
 
 @dataclass
 class ScoreConf:
-    # NAME@RUN_ID or NAME@latest.
+    # NAME@RUN_ID or NAME@latest (the lake), NAME@ALIAS or models:/NAME@ALIAS (the MLflow registry).
     model: str = "digits-cnn@latest"
     batch_size: int = 256
     # Input columns copied into every prediction row (business keys, dt, ...), to join back.
     passthrough: list[str] = field(default_factory=list)
     # Also write predictions to this catalog table (db.name), partitioned by dt; "" = no table.
     output_table: str = ""
+
+
+@dataclass
+class TrackingConf:
+    # Log every job to MLflow (params, per-epoch metrics, artifacts, the model in the registry).
+    enabled: bool = True
+    # "" = an SQLite store in the lake (<lake>/mlflow/mlflow.db, artifacts under <lake>/mlflow/artifacts;
+    # needs a file:// lake), or any MLflow tracking URI, e.g. http://mlflow.internal:5000.
+    uri: str = ""
+    # false: an unreachable server only warns and the job goes on; true: the job fails.
+    required: bool = False
+    # MLflow experiment the runs go to; "" = the dataset name.
+    experiment: str = ""
 
 
 @dataclass
@@ -168,6 +181,7 @@ class Config:
     preprocess: PreprocessConf = field(default_factory=PreprocessConf)
     train: TrainConf = field(default_factory=TrainConf)
     score: ScoreConf = field(default_factory=ScoreConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,7 +316,7 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.preprocess.max_bad_fraction <= 1:
         raise ConfigError(f"preprocess.max_bad_fraction must be in [0, 1], got {cfg.preprocess.max_bad_fraction}")
     if "@" not in cfg.score.model:
-        raise ConfigError(f"score.model must be NAME@RUN_ID or NAME@latest, got {cfg.score.model!r}")
+        raise ConfigError(f"score.model must be NAME@RUN_ID, NAME@latest or NAME@ALIAS, got {cfg.score.model!r}")
     tab = cfg.dataset.tabular
     if cfg.dataset.kind == "tabular":
         if not tab.numeric and not tab.categorical:

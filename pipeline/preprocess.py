@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
+from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks, tracking
 from pipeline.config import Config
 from pipeline.images import ImageSpec
 
@@ -40,10 +40,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     out = cfg.uri("curated", ds.name, f"v={version}")
     quarantine_uri = cfg.uri("quarantine", ds.name, version)
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
+    job = tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
+                       tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict())
     try:
         stats, label_names, fitted, schema = (_images if ds.kind == "images" else _tabular)(
             spark, cfg, source, out, quarantine_uri)
     except BaseException as e:
+        job.fail()
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
         if not isinstance(e, quarantine.TooManyBadRecords):  # that one's message points at the quarantine
             lake.remove(quarantine_uri)
@@ -66,9 +69,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         **({"image": {"height": ds.image.height, "width": ds.image.width, "channels": ds.image.channels,
                       "resize": ds.image.resize, "max_pixels": ds.image.max_pixels}} if ds.kind == "images" else {}),
         **fitted,
+        **job.fields(),
     )
     manifest.write(out, m)
     lake.set_latest(cfg.uri("curated", ds.name), f"v={version}")
+    job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()})
     log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
              m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
     return m

@@ -23,7 +23,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import _parse_datatype_string
 
-from pipeline import artifact, image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks
+from pipeline import artifact, image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks, tracking
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
@@ -193,13 +193,17 @@ def _score_columns(spec: dict[str, Any], cfg: Config) -> TabularConf:
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
-    name, run_id, model_uri = artifact.resolve(cfg.lake.root, model_ref or cfg.score.model)
+    name, run_id, model_uri, registry = artifact.resolve_ref(cfg.lake.root, model_ref or cfg.score.model,
+                                                             tracking.settings(cfg))
     spec = lake.read_json(f"{model_uri}/model.json")
     source = sources.for_date(cfg.resolve(cfg.dataset.score_source), score_date)
     job_id = lake.new_run_id()
     scored_at = datetime.now(timezone.utc)
     ref = f"{name}@{run_id}"  # pinned: a new _latest mid-run must not change the model
     log.info("scoring %s with %s", source, ref)
+    job = tracking.Job(cfg, spark, "score", f"score {name} dt={score_date}", params=cfg.to_dict(), tags={
+        "date": score_date, "model_name": name, "model_run_id": run_id, "model_ref": model_ref or cfg.score.model,
+        "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]})
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
@@ -235,6 +239,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
          .coalesce(max(1, min(8, output_count // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
     except BaseException:
+        job.fail()
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
         raise
     finally:
@@ -243,14 +248,17 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     m = manifest.build(
         "score", job_id, cfg.to_dict(), input_count=input_count, output_count=output_count,
         quarantined_by_reason=counts, date=score_date, source=source, uri=final,
-        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"]},
+        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"],
+               "registry": registry},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+        **job.fields(),
     )
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
     lake.remove(job_dir)
     if cfg.score.output_table:
         write_table(spark, final, cfg.score.output_table, score_date)
+    job.finish(m)
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     return m
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from pipeline import artifact, distributed, feed, lake, manifest, objectives, schedule
+from pipeline import artifact, distributed, feed, lake, manifest, objectives, schedule, tracking
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -116,25 +116,30 @@ def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     backend = params["train"]["backend"]
     log.info("training %s run %s on %d Spark tasks (%s, %s reader), %d steps/epoch", cfg.train.model_name, run_id,
              n, backend, params["train"]["reader"], params["steps_per_epoch"])
-    if backend == "torch":
-        from pyspark.ml.torch.distributor import TorchDistributor
+    job = tracking.start_training(cfg, spark, params, "spark", n)
+    try:
+        if backend == "torch":
+            from pyspark.ml.torch.distributor import TorchDistributor
 
-        # Barrier tasks on the executors, each running torchrun for one rank; returns rank 0's result.
-        metrics = TorchDistributor(num_processes=n, local_mode=False, use_gpu=cfg.train.device == "cuda").run(
-            train_rank, params)
-        return finish(cfg, params, metrics)
-    import horovod.spark
+            # Barrier tasks on the executors, each running torchrun for one rank; returns rank 0's result.
+            metrics = TorchDistributor(num_processes=n, local_mode=False, use_gpu=cfg.train.device == "cuda").run(
+                train_rank, params)
+        else:
+            import horovod.spark
 
-    # horovod starts each rank as a new process on the executor, by default with the driver's
-    # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
-    # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
-    # the executor's working directory but not on a child process's PYTHONPATH.
-    py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
-    results = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
-                                stdout=sys.stdout, stderr=sys.stderr, verbose=0,
-                                executable=spark.sparkContext.pythonExec,
-                                env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)
-    return finish(cfg, params, results[0])
+            # horovod starts each rank as a new process on the executor, by default with the driver's
+            # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
+            # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
+            # the executor's working directory but not on a child process's PYTHONPATH.
+            py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
+            metrics = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
+                                        stdout=sys.stdout, stderr=sys.stderr, verbose=0,
+                                        executable=spark.sparkContext.pythonExec,
+                                        env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)[0]
+    except BaseException:
+        job.fail()
+        raise
+    return finish(cfg, params, metrics, job)
 
 
 def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -150,8 +155,9 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     if hvd.rank() == 0:
         log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
                  hvd.size(), params["steps_per_epoch"])
+    job = tracking.start_training(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
     metrics = train_rank(params)
-    return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
+    return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -170,8 +176,9 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
     if dist.rank == 0:
         log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, box[0],
                  dist.size, params["steps_per_epoch"])
+    job = tracking.start_training(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
     metrics = train_rank(params)
-    return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
+    return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -183,10 +190,17 @@ def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     params = plan(cfg, run_id, 1, resume=resume)
     log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
              params["steps_per_epoch"])
-    return finish(cfg, params, train_rank(params))
+    job = tracking.start_training(cfg, None, params, "local", 1)
+    try:
+        metrics = train_rank(params)
+    except BaseException:
+        job.fail()
+        raise
+    return finish(cfg, params, metrics, job)
 
 
-def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
+           job: tracking.Job | None = None) -> dict[str, Any]:
     """After training: check every rank ran the same steps, point _latest at the artifact."""
     steps = {r["rank"]: r["steps_run"] for r in metrics["ranks"]}
     if len(set(steps.values())) != 1:
@@ -197,4 +211,6 @@ def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict
     lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
-    return {**metrics, "model_uri": uri}
+    m = tracking.finish_training(job, cfg, params, metrics) if job is not None else {}
+    return {**metrics, "model_uri": uri, "mlflow_run_id": m.get("mlflow_run_id"), "registry": m.get("registry"),
+            "cost": m.get("cost")}

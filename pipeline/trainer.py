@@ -31,6 +31,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     t = p["train"]
     dist = distributed.init(t["backend"], t["device"])
     _setup_logging(dist.rank)
+    tracker = _tracker(p, dist.rank)  # rank 0 logs to the MLflow run the launcher started
     objective = objectives.for_task(t["task"], p["task_info"])
     data = Batches(p, dist, objective.label_dtype)
     precision = Precision(t["mixed_precision"], dist.device)
@@ -47,6 +48,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
         state.record(rec, model)
         if dist.rank == 0:
             _log_epoch(rec, t["epochs"])
+            tracker.log_epoch(rec)
             state.checkpoint(model, opt, epoch)
         if state.should_stop(t["early_stopping_patience"]):
             if dist.rank == 0:
@@ -54,11 +56,15 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
             break
 
     state.restore_best(model)
-    test = evaluate(model, data, p["test_url"], objective, dist, precision)
+    test_outputs: list = []
+    test = evaluate(model, data, p["test_url"], objective, dist, precision, keep=test_outputs)
     metrics = state.final_metrics(test, dist, data)
     if dist.rank == 0:
+        metrics["epochs_tracked"] = tracker.active
         artifact.save(p["model_uri"], {k: v.detach().cpu() for k, v in model.state_dict().items()},
                       p["artifact_spec"], metrics, state.history, p["config"])
+        if objective.name == "classification":  # every test row, gathered from all ranks
+            artifact.save_confusion(p["model_uri"], *test_outputs, p["artifact_spec"]["label_names"])
         log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p["model_uri"])
     dist.shutdown()
     return metrics
@@ -109,8 +115,10 @@ def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precisio
     }
 
 
-def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision") -> dict[str, float]:
-    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks."""
+def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision",
+             keep: list | None = None) -> dict[str, float]:
+    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks
+    (and appended to ``keep``, as outputs, labels, if given)."""
     import torch
 
     model.eval()
@@ -122,6 +130,8 @@ def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Prec
             labels.append(y.cpu().numpy())
     out = dist.allgather(np.concatenate(outs) if outs else np.zeros((0, objective.output_size()), np.float32))
     y = dist.allgather(np.concatenate(labels) if labels else np.zeros(0, objective.label_dtype))
+    if keep is not None:
+        keep.extend((out, y))
     return {**objective.metrics(out, y), "count": len(y)}
 
 
@@ -222,6 +232,7 @@ class RunState:
         self.stop = {"best": None, "best_epoch": -1, "bad_epochs": 0}
         self.best_state = None
         self.checkpoint_state = None
+        self.t0 = time.perf_counter()
 
     @classmethod
     def start(cls, p: dict[str, Any], rank: int) -> "RunState":
@@ -275,13 +286,18 @@ class RunState:
 
     def final_metrics(self, test: dict[str, float], dist, data: Batches) -> dict[str, Any]:
         h = self.history
-        ranks = dist.allgather(np.array([[dist.rank, data.steps_run, data.rows_read]], dtype=np.int64))
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_SELF)  # this rank's cost: CPU ms, peak RSS KiB, wall ms
+        cost = [int(1000 * (use.ru_utime + use.ru_stime)), use.ru_maxrss, int(1000 * (time.perf_counter() - self.t0))]
+        ranks = dist.allgather(np.array([[dist.rank, data.steps_run, data.rows_read, *cost]], dtype=np.int64))
         best = next((r for r in h if r["epoch"] == self.stop["best_epoch"]), h[-1] if h else {})
         return {
             "run_id": self.p["run_id"], "world_size": dist.size, "rank": dist.rank, "backend": dist.name,
             "reader": data.reader, "device": str(dist.device), "steps_run": data.steps_run,
             "rows_read": data.rows_read,
-            "ranks": [dict(zip(("rank", "steps_run", "rows_read"), map(int, r))) for r in ranks], "epochs_run": len(h), "best_epoch": self.stop["best_epoch"] + 1,
+            "ranks": [{**dict(zip(("rank", "steps_run", "rows_read"), map(int, r[:3]))), "cpu_s": r[3] / 1000,
+                       "peak_rss_mb": r[4] / 1024, "wall_s": r[5] / 1000} for r in ranks], "epochs_run": len(h), "best_epoch": self.stop["best_epoch"] + 1,
             "monitor": self.monitor, "steps_per_epoch": self.p["steps_per_epoch"],
             **{k: v for k, v in best.items() if k.startswith("val_")},
             **_prefixed("test", test),
@@ -323,6 +339,14 @@ def _seed_all(*parts: int) -> np.random.Generator:
     torch.manual_seed(seed)
     random.seed(seed)
     return np.random.default_rng(seed)
+
+
+def _tracker(p: dict[str, Any], rank: int):
+    """The launcher's MLflow run on rank 0 (pipeline.tracking); an inactive one elsewhere."""
+    from pipeline import tracking
+
+    t = p.get("tracking") or {"settings": {"enabled": False}, "run_id": None}
+    return tracking.Tracker.attach(t["settings"], t["run_id"] if rank == 0 else None)
 
 
 def _setup_logging(rank: int) -> None:

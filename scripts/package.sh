@@ -111,7 +111,7 @@ PY
   "${PIP[@]}" install "${DEPS[@]}" || die "pip could not install the dependencies of pyproject.toml"
   "${PIP[@]}" install --no-deps "$WHEEL" || die "pip could not install $WHEEL"
   # Fail here, not on the cluster, when the stack does not import.
-  IMPORT_CHECK='import horovod.torch, horovod.spark, petastorm.pytorch, pyarrow.parquet, torch, cv2, fsspec, pandas, PIL, yaml, matplotlib.pyplot, sklearn.datasets'
+  IMPORT_CHECK='import horovod.torch, horovod.spark, petastorm.pytorch, pyarrow.parquet, torch, cv2, fsspec, pandas, PIL, yaml, matplotlib.pyplot, sklearn.datasets, mlflow.pytorch, sqlalchemy, alembic'
   "$VENV/bin/python" -c "$IMPORT_CHECK" \
     || die "the executor environment in $VENV does not import the stack (see the traceback above)"
   "${PIP[@]}" uninstall -y pip

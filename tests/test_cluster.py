@@ -250,11 +250,12 @@ def _run(args, env, timeout=JOB_TIMEOUT_S):
 
 
 @pytest.fixture(scope="module")
-def cluster_run(cluster, packaged, tmp_path_factory):
+def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
     if not Path("/proc/self/maps").exists():
         pytest.skip("the executor watch reads /proc (Linux only)")
     root = tmp_path_factory.mktemp("lake")
-    conf = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}"]
+    # the executors get nothing but the tracking URI (docs/cluster.md, "MLflow tracking on a cluster")
+    conf = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", f"tracking.uri={mlflow_server}"]
     _run([sys.executable, "-m", "pipeline.sample_data", *conf, "--date", DATE], job_env())
     submit = [
         "spark-submit", "--master", cluster.master_url,
@@ -283,6 +284,7 @@ def cluster_run(cluster, packaged, tmp_path_factory):
           + f" (packaging {packaged['seconds']:.0f} s)")
     out["seconds"] = seconds
     out["cfg"] = load_config("conf/digits.yaml", [f"lake.root={root}"])
+    out["tracking_uri"] = mlflow_server
     return out
 
 
@@ -373,3 +375,18 @@ def test_training_ranks_ran_from_the_archive(cluster_run):
             "(here ./env/bin/python) and env={'PYTHONPATH': <basenames of spark.submit.pyFiles>}, without which "
             "the archive's interpreter cannot import pipeline (docs/cluster.md, 'Horovod ranks on the executors')")
         _assert_from_the_archive(s, must_map=("libtorch_cpu", "horovod/torch/mpi_lib"))
+
+
+def test_rank_0_on_an_executor_logs_to_the_tracking_server(cluster_run):
+    from mlflow import MlflowClient
+
+    cfg = cluster_run["cfg"]
+    c = MlflowClient(tracking_uri=cluster_run["tracking_uri"])
+    d = cfg.uri("models", "digits-cnn", lake.get_latest(cfg.uri("models", "digits-cnn")))
+    train = manifest.read(d)
+    assert train["metrics"]["epochs_tracked"] is True, "rank 0 did not log its epochs to the server"
+    losses = c.get_metric_history(train["mlflow_run_id"], "train_loss")
+    assert [m.step for m in losses] == list(range(cfg.train.epochs))
+    assert c.get_model_version_by_alias("digits-cnn", "candidate").run_id == train["mlflow_run_id"]
+    score = manifest.read(cfg.uri("predictions", "digits-cnn", f"dt={DATE}"))
+    assert c.get_run(score["mlflow_run_id"]).data.metrics["output_count"] == 179
