@@ -57,7 +57,7 @@ def stage(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularConf, split
     """mapInPandas body over task numbers -> STAGE_DDL."""
     for t in tasks.each(frames):
         stats = stage_task(read_pieces(plan_uri, t), t, tab, split, staging_uri, quarantine_uri, stage_name)
-        yield pd.DataFrame({"part": [t], "stats": [json.dumps(stats)]})
+        yield tasks.to_spark(pd.DataFrame({"part": [t], "stats": [json.dumps(stats)]}))
 
 
 def stage_task(pieces: list[tabular.Piece], part: int, tab: TabularConf, split: SplitConf, staging_uri: str,
@@ -140,8 +140,8 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
                                            "label": pa.array(labels[sel], pa.int32())}, schema=CURATED))
         for w in writers.values():
             w.close()
-        yield pd.DataFrame({"part": [t] * len(writers), "split": [splits.NAMES[s] for s in writers],
-                            "n": [w.rows for w in writers.values()]})
+        yield tasks.to_spark(pd.DataFrame({"part": [t] * len(writers), "split": [splits.NAMES[s] for s in writers],
+                                           "n": [w.rows for w in writers.values()]}))
 
 
 # --- score ------------------------------------------------------------------------------------
@@ -162,5 +162,5 @@ def score_records(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularCon
                     x = tabular.encode(r.take(ok), tab, params)
                     for j, i in enumerate(ok):
                         features[i] = x[j]
-                yield pd.DataFrame({"id": r.ids, "source": r.source, "reason": r.reason, "detail": r.detail,
-                                    "features": features})
+                yield tasks.to_spark(pd.DataFrame({"id": r.ids, "source": r.source, "reason": r.reason,
+                                                   "detail": r.detail, "features": features}))
