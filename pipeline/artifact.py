@@ -58,9 +58,14 @@ def _curve_png(history: list[dict]) -> bytes | None:
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
     a.plot(epochs, [h["val_loss"] for h in history], label="val")
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend()
-    b.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    b.plot(epochs, [h["val_accuracy"] for h in history], label="val")
-    b.set_xlabel("epoch"); b.set_ylabel("accuracy"); b.legend()
+    # The second panel: the first metric recorded for both train and val (accuracy, rmse, ...).
+    first = history[0] if history else {}
+    metric = next((k[4:] for k in first if k.startswith("val_") and f"train_{k[4:]}" in first
+                   and k != "val_loss"), None)
+    if metric:
+        b.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
+        b.plot(epochs, [h[f"val_{metric}"] for h in history], label="val")
+        b.set_xlabel("epoch"); b.set_ylabel(metric); b.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -103,8 +103,16 @@ class PreprocessConf:
 @dataclass
 class TrainConf:
     model_name: str = "digits-cnn"
+    task: Literal["classification"] = "classification"
     arch: Literal["cnn", "resnet", "mlp"] = "cnn"
     num_proc: int = 2
+    # horovod (the default stack) or torch (DistributedDataParallel); auto: horovod if installed.
+    backend: Literal["auto", "horovod", "torch"] = "auto"
+    # petastorm (make_batch_reader) or arrow (plain pyarrow, same sharding); auto: petastorm if installed.
+    reader: Literal["auto", "petastorm", "arrow"] = "auto"
+    # The validation metric that picks the best epoch and drives early stopping (e.g.
+    # val_accuracy, val_loss); auto: the task's default (val_accuracy for classification).
+    monitor: str = "auto"
     # "latest" follows curated/<dataset>/_latest; or name a version.
     dataset_version: str = "latest"
     epochs: int = 20
@@ -118,7 +126,7 @@ class TrainConf:
     schedule: Literal["cosine", "constant"] = "cosine"
     scale_lr_by_world_size: bool = True
     fp16_allreduce: bool = False
-    # Stop when val accuracy has not improved for this many epochs (0 = never).
+    # Stop when train.monitor has not improved for this many epochs (0 = never).
     early_stopping_patience: int = 0
     shuffle_buffer: int = 2048
     # Checkpoints kept per run (the newest ones); 0 keeps every epoch's.
