@@ -50,20 +50,35 @@ def _petastorm_shard(url, rank, size, *, fields, seed, shuffle):
 
 
 def shard_row_groups(url: str, rank: int, size: int, seed: int | None, shuffle: bool) -> list[tuple[str, int]]:
-    """(file, row group) pairs of this rank's shard, in reading order."""
-    import pyarrow.parquet as pq
+    """(file, row group) pairs of this rank's shard, in reading order: what Petastorm 0.12's
+    ``make_batch_reader(cur_shard=rank, shard_count=size, seed=seed, shuffle_row_groups=shuffle)``
+    reads, step by step (tests/test_equivalence.py compares the two):
+
+    1. every row group of the split, files in path order, groups in file order (their index);
+    2. with a seed, that index list shuffled by ``random.Random(seed)`` (``Reader._partition_row_groups``),
+       then the indexes with ``index % size == rank`` kept: the seed orders a shard, it never
+       changes which row groups it holds;
+    3. with ``shuffle``, those shuffled again by ``np.random.RandomState(seed)`` (the ventilator's
+       ``randomize_item_order``).
+
+    Fewer row groups than ranks gives every rank an empty shard (Petastorm raises
+    ``NoDataAvailableError`` for each).
+    """
+    import random
 
     from pipeline import lake
 
     groups = [(f, i) for f, _ in lake.list_files(url) if f.endswith(".parquet")
               for i in range(_parquet_file(f).metadata.num_row_groups)]
-    mine = [g for i, g in enumerate(groups) if i % size == rank]
+    if len(groups) < size:
+        return []
+    indexes = list(range(len(groups)))
+    if seed is not None:
+        random.Random(seed).shuffle(indexes)
+    mine = [i for i in indexes if i % size == rank]
     if shuffle:
-        # Petastorm's ventilator shuffles its items with np.random.RandomState(seed).
-        order = np.arange(len(mine))
-        np.random.RandomState(seed).shuffle(order)
-        mine = [mine[i] for i in order]
-    return mine
+        np.random.RandomState(seed).shuffle(mine)
+    return [groups[i] for i in mine]
 
 
 def _arrow_shard(url, rank, size, *, fields, seed, shuffle):
