@@ -82,12 +82,31 @@ def shard_row_groups(url: str, rank: int, size: int, seed: int | None, shuffle: 
 
 
 def _arrow_shard(url, rank, size, *, fields, seed, shuffle):
-    files: dict = {}
-    for f, i in shard_row_groups(url, rank, size, seed, shuffle):
+    """The shard's row groups in order, each read by one background thread while the caller
+    works on the one before (pyarrow reads and decompresses without the GIL), as Petastorm's
+    reader thread does; the order does not depend on timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = shard_row_groups(url, rank, size, seed, shuffle)
+    if not groups:
+        return
+    files: dict = {}  # touched by the reading thread only
+
+    def read(group):
+        f, i = group
         if f not in files:
             files[f] = _parquet_file(f)
         table = files[f].read_row_group(i, columns=fields)
-        yield SimpleNamespace(**{name: _to_numpy(table.column(name)) for name in fields})
+        return SimpleNamespace(**{name: _to_numpy(table.column(name)) for name in fields})
+
+    # Closing this generator (the trainer does at the end of an epoch) waits for at most the
+    # one read in flight.
+    with ThreadPoolExecutor(1, thread_name_prefix="feed-arrow") as pool:
+        pending = pool.submit(read, groups[0])
+        for nxt in [*groups[1:], None]:
+            batch = pending.result()
+            pending = pool.submit(read, nxt) if nxt is not None else None
+            yield batch
 
 
 def _parquet_file(uri: str):
@@ -104,10 +123,32 @@ def _to_numpy(col) -> np.ndarray:
     import pyarrow as pa
 
     arr = col.combine_chunks()
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        blobs = _fixed_size_blobs(arr)
+        if blobs is not None:
+            return blobs
     if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         flat = arr.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(len(arr), -1) if len(arr) else flat.reshape(0, 0)
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _fixed_size_blobs(arr) -> np.ndarray | None:
+    """A binary column whose values all have one length (the curated image blobs) as an
+    (N, length) uint8 view of the Arrow data buffer: no bytes object per row, no copy. None if
+    the lengths differ or a value is null (the caller then takes one bytes object per row)."""
+    import pyarrow as pa
+
+    n = len(arr)
+    if n == 0 or arr.null_count:
+        return None
+    large = pa.types.is_large_binary(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if large else np.int32, count=n + 1,
+                            offset=arr.offset * (8 if large else 4))
+    size = int(offsets[1] - offsets[0])
+    if size == 0 or not (np.diff(offsets) == size).all():
+        return None
+    return np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(n, size)
 
 
 def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], reader: str, seed: int,
@@ -150,12 +191,13 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
         if n_emit <= 0:
             continue
         perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
+        # One gather for everything emitted now; the batches are slices of it (no copy per batch).
+        out_x, out_y = pool_x.take(perm[:n_emit], axis=0), pool_y.take(perm[:n_emit])
         for i in range(0, n_emit, batch_size):
-            idx = perm[i:i + batch_size]
-            yield pool_x[idx], pool_y[idx]
+            yield out_x[i:i + batch_size], out_y[i:i + batch_size]
         pool_x, pool_y = pool_x[perm[n_emit:]], pool_y[perm[n_emit:]]
     if pool_y is not None and len(pool_y):
         perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
+        out_x, out_y = pool_x.take(perm, axis=0), pool_y.take(perm)
         for i in range(0, len(pool_y), batch_size):
-            idx = perm[i:i + batch_size]
-            yield pool_x[idx], pool_y[idx]
+            yield out_x[i:i + batch_size], out_y[i:i + batch_size]
