@@ -179,25 +179,37 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
     mixes with the next row groups. With buffer=0 rows keep their order. A last partial batch
     is emitted when the input ends.
     """
-    pool_x: np.ndarray | None = None
-    pool_y: np.ndarray | None = None
+    # The pool is conceptually concatenate([kept, chunk]); rows are gathered from the two parts
+    # without building it, so each new row is copied once, into its batch.
+    kept_x: np.ndarray | None = None
+    kept_y: np.ndarray | None = None
     for x, y in chunks:
-        pool_x = x if pool_x is None else np.concatenate([pool_x, x])
-        pool_y = y if pool_y is None else np.concatenate([pool_y, y])
-        if len(pool_y) < max(buffer, batch_size):
-            continue
+        k = 0 if kept_y is None else len(kept_y)
+        n = k + len(y)
         keep = buffer // 2
-        n_emit = (len(pool_y) - keep) // batch_size * batch_size
-        if n_emit <= 0:
+        n_emit = (n - keep) // batch_size * batch_size
+        if n < max(buffer, batch_size) or n_emit <= 0:
+            kept_x = x if kept_x is None else np.concatenate([kept_x, x])
+            kept_y = y if kept_y is None else np.concatenate([kept_y, y])
             continue
-        perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
-        # One gather for everything emitted now; the batches are slices of it (no copy per batch).
-        out_x, out_y = pool_x.take(perm[:n_emit], axis=0), pool_y.take(perm[:n_emit])
+        perm = rng.permutation(n) if buffer else np.arange(n)
+        out_x, out_y = _take(kept_x, x, perm[:n_emit]), _take(kept_y, y, perm[:n_emit])
         for i in range(0, n_emit, batch_size):
             yield out_x[i:i + batch_size], out_y[i:i + batch_size]
-        pool_x, pool_y = pool_x[perm[n_emit:]], pool_y[perm[n_emit:]]
-    if pool_y is not None and len(pool_y):
-        perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
-        out_x, out_y = pool_x.take(perm, axis=0), pool_y.take(perm)
-        for i in range(0, len(pool_y), batch_size):
+        kept_x, kept_y = _take(kept_x, x, perm[n_emit:]), _take(kept_y, y, perm[n_emit:])
+    if kept_y is not None and len(kept_y):
+        perm = rng.permutation(len(kept_y)) if buffer else np.arange(len(kept_y))
+        out_x, out_y = kept_x.take(perm, axis=0), kept_y.take(perm)
+        for i in range(0, len(kept_y), batch_size):
             yield out_x[i:i + batch_size], out_y[i:i + batch_size]
+
+
+def _take(head: np.ndarray | None, tail: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """concatenate([head, tail]).take(idx, axis=0) without the concatenation: one gather from
+    tail, then the few rows that come from head put in place."""
+    k = 0 if head is None else len(head)
+    out = tail.take(np.maximum(idx - k, 0), axis=0)
+    if k:
+        at = np.flatnonzero(idx < k)
+        out[at] = head.take(idx[at], axis=0)
+    return out
