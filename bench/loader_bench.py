@@ -1,7 +1,8 @@
-"""Training-input throughput: the Petastorm feed the trainer uses against a plain pyarrow scan.
+"""Training-input throughput: the trainer's feed, through Petastorm or the pyarrow reader, against a
+plain pyarrow scan.
 
-    source scripts/env.sh
-    python bench/loader_bench.py          # 300k 28x28x1 rows: 45 s on 2 quiet cores, 2-3 min under load
+    source scripts/env.sh                 # or PROFILE=modern source scripts/env.sh (no Petastorm: (a), (d), (d0))
+    python bench/loader_bench.py          # 300k 28x28x1 rows: 1-2 min on 2 quiet cores, 2-4 min under load
     python bench/loader_bench.py --files 4 --row-group-rows 75000     # row groups as row_group_mb=64 writes them
     python bench/loader_bench.py --rows 100000 --image-size 32x32x3 --batch-size 64 --repeats 7
     python bench/loader_bench.py --no-experiments --no-naive --profile
@@ -18,39 +19,39 @@ Measured, each as rows/s of uint8 NCHW image tensors + label tensors reaching th
 (a)  baseline: ``pq.ParquetFile(f).iter_batches(columns=[image, label])`` over the files; each
      Arrow batch's image buffer is viewed as (N, H, W, C) uint8 without a copy, transposed to
      NCHW and handed to ``torch.from_numpy``. The ceiling for reading these files in Python.
-(b)  the trainer's path (``pipeline.trainer.train_rank``, one rank of one): ``feed.endless_row_groups``
-     with ``images_to_tensor_layout`` as the decode, ``feed.shuffled_batches`` with
-     ``--batch-size`` and ``--shuffle-buffer``, ``torch.from_numpy(np.ascontiguousarray(x))`` and
-     ``torch.from_numpy(y)`` per step, for ``schedule.steps_per_epoch(rows, batch, 1)`` steps,
+(b)  the trainer's path with ``train.reader=petastorm`` (``pipeline.trainer.Batches.train_stream``,
+     one rank of one): ``feed.endless_row_groups`` with the trainer's decode, ``feed.shuffled_batches``
+     with ``--batch-size`` and ``--shuffle-buffer``, ``torch.from_numpy(np.ascontiguousarray(x))``
+     and ``torch.from_numpy(y)`` per step, for ``schedule.steps_per_epoch(rows, batch, 1)`` steps,
      then ``chunks.close()``: one epoch, reader start-up included, as the trainer runs it.
-(b0) for decomposition: one ``feed.open_reader`` pass through ``feed.row_group_batches`` with the
-     same decode, no re-batching or shuffling.
+(b0) for decomposition: one ``feed.shard_batches`` pass (Petastorm) with the same decode, no
+     re-batching or shuffling.
+(d)  as (b) with ``train.reader=arrow``: the same shard and order, row groups read with pyarrow,
+     the blobs viewed out of the Arrow buffer (the default on the modern profile).
+(d0) one ``feed.shard_batches`` pass with the pyarrow reader and the decode.
 (c)  a naive Petastorm loader for reference: ``make_batch_reader`` with its defaults (10 worker
      threads) and a ``TransformSpec`` doing ``np.frombuffer`` per row, read through
      ``petastorm.pytorch.BatchedDataLoader`` with the same batch size, no shuffling queue
      (``--naive-shuffle`` gives it one of ``--shuffle-buffer`` rows: about 10 times slower).
+
+(b), (b0) and (c) need Petastorm and are left out where it is not installed.
 
 Every variant reads once untimed first (page cache, imports, lazy initialisation); then the
 variants are timed in turn, ``--repeats`` rounds, so a burst of load from other processes hits
 all of them alike, and the median of each is reported. Wall-clock rows/s is the headline; on a
 shared machine it moves with other people's load, so rows per CPU-second of this process (all
 its threads) is printed next to it as the steadier figure, with the minor page faults per row.
-(a) and (b0) are checked to deliver the same pixels and labels.
+(a), (b0) and (d0) are checked to deliver the same pixels and labels.
 
 ``--experiments`` (on by default) also times (b) with local, modified copies of the feed
-functions, labelled EXPERIMENT: candidates for ``pipeline/feed.py``, not what the trainer runs.
+functions or settings, labelled EXPERIMENT: candidates, not what the trainer runs.
 
-x1  ``endless_row_groups`` with 2 Petastorm reader threads (row-group order then depends on timing).
 x2  ``shuffled_batches`` filling one reused pool instead of ``np.concatenate``; checked, before
     it is timed, to yield exactly the batches ``feed.shuffled_batches`` yields.
 x3  batch 256 instead of ``--batch-size`` (a config change, no code).
-x4  the same shard (row group i to rank i % size, checked against Petastorm's shards for 2
-    ranks) read with pyarrow and a zero-copy blob view instead of Petastorm's reader.
 
-What was found (docs/data-layout.md has the numbers): with 10k-row groups (b) reaches about 0.75
-of (a) in wall-clock time and 0.5 to 0.57 per CPU-second, and none of x1 to x4 does measurably
-better. With 59 MB row groups (b) drops to about 0.2: page faults on the row-group-sized
-temporaries, which glibc maps fresh for every allocation above 32 MB.
+docs/data-layout.md has the numbers. With 59 MB row groups the feeds drop a lot: page faults on
+the row-group-sized temporaries, which glibc maps fresh for every allocation above 32 MB.
 """
 from __future__ import annotations
 
@@ -164,19 +165,19 @@ def run_scan(files: list[Path], layout: ImageLayout) -> int:
 # --- (b) the trainer's feed ------------------------------------------------------------------
 
 def trainer_decode(layout: ImageLayout) -> Callable:
-    def decode(batch) -> np.ndarray:  # as in pipeline.trainer.train_rank
-        return images_to_tensor_layout(batch.image, layout)
+    def decode(batch) -> tuple[np.ndarray, np.ndarray]:  # as pipeline.trainer.Batches.decode
+        return images_to_tensor_layout(batch.image, layout), np.asarray(batch.label, dtype=np.int64)
     return decode
 
 
-def run_epoch(url: str, rows: int, layout: ImageLayout, batch_size: int, buffer: int, seed: int,
+def run_epoch(url: str, rows: int, layout: ImageLayout, batch_size: int, buffer: int, seed: int, reader: str,
               endless=feed.endless_row_groups, shuffled=feed.shuffled_batches) -> int:
-    """One training epoch's input, exactly as pipeline.trainer.train_rank consumes it (rank 0 of 1)."""
+    """One training epoch's input, exactly as pipeline.trainer consumes it (rank 0 of 1)."""
     import torch
 
     steps = schedule.steps_per_epoch(rows, batch_size, 1)
     rng = np.random.default_rng(seed)
-    chunks = endless(url, 0, 1, fields=FIELDS, seed=seed * 1000, decode=trainer_decode(layout))
+    chunks = endless(url, 0, 1, fields=FIELDS, reader=reader, seed=seed * 1000, decode=trainer_decode(layout))
     n = 0
     try:
         batches = shuffled(chunks, batch_size, buffer, rng)
@@ -189,13 +190,14 @@ def run_epoch(url: str, rows: int, layout: ImageLayout, batch_size: int, buffer:
     return n
 
 
-def single_pass(url: str, layout: ImageLayout) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    with feed.open_reader(url, 0, 1, fields=FIELDS, seed=1, infinite=False, shuffle=True) as reader:
-        yield from feed.row_group_batches(reader, trainer_decode(layout))
+def single_pass(url: str, layout: ImageLayout, reader: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    decode = trainer_decode(layout)
+    for batch in feed.shard_batches(url, 0, 1, fields=FIELDS, reader=reader, seed=1, shuffle=True):
+        yield decode(batch)
 
 
-def run_single_pass(url: str, layout: ImageLayout) -> int:
-    return sum(len(y) for _, y in single_pass(url, layout))
+def run_single_pass(url: str, layout: ImageLayout, reader: str) -> int:
+    return sum(len(y) for _, y in single_pass(url, layout, reader))
 
 
 # --- (c) a naive petastorm loader ------------------------------------------------------------
@@ -266,86 +268,6 @@ def experiment_shuffled_batches(chunks, batch_size: int, buffer: int, rng) -> It
             yield pool_x[idx], pool_y[idx]
 
 
-def experiment_endless_row_groups(workers: int):
-    """EXPERIMENT x1: feed.endless_row_groups with ``workers`` reader threads instead of 1.
-
-    Not a drop-in change: with more than one worker, row groups arrive in completion order,
-    so a run is no longer reproducible row for row.
-    """
-    def endless(url, rank, size, *, fields, seed, decode):
-        p = 0
-        while True:
-            pass_seed = int(np.random.SeedSequence([seed, p]).generate_state(1)[0] % (2**31))
-            with feed.open_reader(url, rank, size, fields=fields, seed=pass_seed, infinite=False, shuffle=True,
-                                  workers=workers) as reader:
-                yield from feed.row_group_batches(reader, decode)
-            p += 1
-    return endless
-
-
-def shard_row_groups(files: list[Path], rank: int, size: int) -> list[tuple[Path, int]]:
-    """Petastorm's shard for a plain Parquet dataset: row groups in (file path, index in file) order,
-    group i to shard i % size (petastorm/reader.py _partition_row_groups; its seed only reorders)."""
-    groups = [(f, i) for f in sorted(files) for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
-    if len(groups) < size:
-        raise ValueError(f"{len(groups)} row groups cannot give each of {size} shards one")
-    return [g for k, g in enumerate(groups) if k % size == rank]
-
-
-def experiment_arrow_row_groups(files: list[Path], layout: ImageLayout):
-    """EXPERIMENT x4: endless_row_groups with petastorm's shard, but row groups read by pyarrow.
-
-    Same shard and the same per-pass reshuffle idea, one background thread reading the next row
-    group while the current one is consumed; the image blobs are viewed straight out of the Arrow
-    buffer (as in (a)) instead of petastorm's to_pandas (one bytes object per row) + b"".join.
-    ``decode`` is unused: the blob layout is decoded here. A sketch of a different feed, not a
-    drop-in change; petastorm would be left choosing nothing but the file list.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def endless(url, rank, size, *, fields, seed, decode):
-        groups = shard_row_groups(files, rank, size)
-
-        def order():
-            p = 0
-            while True:
-                for j in np.random.default_rng([seed, p]).permutation(len(groups)):
-                    yield groups[j]
-                p += 1
-
-        def read(group):
-            f, i = group
-            return pq.ParquetFile(f).read_row_group(i, columns=fields)
-
-        todo = order()
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(read, next(todo))
-            while True:
-                table, pending = pending.result(), pool.submit(read, next(todo))
-                x = arrow_blobs_as_nchw(table.column("image").combine_chunks(), layout)
-                yield x, table.column("label").to_numpy().astype(np.int64)
-    return endless
-
-
-def check_arrow_shards(files: list[Path], url: str, layout: ImageLayout, size: int = 2) -> None:
-    """x4's shards must hold the rows petastorm's shards hold (order-free checksums, one pass)."""
-    def sums(chunks, n_rows=None):
-        px = lab = n = 0
-        for x, y in chunks:
-            px += int(x.sum(dtype=np.int64)); lab += int(y.sum()); n += len(y)
-            if n_rows is not None and n >= n_rows:
-                break
-        return n, px, lab
-    for rank in range(size):
-        with feed.open_reader(url, rank, size, fields=FIELDS, seed=1, infinite=False, shuffle=True) as reader:
-            want = sums(feed.row_group_batches(reader, trainer_decode(layout)))
-        stream = experiment_arrow_row_groups(files, layout)(url, rank, size, fields=FIELDS, seed=1, decode=None)
-        got = sums(stream, want[0])
-        stream.close()
-        if got != want:
-            raise AssertionError(f"EXPERIMENT x4 shard {rank}/{size} differs from petastorm's: {got} != {want}")
-
-
 def check_experiment_matches(layout: ImageLayout, batch_size: int, buffer: int) -> None:
     """x2 must yield exactly what feed.shuffled_batches yields, for the same chunks and seed."""
     rng = np.random.default_rng(7)
@@ -362,16 +284,19 @@ def check_experiment_matches(layout: ImageLayout, batch_size: int, buffer: int) 
 
 # --- measuring -------------------------------------------------------------------------------
 
-def check_same_data(files: list[Path], url: str, layout: ImageLayout) -> None:
-    """(a) and (b0) must deliver the same rows: compare order-free checksums."""
+def check_same_data(files: list[Path], url: str, layout: ImageLayout, readers: list[str]) -> None:
+    """(a), (b0) and (d0) must deliver the same rows: compare order-free checksums."""
     def sums(it):
         px, lab, n = 0, 0, 0
         for x, y in it:
             px += int(x.sum(dtype=np.int64)); lab += int(y.sum()); n += len(y)
         return n, px, lab
-    a, b = sums(scan_batches(files, layout)), sums(single_pass(url, layout))
-    if a != b:
-        raise AssertionError(f"baseline and petastorm read different data: (rows, pixel sum, label sum) {a} != {b}")
+    a = sums(scan_batches(files, layout))
+    for reader in readers:
+        b = sums(single_pass(url, layout, reader))
+        if a != b:
+            raise AssertionError(f"baseline and the {reader} reader read different data: "
+                                 f"(rows, pixel sum, label sum) {a} != {b}")
 
 
 def timed(fn: Callable[[], int]) -> tuple[int, float, float, int]:
@@ -401,8 +326,10 @@ def parse_size(text: str) -> ImageLayout:
 
 
 BASE = "(a)  pyarrow iter_batches -> torch"
-TRAINER = "(b)  trainer: endless_row_groups + shuffled_batches"
+TRAINER = "(b)  trainer, petastorm: endless_row_groups + shuffled_batches"
 SINGLE = "(b0) petastorm reader + decode only, one pass"
+ARROW = "(d)  trainer, arrow: endless_row_groups + shuffled_batches"
+ARROW_SINGLE = "(d0) arrow reader + decode only, one pass"
 NAIVE = "(c)  naive: per-row TransformSpec + BatchedDataLoader"
 
 
@@ -442,31 +369,33 @@ def main(argv: list[str] | None = None) -> None:
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
         url = data.resolve().as_uri()
 
+        petastorm = feed.default_reader() == "petastorm"
+        readers = ["petastorm", "arrow"] if petastorm else ["arrow"]
+        main_reader = readers[0]
+        print(f"readers: {', '.join(readers)}" + ("" if petastorm else " (petastorm is not installed: no (b), (b0), (c))"))
+
         def epoch(**kw) -> Callable[[], int]:
-            opts = dict(batch_size=args.batch_size, buffer=args.shuffle_buffer, seed=args.seed)
+            opts = dict(batch_size=args.batch_size, buffer=args.shuffle_buffer, seed=args.seed, reader=main_reader)
             opts.update(kw)
             return lambda: run_epoch(url, rows, layout, **opts)
 
-        variants: dict[str, Callable[[], int]] = {
-            BASE: lambda: run_scan(files, layout),
-            TRAINER: epoch(),
-            SINGLE: lambda: run_single_pass(url, layout),
-        }
-        if args.naive:
+        variants: dict[str, Callable[[], int]] = {BASE: lambda: run_scan(files, layout)}
+        if petastorm:
+            variants[TRAINER] = epoch(reader="petastorm")
+            variants[SINGLE] = lambda: run_single_pass(url, layout, "petastorm")
+        variants[ARROW] = epoch(reader="arrow")
+        variants[ARROW_SINGLE] = lambda: run_single_pass(url, layout, "arrow")
+        if args.naive and petastorm:
             variants[NAIVE + (" (shuffling)" if args.naive_shuffle else "")] = lambda: run_naive(
                 url, layout, args.batch_size, args.shuffle_buffer if args.naive_shuffle else 0)
         if args.experiments:
             check_experiment_matches(layout, args.batch_size, args.shuffle_buffer)
-            variants["EXPERIMENT x1: (b) with 2 reader threads"] = epoch(endless=experiment_endless_row_groups(2))
-            variants["EXPERIMENT x2: (b) with a reused pool, no concatenate"] = epoch(
+            variants[f"EXPERIMENT x2: {main_reader} trainer with a reused pool, no concatenate"] = epoch(
                 shuffled=experiment_shuffled_batches)
             big = max(256, args.batch_size)
-            variants[f"EXPERIMENT x3: (b) with batch {big} (config only)"] = epoch(batch_size=big)
-            check_arrow_shards(files, url, layout)
-            variants["EXPERIMENT x4: (b) with row groups read by pyarrow"] = epoch(
-                endless=experiment_arrow_row_groups(files, layout))
+            variants[f"EXPERIMENT x3: {main_reader} trainer with batch {big} (config only)"] = epoch(batch_size=big)
 
-        check_same_data(files, url, layout)
+        check_same_data(files, url, layout, readers)
         for fn in variants.values():  # warm-up: page cache, imports, lazy initialisation
             fn()
         results: dict[str, list[tuple[int, float, float, int]]] = {k: [] for k in variants}
@@ -491,16 +420,19 @@ def main(argv: list[str] | None = None) -> None:
         print("\nevery round, wall rows/s:")
         for name in variants:
             print(f"  {name.split(':')[0][:13]:13} " + " ".join(f"{r[0] / r[1]:10,.0f}" for r in results[name]))
-        print(f"\n(b)/(a) = {wall(TRAINER) / wall(BASE):.2f} wall, {cpu(TRAINER) / cpu(BASE):.2f} per CPU-second "
-              f"(target >= 0.5)")
+        if petastorm:
+            print(f"\n(b)/(a) = {wall(TRAINER) / wall(BASE):.2f} wall, {cpu(TRAINER) / cpu(BASE):.2f} per CPU-second "
+                  f"(petastorm; target >= 0.5)")
+        print(f"(d)/(a) = {wall(ARROW) / wall(BASE):.2f} wall, {cpu(ARROW) / cpu(BASE):.2f} per CPU-second "
+              f"(arrow; target >= 0.8)")
         naive = next((k for k in variants if k.startswith(NAIVE)), None)
         if naive:
             print(f"(c)/(a) = {wall(naive) / wall(BASE):.2f} wall, {cpu(naive) / cpu(BASE):.2f} per CPU-second")
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
         if args.profile:
-            print("\ncProfile of one (b) epoch (main thread only; the reader thread is not seen):")
-            profile(variants[TRAINER])
+            print("\ncProfile of one trainer epoch, (b) or (d) (main thread only):")
+            profile(variants[TRAINER if petastorm else ARROW])
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

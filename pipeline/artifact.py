@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +37,19 @@ def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, histor
     lake.write_json(f"{uri}/metrics.json", metrics)
     lake.write_json(f"{uri}/history.json", history)
     lake.write_json(f"{uri}/config.json", config)
-    lake.write_bytes(f"{uri}/training_curve.png", _curve_png(history))
+    png = _curve_png(history)
+    if png is not None:
+        lake.write_bytes(f"{uri}/training_curve.png", png)
 
 
-def _curve_png(history: list[dict]) -> bytes:
-    import matplotlib
+def _curve_png(history: list[dict]) -> bytes | None:
+    """The loss and accuracy curves; None where matplotlib is not installed (a bare GPU node
+    with only torch, numpy and pyarrow): the rest of the artifact does not depend on it."""
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger(__name__).warning("matplotlib is not installed: no training_curve.png")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Any, Callable
 
 from pipeline.config import ConfigError, load_config
@@ -55,10 +56,13 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
         print(f"{stage}: invalid config: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    from pipeline.session import get_spark, quiet_warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)  # see session.quiet_warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    spark = None
+    if needs_spark(args):  # a job run without Spark (training under torchrun) never imports pyspark
+        from pipeline.session import get_spark
 
-    quiet_warnings()
-    spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg) if needs_spark(args) else None
+        spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg)
     try:
         body(spark, cfg, args)
         return EXIT_OK

@@ -183,6 +183,10 @@ class TorchDDP:
         return np.concatenate(parts)
 
     def shutdown(self) -> None:
+        # Every rank reaches this point before any tears the group down: without the barrier a rank
+        # that finished first could abort in destroy_process_group ("terminate called without an
+        # active exception", SIGABRT) while rank 0 was still writing the artifact.
+        self.td.barrier()
         self.td.destroy_process_group()
 
 

@@ -50,29 +50,63 @@ def _petastorm_shard(url, rank, size, *, fields, seed, shuffle):
 
 
 def shard_row_groups(url: str, rank: int, size: int, seed: int | None, shuffle: bool) -> list[tuple[str, int]]:
-    """(file, row group) pairs of this rank's shard, in reading order."""
-    import pyarrow.parquet as pq
+    """(file, row group) pairs of this rank's shard, in reading order: what Petastorm 0.12's
+    ``make_batch_reader(cur_shard=rank, shard_count=size, seed=seed, shuffle_row_groups=shuffle)``
+    reads, step by step (tests/test_equivalence.py compares the two):
+
+    1. every row group of the split, files in path order, groups in file order (their index);
+    2. with a seed, that index list shuffled by ``random.Random(seed)`` (``Reader._partition_row_groups``),
+       then the indexes with ``index % size == rank`` kept: the seed orders a shard, it never
+       changes which row groups it holds;
+    3. with ``shuffle``, those shuffled again by ``np.random.RandomState(seed)`` (the ventilator's
+       ``randomize_item_order``).
+
+    Fewer row groups than ranks gives every rank an empty shard (Petastorm raises
+    ``NoDataAvailableError`` for each).
+    """
+    import random
 
     from pipeline import lake
 
     groups = [(f, i) for f, _ in lake.list_files(url) if f.endswith(".parquet")
               for i in range(_parquet_file(f).metadata.num_row_groups)]
-    mine = [g for i, g in enumerate(groups) if i % size == rank]
+    if len(groups) < size:
+        return []
+    indexes = list(range(len(groups)))
+    if seed is not None:
+        random.Random(seed).shuffle(indexes)
+    mine = [i for i in indexes if i % size == rank]
     if shuffle:
-        # Petastorm's ventilator shuffles its items with np.random.RandomState(seed).
-        order = np.arange(len(mine))
-        np.random.RandomState(seed).shuffle(order)
-        mine = [mine[i] for i in order]
-    return mine
+        np.random.RandomState(seed).shuffle(mine)
+    return [groups[i] for i in mine]
 
 
 def _arrow_shard(url, rank, size, *, fields, seed, shuffle):
-    files: dict = {}
-    for f, i in shard_row_groups(url, rank, size, seed, shuffle):
+    """The shard's row groups in order, each read by one background thread while the caller
+    works on the one before (pyarrow reads and decompresses without the GIL), as Petastorm's
+    reader thread does; the order does not depend on timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = shard_row_groups(url, rank, size, seed, shuffle)
+    if not groups:
+        return
+    files: dict = {}  # touched by the reading thread only
+
+    def read(group):
+        f, i = group
         if f not in files:
             files[f] = _parquet_file(f)
         table = files[f].read_row_group(i, columns=fields)
-        yield SimpleNamespace(**{name: _to_numpy(table.column(name)) for name in fields})
+        return SimpleNamespace(**{name: _to_numpy(table.column(name)) for name in fields})
+
+    # Closing this generator (the trainer does at the end of an epoch) waits for at most the
+    # one read in flight.
+    with ThreadPoolExecutor(1, thread_name_prefix="feed-arrow") as pool:
+        pending = pool.submit(read, groups[0])
+        for nxt in [*groups[1:], None]:
+            batch = pending.result()
+            pending = pool.submit(read, nxt) if nxt is not None else None
+            yield batch
 
 
 def _parquet_file(uri: str):
@@ -89,10 +123,32 @@ def _to_numpy(col) -> np.ndarray:
     import pyarrow as pa
 
     arr = col.combine_chunks()
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        blobs = _fixed_size_blobs(arr)
+        if blobs is not None:
+            return blobs
     if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         flat = arr.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(len(arr), -1) if len(arr) else flat.reshape(0, 0)
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _fixed_size_blobs(arr) -> np.ndarray | None:
+    """A binary column whose values all have one length (the curated image blobs) as an
+    (N, length) uint8 view of the Arrow data buffer: no bytes object per row, no copy. None if
+    the lengths differ or a value is null (the caller then takes one bytes object per row)."""
+    import pyarrow as pa
+
+    n = len(arr)
+    if n == 0 or arr.null_count:
+        return None
+    large = pa.types.is_large_binary(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if large else np.int32, count=n + 1,
+                            offset=arr.offset * (8 if large else 4))
+    size = int(offsets[1] - offsets[0])
+    if size == 0 or not (np.diff(offsets) == size).all():
+        return None
+    return np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(n, size)
 
 
 def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], reader: str, seed: int,
@@ -123,24 +179,37 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
     mixes with the next row groups. With buffer=0 rows keep their order. A last partial batch
     is emitted when the input ends.
     """
-    pool_x: np.ndarray | None = None
-    pool_y: np.ndarray | None = None
+    # The pool is conceptually concatenate([kept, chunk]); rows are gathered from the two parts
+    # without building it, so each new row is copied once, into its batch.
+    kept_x: np.ndarray | None = None
+    kept_y: np.ndarray | None = None
     for x, y in chunks:
-        pool_x = x if pool_x is None else np.concatenate([pool_x, x])
-        pool_y = y if pool_y is None else np.concatenate([pool_y, y])
-        if len(pool_y) < max(buffer, batch_size):
-            continue
+        k = 0 if kept_y is None else len(kept_y)
+        n = k + len(y)
         keep = buffer // 2
-        n_emit = (len(pool_y) - keep) // batch_size * batch_size
-        if n_emit <= 0:
+        n_emit = (n - keep) // batch_size * batch_size
+        if n < max(buffer, batch_size) or n_emit <= 0:
+            kept_x = x if kept_x is None else np.concatenate([kept_x, x])
+            kept_y = y if kept_y is None else np.concatenate([kept_y, y])
             continue
-        perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
+        perm = rng.permutation(n) if buffer else np.arange(n)
+        out_x, out_y = _take(kept_x, x, perm[:n_emit]), _take(kept_y, y, perm[:n_emit])
         for i in range(0, n_emit, batch_size):
-            idx = perm[i:i + batch_size]
-            yield pool_x[idx], pool_y[idx]
-        pool_x, pool_y = pool_x[perm[n_emit:]], pool_y[perm[n_emit:]]
-    if pool_y is not None and len(pool_y):
-        perm = rng.permutation(len(pool_y)) if buffer else np.arange(len(pool_y))
-        for i in range(0, len(pool_y), batch_size):
-            idx = perm[i:i + batch_size]
-            yield pool_x[idx], pool_y[idx]
+            yield out_x[i:i + batch_size], out_y[i:i + batch_size]
+        kept_x, kept_y = _take(kept_x, x, perm[n_emit:]), _take(kept_y, y, perm[n_emit:])
+    if kept_y is not None and len(kept_y):
+        perm = rng.permutation(len(kept_y)) if buffer else np.arange(len(kept_y))
+        out_x, out_y = kept_x.take(perm, axis=0), kept_y.take(perm)
+        for i in range(0, len(kept_y), batch_size):
+            yield out_x[i:i + batch_size], out_y[i:i + batch_size]
+
+
+def _take(head: np.ndarray | None, tail: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """concatenate([head, tail]).take(idx, axis=0) without the concatenation: one gather from
+    tail, then the few rows that come from head put in place."""
+    k = 0 if head is None else len(head)
+    out = tail.take(np.maximum(idx - k, 0), axis=0)
+    if k:
+        at = np.flatnonzero(idx < k)
+        out[at] = head.take(idx[at], axis=0)
+    return out

@@ -148,7 +148,7 @@ def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
         for i, (label, n) in enumerate(sorted(w.counts.items())):
             rows.append((split, label_names[label], None, None, None, n, s if i == 0 else None, q if i == 0 else None))
     rows += [(sp, name, reason, detail, src, 1, None, None) for sp, name, reason, detail, src in bad]
-    yield pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    yield tasks.to_spark(pd.DataFrame(rows, columns=RESULT_COLUMNS))
 
 
 def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out_uri: str, label_names: list[str],
@@ -195,4 +195,4 @@ def _finish(results: Iterator[pd.DataFrame], part: int, quarantine_uri: str, sta
         res = pd.concat([res[res["reason"].isna()], counts], ignore_index=True)
     for c in ("px_sum", "px_sumsq"):  # lists, or None (not NaN) where the row has none
         res[c] = [v if isinstance(v, list) else None for v in res[c]]
-    return res.drop(columns=["detail", "source"])
+    return tasks.to_spark(res.drop(columns=["detail", "source"]))

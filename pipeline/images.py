@@ -101,6 +101,13 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
 
 
 def images_to_tensor_layout(image_col, spec: ImageSpec | ImageLayout) -> np.ndarray:
-    """A column of HxWxC uint8 blobs -> one (N, C, H, W) uint8 array, with one join, no per-row copy."""
-    flat = np.frombuffer(b"".join(image_col), dtype=np.uint8)
+    """A column of HxWxC uint8 blobs -> one (N, C, H, W) uint8 array, with one join, no per-row copy.
+
+    The column is a sequence of bytes objects (Petastorm's reader), or the blobs already viewed
+    as one (N, H*W*C) uint8 array (``pipeline.feed``'s pyarrow reader): then nothing is copied.
+    """
+    if isinstance(image_col, np.ndarray) and image_col.dtype == np.uint8 and image_col.ndim == 2:
+        flat = image_col
+    else:
+        flat = np.frombuffer(b"".join(image_col), dtype=np.uint8)
     return flat.reshape(-1, spec.height, spec.width, spec.channels).transpose(0, 3, 1, 2)

@@ -108,7 +108,7 @@ def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared
             "label_index": pred, "probability": prob, "probabilities": all_probs,
             "reason": reasons, "detail": details,
             "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
-        })
+        }).pipe(tasks.to_spark)
 
 
 def image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -121,7 +121,7 @@ def image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int)
         read = lake.file_reader(planned["uri"].iloc[0])
         for lo in range(0, len(planned), batch_size):
             chunk = planned.iloc[lo:lo + batch_size]
-            yield pd.DataFrame({"path": chunk["path"].to_numpy(), "content": [read(u) for u in chunk["uri"]]})
+            yield tasks.to_spark(pd.DataFrame({"path": chunk["path"].to_numpy(), "content": [read(u) for u in chunk["uri"]]}))
 
 
 def _num_tasks(spark: SparkSession, total_bytes: int) -> int:

@@ -126,7 +126,7 @@ def stage(frames: Iterator[pd.DataFrame], plan_uri: str, **kw) -> Iterator[pd.Da
         stager = Stager(t, **kw)
         for piece in read_pieces(plan_uri, t):
             stager.add(*tabular.read_piece(piece, kw["tab"]))
-        yield pd.DataFrame({"part": [t], "stats": [json.dumps(stager.close())]})
+        yield tasks.to_spark(pd.DataFrame({"part": [t], "stats": [json.dumps(stager.close())]}))
 
 
 def tables(batches: Iterator[pa.RecordBatch], rows: int = ENCODE_ROWS) -> Iterator[pa.Table]:
@@ -231,8 +231,8 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
                                           schema=schema))
         for w in writers.values():
             w.close()
-        yield pd.DataFrame({"part": [t] * len(writers), "split": [splits.NAMES[s] for s in writers],
-                            "n": [w.rows for w in writers.values()]})
+        yield tasks.to_spark(pd.DataFrame({"part": [t] * len(writers), "split": [splits.NAMES[s] for s in writers],
+                                           "n": [w.rows for w in writers.values()]}))
 
 
 # --- score ------------------------------------------------------------------------------------

@@ -37,6 +37,21 @@ def each(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
         yield from (int(t) for t in pdf["id"])
 
 
+def to_spark(frame: pd.DataFrame) -> pd.DataFrame:
+    """What a mapInPandas body yields, with its string columns as plain object columns.
+
+    pandas 3 keeps strings in pyarrow-backed arrays by default, and PySpark 4.1's Arrow
+    serializer takes them as ChunkedArrays that it cannot assemble into a batch ("Expected Array,
+    got ChunkedArray"). It casts a float column meant for a string field through the same
+    arrays, which an empty frame (float64 columns by default) runs into. Object columns convert
+    the same way under pandas 2 and 3; missing values (None or NaN) become nulls either way.
+    """
+    for c in frame.columns:
+        if frame[c].dtype != object and (not len(frame) or pd.api.types.is_string_dtype(frame[c].dtype)):
+            frame[c] = frame[c].astype(object)
+    return frame
+
+
 def attempt() -> int:
     """This task attempt's id (0 outside Spark), to name temporary files."""
     ctx = TaskContext.get()

@@ -2,7 +2,8 @@
 # Builds what a cluster needs to run the jobs, shipped the way one ships to YARN or Kubernetes:
 #   dist/pipeline.zip  the `pipeline` package             -> spark-submit --py-files dist/pipeline.zip
 #   dist/env.tar.gz    a lean executor Python environment -> --archives dist/env.tar.gz#env
-#                      (the runtime dependencies of pyproject.toml + horovod; no pipeline, no test tools)
+#                      (the runtime dependencies of pyproject.toml + horovod; no pipeline, none of
+#                      its extras: no sample-data, benchmark or test tools)
 #                      --conf spark.pyspark.python=./env/bin/python
 #
 # The environment is built in its own venv under the cache and packed with venv-pack. The archive
@@ -111,7 +112,9 @@ PY
   "${PIP[@]}" install "${DEPS[@]}" || die "pip could not install the dependencies of pyproject.toml"
   "${PIP[@]}" install --no-deps "$WHEEL" || die "pip could not install $WHEEL"
   # Fail here, not on the cluster, when the stack does not import.
-  IMPORT_CHECK='import horovod.torch, horovod.spark, petastorm.pytorch, pyarrow.parquet, torch, cv2, fsspec, pandas, PIL, yaml, matplotlib.pyplot, sklearn.datasets, mlflow.pytorch, sqlalchemy, alembic'
+  # Only the runtime dependencies: the sample data, benchmark and test tools (the extras of
+  # pyproject.toml: scikit-learn, SciPy, OpenCV, pytest) are not needed on an executor.
+  IMPORT_CHECK='import horovod.torch, horovod.spark, petastorm.pytorch, pyarrow.parquet, torch, fsspec, pandas, PIL, yaml, matplotlib.pyplot, mlflow.pytorch, sqlalchemy, alembic'
   "$VENV/bin/python" -c "$IMPORT_CHECK" \
     || die "the executor environment in $VENV does not import the stack (see the traceback above)"
   "${PIP[@]}" uninstall -y pip

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up the environment (first run: ~5 min, then seconds) and runs the whole pipeline on the
-# bundled digits: sample images into the lake -> preprocess -> train (2 Horovod ranks on Spark,
-# tracked in MLflow, registered as @candidate) -> promote to @champion through a gate -> score
-# with @champion. LAKE=<dir or URI> picks the lake (default ./lake), DATE the scoring partition.
+# bundled digits: sample images into the lake -> preprocess -> train (2 ranks on Spark: Horovod,
+# or with PROFILE=modern torch.distributed under TorchDistributor; tracked in MLflow, registered
+# as @candidate) -> promote to @champion through a gate -> score with @champion.
+# LAKE=<dir or URI> picks the lake (default ./lake), DATE the scoring partition, PROFILE the
+# stack (scripts/setup.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Creates .venv/ with the pinned stack and a locally built horovod 0.28.1.
-# Idempotent: a second run with nothing changed only verifies and exits.
+# Creates the virtual environment of a stack profile. Idempotent: a second run with nothing
+# changed only verifies and exits.
+#   PROFILE=default  .venv/         PySpark 3.5, pyarrow 14, numpy 1, Petastorm, Horovod 0.28.1
+#                                   (built locally, once, into the cache)
+#   PROFILE=modern   .venv-modern/  PySpark 4.1, pyarrow >= 18, numpy 2, pandas 3, no Horovod or
+#                                   Petastorm (training: torch.distributed + the pyarrow reader);
+#                                   the pins are in requirements/modern.txt and modern-dev.txt
 #   PYTHON=python3.11        interpreter to build the venv from
 #   PIPELINE_CACHE=~/.cache/spark-dl-pipeline   where the horovod wheel is kept
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+PROFILE="${PROFILE:-default}"
+case "$PROFILE" in
+  default) VENV="$ROOT/.venv" ;;
+  modern) VENV="$ROOT/.venv-modern" ;;
+  *) echo "setup: ERROR: PROFILE=$PROFILE is not a profile; use PROFILE=default (or unset) or PROFILE=modern." >&2; exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3.11}"
 CACHE="${PIPELINE_CACHE:-$HOME/.cache/spark-dl-pipeline}"
 TORCH_VERSION="2.13.0"
@@ -20,14 +30,23 @@ log() { echo "setup: $*" >&2; }
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found. Install Python 3.11 (e.g. 'apt-get install python3.11 python3.11-venv python3.11-dev' or pyenv) or set PYTHON=/path/to/python3.11."
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
   || die "$PYTHON is $("$PYTHON" --version 2>&1); this stack needs Python 3.11. Set PYTHON=/path/to/python3.11."
-command -v java >/dev/null || die "java not found. Spark 3.5 needs Java 17: 'apt-get install openjdk-17-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk@17', then put it on PATH or set JAVA_HOME."
+command -v java >/dev/null || die "java not found. Spark needs Java 17: 'apt-get install openjdk-17-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk@17', then put it on PATH or set JAVA_HOME."
 JAVA_MAJOR="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
-[ "$JAVA_MAJOR" = "17" ] || die "java is version '$JAVA_MAJOR'; this project is tested with Java 17. Install openjdk-17 and put it first on PATH (or set JAVA_HOME)."
+if [ "$PROFILE" = modern ]; then  # Spark 4 runs on Java 17 or 21
+  [ "$JAVA_MAJOR" = "17" ] || [ "$JAVA_MAJOR" = "21" ] || die "java is version '$JAVA_MAJOR'; Spark 4 needs Java 17 or 21. Install openjdk-17 and put it first on PATH (or set JAVA_HOME)."
+else
+  [ "$JAVA_MAJOR" = "17" ] || die "java is version '$JAVA_MAJOR'; this project is tested with Java 17. Install openjdk-17 and put it first on PATH (or set JAVA_HOME)."
+fi
 
-stamp_value() { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1; }
+stamp_value() { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1; }
 STAMP="$VENV/.setup-stamp"
+if [ "$PROFILE" = modern ]; then
+  IMPORTS='import pyspark, pyarrow, torch, pipeline; assert pyspark.__version__.startswith("4.")'
+else
+  IMPORTS='import horovod.torch, pyspark, petastorm, pipeline'
+fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] \
-   && "$VENV/bin/python" -c 'import horovod.torch, pyspark, petastorm, pipeline' 2>/dev/null; then
+   && "$VENV/bin/python" -c "$IMPORTS" 2>/dev/null; then
   log "environment up to date ($VENV)"
   exit 0
 fi
@@ -38,6 +57,28 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch goes first and pinned exactly: horovod's build must see this torch, and a looser
 # spec would pull a multi-GB CUDA build.
 "${PIP[@]}" install "torch==$TORCH_VERSION" "setuptools<80" wheel
+
+if [ "$PROFILE" = modern ]; then
+  # pyproject.toml's dependencies are the default stack's pins; this profile takes its pins from
+  # requirements/ and installs the package itself without them.
+  "${PIP[@]}" install -r "$ROOT/requirements/modern-dev.txt"
+  "${PIP[@]}" install --no-deps -e "$ROOT"
+  "$VENV/bin/python" - <<'PY' || die "the modern environment is not what requirements/modern.txt asks for (see above)"
+import importlib.util, sys
+import numpy, pandas, pyarrow, pyspark, torch
+import pipeline
+bad = [m for m in ("horovod", "petastorm") if importlib.util.find_spec(m)]
+assert not bad, f"{bad} installed: the modern profile has neither"
+assert pyspark.__version__.startswith("4."), pyspark.__version__
+assert int(pyarrow.__version__.split(".")[0]) >= 18 and numpy.__version__.startswith("2."), (pyarrow.__version__, numpy.__version__)
+print(f"setup: pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__}, numpy {numpy.__version__}, "
+      f"pandas {pandas.__version__}, torch {torch.__version__}", file=sys.stderr)
+PY
+  stamp_value > "$STAMP"
+  log "ready: $VENV (profile modern: torch.distributed, no horovod or petastorm)"
+  exit 0
+fi
+
 "${PIP[@]}" install -e "$ROOT[test]"
 
 # --- horovod, built once into the cache --------------------------------------------------

@@ -57,12 +57,14 @@ def test_training_reaches_accuracy_and_writes_the_artifact(pipeline_run):
     line = [ln for ln in out.splitlines() if ln.startswith("test accuracy:")][-1]
     assert float(line.split()[2]) >= 0.97, out[-3000:]
     epoch_lines = [ln for ln in out.splitlines() if " train: epoch " in ln]
-    assert len(epoch_lines) == 15 and all(ln.startswith("[0]") for ln in epoch_lines)  # only rank 0 logs
+    assert len(epoch_lines) == 15  # one line per epoch of 2 ranks: only rank 0 logs
     cfg = pipeline_run["cfg"]
     run_id = lake.get_latest(cfg.uri("models", "digits-cnn"))
     d = cfg.uri("models", "digits-cnn", run_id)
     metrics = lake.read_json(f"{d}/metrics.json")
     assert metrics["test_accuracy"] >= 0.97 and metrics["world_size"] == 2
+    if metrics["backend"] == "horovod":  # horovod.spark.run prefixes each line with its rank
+        assert all(ln.startswith("[0]") for ln in epoch_lines)
     spec = lake.read_json(f"{d}/model.json")
     assert spec["label_names"] == [str(i) for i in range(10)]
     assert spec["dataset"]["version"] in lake.get_latest(cfg.uri("curated", "digits"))

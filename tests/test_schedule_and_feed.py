@@ -45,3 +45,32 @@ def test_shuffle_is_reproducible_from_the_seed():
     a = [x.tolist() for x, _ in feed.shuffled_batches(_chunks([50, 50]), 10, 40, np.random.default_rng(3))]
     b = [x.tolist() for x, _ in feed.shuffled_batches(_chunks([50, 50]), 10, 40, np.random.default_rng(3))]
     assert a == b
+
+
+def test_arrow_reader_views_fixed_size_blobs_without_a_copy_and_decodes_like_petastorm(tmp_path):
+    """The pyarrow reader hands the image blobs over as an (N, H*W*C) uint8 view of the Arrow
+    buffer; decoded, they equal the bytes-per-row path (Petastorm's, where it is installed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.images import ImageLayout, images_to_tensor_layout
+
+    layout = ImageLayout(3, 2, 3)
+    rng = np.random.default_rng(0)
+    blobs = [rng.integers(0, 256, 18, dtype=np.uint8).tobytes() for _ in range(50)]
+    pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(range(50), pa.int32())}),
+                   tmp_path / "part-00000.parquet", row_group_size=20)
+    url = tmp_path.as_uri()
+    got = list(feed.shard_batches(url, 0, 1, fields=["image", "label"], reader="arrow", seed=None, shuffle=False))
+    assert [len(b.label) for b in got] == [20, 20, 10]
+    assert all(b.image.dtype == np.uint8 and b.image.shape == (len(b.label), 18) for b in got)
+    x = np.concatenate([images_to_tensor_layout(b.image, layout) for b in got])
+    np.testing.assert_array_equal(x, images_to_tensor_layout(blobs, layout))
+    if feed.default_reader() == "petastorm":
+        ref = list(feed.shard_batches(url, 0, 1, fields=["image", "label"], reader="petastorm", seed=None,
+                                      shuffle=False))
+        np.testing.assert_array_equal(x, np.concatenate([images_to_tensor_layout(b.image, layout) for b in ref]))
+    # blobs of different lengths, or a null, stay one bytes object per row
+    pq.write_table(pa.table({"image": pa.array([b"ab", b"c", None], pa.binary())}), tmp_path / "part-00001.parquet")
+    odd = [b.image for b in feed.shard_batches(url, 0, 1, fields=["image"], reader="arrow", seed=None, shuffle=False)]
+    assert odd[-1].dtype == object and list(odd[-1]) == [b"ab", b"c", None]

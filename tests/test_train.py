@@ -1,4 +1,6 @@
-"""Training through each launcher, on real curated data, with real Horovod processes."""
+"""Training through each launcher, on real curated data, with real Horovod or torch.distributed
+processes: on the default stack the ranks started outside Spark come from horovodrun, on the
+modern one (no Horovod) from torchrun."""
 import os
 import signal
 import subprocess
@@ -10,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, job_env
-from pipeline import artifact, lake, preprocess, sample_data, train
+from pipeline import artifact, distributed, lake, preprocess, sample_data, train
 from pipeline.config import load_config
 
 DATE = "2026-03-01"
@@ -29,8 +31,14 @@ def _cfg(root, *overrides):
     return load_config("conf/digits.yaml", [f"lake.root={root}", *overrides])
 
 
-def _horovodrun(root, *args, overrides=(), **popen):
-    cmd = ["horovodrun", "-np", "2", "-H", "localhost:2", "python", "jobs/train.py", "--config", "conf/digits.yaml",
+HOROVOD = distributed.installed("horovod")
+
+
+def _two_ranks(root, *args, overrides=(), **popen):
+    """jobs/train.py on 2 ranks started by horovodrun where Horovod is installed, else by torchrun."""
+    launch = (["horovodrun", "-np", "2", "-H", "localhost:2", "python"] if HOROVOD
+              else ["torchrun", "--nproc_per_node=2", "--standalone"])
+    cmd = [*launch, "jobs/train.py", "--config", "conf/digits.yaml",
            "--set", f"lake.root={root}", *[x for o in overrides for x in ("--set", o)], *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **popen)
@@ -52,9 +60,11 @@ def test_local_launcher_trains_and_is_reproducible(digits):
 
 
 def test_horovodrun_launcher(digits):
+    if not HOROVOD:
+        pytest.skip("horovod is not installed (the modern profile): the torchrun ranks are tested below")
     root, _ = digits
     # fp16 gradient compression on the wire, resnet architecture: both exercised for real here.
-    p = _horovodrun(root, overrides=["train.epochs=3", "train.model_name=hvdrun-cnn", "train.fp16_allreduce=true",
+    p = _two_ranks(root, overrides=["train.epochs=3", "train.model_name=hvdrun-cnn", "train.fp16_allreduce=true",
                                      "train.arch=resnet", "train.optimizer=adamw", "train.lr=0.003"])
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
@@ -92,7 +102,7 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
     n = m["splits"]["train"]["count"]
     # Rank 0 gets row groups 0 and 2, rank 1 only row group 1: a 10x imbalance.
     _make_uneven(root, m, [n - 120, 60, 60])
-    result = train.run(spark, cfg)  # real horovod.spark.run, 2 ranks on local[2]
+    result = train.run(spark, cfg)  # real horovod.spark.run or TorchDistributor, 2 ranks on local[2]
     ranks = sorted(result["ranks"], key=lambda r: r["rank"])
     steps = result["steps_per_epoch"]
     assert steps == n // (32 * 2)
@@ -108,7 +118,7 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
     root, _ = digits
     over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn"]
     ck_dir = f"{root}/models/resume-cnn"
-    p = _horovodrun(root, overrides=over)
+    p = _two_ranks(root, overrides=over)
     killed = None
     try:
         deadline = time.time() + 300
@@ -133,12 +143,12 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
     assert not os.path.exists(f"{ck_dir}/{run_id}/model.pt")  # it never finished
     assert not os.path.exists(f"{ck_dir}/_latest")
 
-    r = _horovodrun(root, "--resume", run_id, overrides=over)
+    r = _two_ranks(root, "--resume", run_id, overrides=over)
     out, _ = r.communicate(timeout=600)
     assert r.returncode == 0, out[-3000:]
     assert "resuming from" in out
 
-    ref = _horovodrun(root, overrides=over[:2] + ["train.model_name=reference-cnn"])
+    ref = _two_ranks(root, overrides=over[:2] + ["train.model_name=reference-cnn"])
     ref_out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, ref_out[-3000:]
     resumed = lake.read_json(f"file://{ck_dir}/{run_id}/history.json")
@@ -180,7 +190,7 @@ def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, tmp_p
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={root}"])
     sample_data.write_breast_cancer(cfg, DATE)
     m = preprocess.run(spark, cfg)
-    result = train.run(spark, cfg)  # 2 Horovod ranks on Spark, the bundled config
+    result = train.run(spark, cfg)  # 2 ranks on Spark, the bundled config
 
     def split(name):
         t = pq.read_table(lake.local_path(m["splits"][name]["uri"])).to_pandas()
