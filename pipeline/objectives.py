@@ -1,0 +1,157 @@
+"""What differs between task types, behind one small interface.
+
+``for_task(name, info)`` returns an objective with the loss, the size of the output head, the
+metrics of a whole split, what scoring writes, and which metric picks the best epoch. The
+training loop and the scorer call these and never branch on the task themselves.
+
+``info`` holds plain values (it travels to the ranks): ``label_names`` and ``class_weights``
+for classification; ``label_stats`` ({mean, std} of the train split), ``loss`` and ``outputs``
+(values predicted per row, the forecast horizon for sequences) for regression.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline import metrics as M
+
+TASKS = ("classification", "regression")
+
+
+class Classification:
+    name = "classification"
+    label_dtype = np.int64
+    default_monitor = "val_accuracy"
+
+    def __init__(self, info: dict[str, Any]):
+        self.label_names = list(info["label_names"])
+        w = info.get("class_weights")
+        self.class_weights = None if w is None else np.asarray(w, np.float64)
+        self._weight_tensor = None
+
+    def output_size(self, num_labels: int | None = None) -> int:
+        return num_labels if num_labels is not None else len(self.label_names)
+
+    def loss(self, out, y):
+        import torch
+        import torch.nn.functional as F
+
+        weight = None
+        if self.class_weights is not None:
+            if self._weight_tensor is None or self._weight_tensor.device != out.device:
+                self._weight_tensor = torch.tensor(self.class_weights, dtype=torch.float32, device=out.device)
+            weight = self._weight_tensor
+        return F.cross_entropy(out.float(), y, weight=weight)
+
+    def metrics(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """loss, accuracy, macro-F1, per-class precision and recall; ROC AUC and PR AUC (the
+        second class is the positive one) when there are two classes."""
+        k = len(self.label_names)
+        y = np.asarray(y, np.int64)
+        pred = out.argmax(1)
+        cm = M.confusion_matrix(y, pred, k)
+        precision, recall, f1 = M.precision_recall_f1(cm)
+        res = {"loss": M.log_loss(out, y, self.class_weights),
+               "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+               "macro_f1": float(f1.mean())}
+        for name, p, r in zip(self.label_names, precision, recall):
+            res[f"precision_{name}"] = float(p)
+            res[f"recall_{name}"] = float(r)
+        if k == 2:
+            score = M.softmax(out)[:, 1]
+            res["roc_auc"] = M.roc_auc(y, score)
+            res["pr_auc"] = M.average_precision(y, score)
+        return res
+
+    def report(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The confusion matrix (rows: true class, columns: predicted), for the artifact."""
+        cm = M.confusion_matrix(np.asarray(y, np.int64), out.argmax(1), len(self.label_names))
+        return {"labels": self.label_names, "confusion_matrix": cm.tolist()}
+
+    def predictions(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        probs = M.softmax(out).astype(np.float32)
+        idx = probs.argmax(1).astype(np.int32) if len(probs) else np.zeros(0, np.int32)
+        names = np.asarray(self.label_names, dtype=object)
+        return {"prediction": names[idx], "label_index": idx,
+                "probability": probs[np.arange(len(idx)), idx], "probabilities": probs}
+
+    @staticmethod
+    def higher_is_better(metric: str) -> bool:
+        return not metric.endswith("loss")
+
+
+class Regression:
+    """A numeric label. The network predicts the label standardised with the train split's mean
+    and std; metrics and predictions are in the label's original units."""
+
+    name = "regression"
+    label_dtype = np.float32
+    default_monitor = "val_rmse"
+    LOSSES = ("mse", "mae", "huber")
+
+    def __init__(self, info: dict[str, Any]):
+        stats = info["label_stats"]
+        self.mean, self.std = float(stats["mean"]), float(stats["std"]) or 1.0
+        self.loss_name = info.get("loss", "mse")
+        if self.loss_name not in self.LOSSES:
+            raise ValueError(f"train.loss={self.loss_name!r} is not a regression loss; use one of {list(self.LOSSES)}")
+        self.outputs = int(info.get("outputs", 1))
+
+    def output_size(self, num_labels: int | None = None) -> int:
+        return self.outputs
+
+    def loss(self, out, y):
+        import torch.nn.functional as F
+
+        target = ((y.float() - self.mean) / self.std).reshape(out.shape)
+        out = out.float()
+        if self.loss_name == "mae":
+            return F.l1_loss(out, target)
+        if self.loss_name == "huber":
+            return F.huber_loss(out, target)
+        return F.mse_loss(out, target)
+
+    def to_units(self, out: np.ndarray) -> np.ndarray:
+        return out.astype(np.float64) * self.std + self.mean
+
+    def metrics(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """loss (in standardised units, as trained), RMSE, MAE and R² in the label's units."""
+        import torch
+
+        y = np.asarray(y, np.float64).reshape(out.shape)
+        with torch.no_grad():
+            loss = float(self.loss(torch.from_numpy(out.astype(np.float32)), torch.from_numpy(y))) if len(y) else float("nan")
+        return {"loss": loss, **M.regression(y, self.to_units(out))}
+
+    def report(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        return {}
+
+    def predictions(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        pred = self.to_units(out)
+        if self.outputs == 1:
+            return {"prediction": pred.reshape(-1)}
+        return {"prediction": pred}  # (rows, horizon): one value per future step
+
+    @staticmethod
+    def higher_is_better(metric: str) -> bool:
+        return metric.endswith("r2")
+
+
+def for_task(name: str, info: dict[str, Any]):
+    if name == "classification":
+        return Classification(info)
+    if name == "regression":
+        return Regression(info)
+    raise ValueError(f"unknown train.task {name!r}; use one of {list(TASKS)}")
+
+
+def monitor(objective, requested: str) -> str:
+    """The metric that picks the best epoch: ``train.monitor``, or the task's default for ``auto``."""
+    return objective.default_monitor if requested == "auto" else requested
+
+
+def improved(objective, metric: str, value: float, best: float | None) -> bool:
+    if best is None or np.isnan(best):
+        return not np.isnan(value)
+    return value > best if objective.higher_is_better(metric) else value < best
