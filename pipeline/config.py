@@ -169,6 +169,8 @@ class TrainConf:
     init_weights: str = ""
     # Layer sizes of the lstm/gru stack.
     hidden: list[int] = field(default_factory=lambda: [64, 64, 64])
+    # lstm/gru: take the history relative to its last target value and predict the change from it.
+    predict_change: bool = False
     augment: AugmentConf = field(default_factory=AugmentConf)
 
 

@@ -65,19 +65,31 @@ class MLP(nn.Module):
 
 class Recurrent(nn.Module):
     """Stacked LSTM (or GRU) layers over a (batch, window, features) sequence, then a dense layer
-    on the last step: the classic LSTM 64 -> LSTM 64 -> LSTM 64 -> Dense regressor by default."""
+    on the last step: the classic LSTM 64 -> LSTM 64 -> LSTM 64 -> Dense regressor by default.
 
-    def __init__(self, cell: str, num_features: int, num_outputs: int, hidden: list[int]):
+    ``predict_change``: the history is taken relative to its last value of feature 0 (the
+    target) and the network predicts the change from that value, which keeps a trending series
+    inside the range the network saw in training. Flat (batch, window x features) input is
+    reshaped."""
+
+    def __init__(self, cell: str, window: int, num_features: int, num_outputs: int, hidden: list[int],
+                 predict_change: bool = False):
         super().__init__()
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         sizes = [num_features, *hidden]
+        self.window, self.num_features, self.predict_change = window, num_features, predict_change
         self.layers = nn.ModuleList(rnn(a, b, batch_first=True) for a, b in zip(sizes, sizes[1:]))
         self.head = nn.Linear(sizes[-1], num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], self.window, self.num_features)
+        last = x[:, -1:, :1]
+        if self.predict_change:
+            x = torch.cat([x[:, :, :1] - last, x[:, :, 1:]], dim=2)
         for layer in self.layers:
             x, _ = layer(x)
-        return self.head(x[:, -1])
+        out = self.head(x[:, -1])
+        return out + last[:, 0] if self.predict_change else out
 
 
 def _size(shape: list[int]) -> int:
@@ -146,7 +158,7 @@ def torchvision_model(name: str, channels: int, num_outputs: int) -> nn.Module:
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """spec: {"arch", "input_shape": [C, H, W], [F] or [window, F], "num_classes" (the size of
-    the output head), optional "task" and "hidden" (recurrent layer sizes)}."""
+    the output head), optional "task", "hidden" (recurrent layer sizes) and "predict_change"}."""
     arch, shape, n = spec["arch"], spec["input_shape"], spec["num_classes"]
     if arch == "cnn":
         return ConvNet(*shape, n)
@@ -155,7 +167,9 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if arch == "mlp":
         return MLP(_size(shape), n)
     if arch in ("lstm", "gru"):
-        return Recurrent(arch, shape[-1], n, list(spec.get("hidden") or [64, 64, 64]))
+        window, features = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
+        return Recurrent(arch, window, features, n, list(spec.get("hidden") or [64, 64, 64]),
+                         bool(spec.get("predict_change", False)))
     if arch.startswith("torchvision:"):
         return torchvision_model(arch.split(":", 1)[1], shape[0], n)
     if ":" in arch:

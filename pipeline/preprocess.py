@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from pipeline import image_shards, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import image_shards, lake, manifest, quarantine, sequence, tabular, tabular_shards, tasks
 from pipeline.config import Config
 from pipeline.images import ImageSpec
 
@@ -39,9 +39,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     out = cfg.uri("curated", ds.name, f"v={version}")
     quarantine_uri = cfg.uri("quarantine", ds.name, version)
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
+    step = {"images": _images, "tabular": _tabular, "sequence": sequence.preprocess}[ds.kind]
     try:
-        stats, label_names, fitted, schema = (_images if ds.kind == "images" else _tabular)(
-            spark, cfg, source, out, quarantine_uri)
+        stats, label_names, fitted, schema = step(spark, cfg, source, out, quarantine_uri)
     except BaseException as e:
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
         if not isinstance(e, quarantine.TooManyBadRecords):  # that one's message points at the quarantine

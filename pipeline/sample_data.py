@@ -11,6 +11,14 @@ tabular (breast cancer: 569 real cases, 30 numeric measurements, plus a categori
 ``size_band`` derived from the mean radius): ``<dataset.source>/cases.csv`` with id and
 diagnosis; a held-out tenth without the diagnosis under ``<dataset.score_source>/dt=<date>/``.
 
+sequence (statsmodels' yearly ``sunspots``, 1700-2008, or weekly ``co2``, 1958-2001, with
+missing values left empty): ``<dataset.source>/series.csv`` (time, value) without the last
+``horizon`` steps; the ``window`` + 8 steps before them under ``<dataset.score_source>/dt=<date>/``
+as the recent history to forecast from; the held-out steps are the truth.
+
+regression (scikit-learn's diabetes table: 442 patients, 10 measurements, disease progression
+after one year): ``<dataset.source>/patients.csv``; a held-out tenth without the target.
+
 The held-out truth is written under ``raw/<dataset>/holdout_labels/`` so predictions can be
 checked. ``--bad-records`` adds one record of every kind the pipeline must quarantine.
 """
@@ -143,6 +151,56 @@ def write_breast_cancer(cfg: Config, score_date: str, bad_records: bool = False)
     return {"labelled": len(rows) + len(bad), "holdout": len(new) + len(bad_new), "bad": len(bad)}
 
 
+def write_series(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    import statsmodels.api as sm
+
+    seq = cfg.dataset.sequence
+    if cfg.dataset.name == "co2":
+        data = sm.datasets.co2.load_pandas().data["co2"]
+        times = [d.date().isoformat() for d in data.index]
+        values = data.to_numpy()
+    else:
+        data = sm.datasets.sunspots.load_pandas().data
+        times = [str(int(y)) for y in data["YEAR"]]
+        values = data["SUNACTIVITY"].to_numpy()
+    cut = len(values) - seq.horizon
+    head = f"{seq.time_column},{seq.target_column}\n"
+    body = lambda rows: "".join(f"{times[i]},{'' if np.isnan(values[i]) else repr(float(values[i]))}\n" for i in rows)
+    bad = ([f"not-a-time,1.0", f"{times[0]},twelve", f"{times[1]},inf", f"{times[2]},1.0,extra"]
+           if bad_records else [])
+    source = cfg.resolve(cfg.dataset.source)
+    lake.write_bytes(f"{source}/series.csv", (head + body(range(cut)) + "".join(b + "\n" for b in bad)).encode())
+    recent = range(max(0, cut - seq.window - 8), cut)
+    lake.write_bytes(f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}/series.csv", (head + body(recent)).encode())
+    _write_truth(cfg, score_date, [(times[i], float(values[i])) for i in range(cut, len(values))])
+    log.info("wrote %d rows of %s to %s", cut + len(bad), cfg.dataset.name, source)
+    return {"labelled": cut + len(bad), "holdout": len(recent), "bad": len(bad)}
+
+
+def write_diabetes(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(scaled=False)
+    tab = cfg.dataset.tabular
+    names = list(data.feature_names)
+    if tab.numeric != names:
+        raise ValueError(f"dataset.tabular.numeric must list the diabetes features in order: {names}")
+    holdout, labelled = _split_holdout(len(data.target))
+
+    def line(i: int, with_label: bool) -> str:
+        return ",".join([f"patient-{i:03d}", *([repr(float(data.target[i]))] if with_label else []),
+                         *(repr(float(v)) for v in data.data[i])])
+
+    header = ",".join([tab.id_column, tab.label_column, *names])
+    source = cfg.resolve(cfg.dataset.source)
+    lake.write_bytes(f"{source}/patients.csv", "\n".join([header, *(line(i, True) for i in labelled)]).encode() + b"\n")
+    new_header = ",".join([tab.id_column, *names])
+    lake.write_bytes(f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}/patients.csv",
+                     "\n".join([new_header, *(line(i, False) for i in holdout)]).encode() + b"\n")
+    _write_truth(cfg, score_date, [(f"patient-{i:03d}", float(data.target[i])) for i in holdout])
+    return {"labelled": len(labelled), "holdout": len(holdout), "bad": 0}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -152,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    write = write_digits if cfg.dataset.kind == "images" else write_breast_cancer
+    write = {"images": write_digits, "sequence": write_series}.get(cfg.dataset.kind, write_breast_cancer)
+    if cfg.dataset.name == "diabetes":
+        write = write_diabetes
     counts = write(cfg, args.date, args.bad_records)
     print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}"
           f" ({counts['bad']} bad records each)")
