@@ -5,7 +5,8 @@
     model.json          model spec, label names, preprocessing parameters, dataset version
     metrics.json        final train/val/test metrics
     history.json        per-epoch metrics
-    training_curve.png  loss and accuracy per epoch
+    training_curve.png  loss and accuracy (or RMSE) per epoch
+    confusion_matrix.json, confusion_matrix.png   classification: test split, rows = true class
     config.json         resolved config of the training run
     checkpoints/        per-epoch checkpoints
 """
@@ -25,7 +26,7 @@ def model_dir(lake_root: str, name: str, run_id: str) -> str:
 
 
 def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, history: list[dict],
-         config: dict) -> None:
+         config: dict, report: dict[str, Any] | None = None) -> None:
     import torch
 
     buf = io.BytesIO()
@@ -36,6 +37,33 @@ def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, histor
     lake.write_json(f"{uri}/history.json", history)
     lake.write_json(f"{uri}/config.json", config)
     lake.write_bytes(f"{uri}/training_curve.png", _curve_png(history))
+    if report and "confusion_matrix" in report:
+        lake.write_json(f"{uri}/confusion_matrix.json", report)
+        lake.write_bytes(f"{uri}/confusion_matrix.png", _confusion_png(report["labels"], report["confusion_matrix"]))
+
+
+def _confusion_png(labels: list[str], cm: list[list[int]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1 + 0.45 * k))
+    ax.imshow(np.asarray(cm), cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 0)
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted"); ax.set_ylabel("true")
+    top = max(1, max(max(r) for r in cm)) if cm else 1
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i][j] > top / 2 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _curve_png(history: list[dict]) -> bytes:
@@ -49,9 +77,12 @@ def _curve_png(history: list[dict]) -> bytes:
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
     a.plot(epochs, [h["val_loss"] for h in history], label="val")
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend()
-    b.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    b.plot(epochs, [h["val_accuracy"] for h in history], label="val")
-    b.set_xlabel("epoch"); b.set_ylabel("accuracy"); b.legend()
+    metric = next((m for m in ("accuracy", "rmse") if history and f"val_{m}" in history[0]), None)
+    if metric is not None:
+        if f"train_{metric}" in history[0]:
+            b.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
+        b.plot(epochs, [h[f"val_{metric}"] for h in history], label="val")
+        b.set_xlabel("epoch"); b.set_ylabel(metric); b.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -94,8 +125,23 @@ class LoadedModel:
     def label_names(self) -> list[str]:
         return self.spec["label_names"]
 
+    @property
+    def objective(self):
+        """The task's objective (pipeline/objectives.py): what scoring writes for the outputs."""
+        from pipeline import objectives
+
+        task = self.spec.get("task") or {"name": "classification", "info": {"label_names": self.label_names}}
+        return objectives.for_task(task["name"], task["info"])
+
     def predict_proba(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Images as uint8 (N, C, H, W) or tabular features as float32 (N, F) -> (N, classes) probabilities."""
+        from pipeline.metrics import softmax
+
+        out = self.predict_raw(inputs, batch_size)
+        return softmax(out).astype(np.float32) if len(out) else np.zeros((0, len(self.label_names)), np.float32)
+
+    def predict_raw(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """The network's outputs (logits, or standardised regression values) as float32."""
         import torch
 
         inp = self.spec["input"]
@@ -108,8 +154,8 @@ class LoadedModel:
             for i in range(0, len(inputs), batch_size):
                 x = torch.from_numpy(np.require(inputs[i:i + batch_size], requirements=["C", "W"])).to(self.device)
                 x = (x.float() / 255.0 - mean) / std if inp["kind"] == "images" else x.float()
-                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
+                out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.spec["model"]["num_classes"]), np.float32)
 
 
 def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedModel:
@@ -119,9 +165,32 @@ def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedMod
 
     name, run_id, uri = resolve(lake_root, ref)
     spec = lake.read_json(f"{uri}/model.json")
+    _check_factory(spec["model"], name, run_id)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(spec["model"])
     state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     model.to(dev).eval()
     return LoadedModel(model=model, spec=spec, name=name, run_id=run_id, device=dev)
+
+
+def _check_factory(model_spec: dict[str, Any], name: str, run_id: str) -> None:
+    """A model built by a user's factory is rebuilt from the same import path; a different
+    version of its module is logged (the state dict still has to fit)."""
+    recorded = model_spec.get("factory")
+    if not recorded:
+        return
+    import logging
+
+    from pipeline.models import factory_version
+
+    try:
+        now = factory_version(recorded["path"])
+    except ImportError as e:
+        raise ModelNotFound(f"model {name}@{run_id} was built by {recorded['path']}, which does not import here "
+                            f"({e}); ship the module with spark-submit --py-files") from None
+    if (now["version"], now["source_sha256"]) != (recorded.get("version"), recorded.get("source_sha256")):
+        logging.getLogger(__name__).warning(
+            "model %s@%s was trained with %s version %s (source sha256 %s); this worker has version %s (%s)",
+            name, run_id, recorded["path"], recorded.get("version"), recorded.get("source_sha256"),
+            now["version"], now["source_sha256"])

@@ -20,7 +20,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import artifact, lake, manifest, quarantine, tabular, tabular_shards, tasks
+from pipeline import artifact, lake, manifest, quarantine, sequence, tabular, tabular_shards, tasks
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
@@ -29,8 +29,22 @@ from pipeline.preprocess import max_piece_bytes
 log = logging.getLogger(__name__)
 
 PLAN = pa.schema([("uri", pa.string()), ("path", pa.string())])
-SCORED_DDL = ("key string, prediction string, label_index int, probability float, "
-              "probabilities array<float>, reason string, detail string, source string")
+# The columns each task's objective writes (objectives.py ``predictions``).
+PREDICTION_DDL = {"classification": "prediction string, label_index int, probability float, probabilities array<float>",
+                  "regression": "prediction double"}
+SCORED_DDL = f"key string, {PREDICTION_DDL['classification']}, reason string, detail string, source string"
+
+
+def _task(spec: dict[str, Any]) -> str:
+    return (spec.get("task") or {}).get("name", "classification")
+
+
+def scored_ddl(spec: dict[str, Any]) -> str:
+    return f"key string, {PREDICTION_DDL[_task(spec)]}, reason string, detail string, source string"
+
+
+def prediction_columns(spec: dict[str, Any]) -> list[str]:
+    return [c.split()[0] for c in PREDICTION_DDL[_task(spec)].split(", ")]
 
 # One model per Python worker process, kept across batches and tasks (Spark reuses workers).
 _MODELS: dict[tuple[str, str], artifact.LoadedModel] = {}
@@ -84,28 +98,22 @@ def prepare_features(pdf: pd.DataFrame, m: artifact.LoadedModel) -> Prepared:
 
 def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared], key: str, lake_root: str,
                  ref: str, loads=None, batch_size: int = 256) -> Iterator[pd.DataFrame]:
-    """mapInPandas body -> SCORED_DDL. Rows that cannot be scored carry a reason instead."""
+    """mapInPandas body -> scored_ddl(spec): the objective's prediction columns, or a reason for
+    rows that cannot be scored (their prediction columns are null)."""
     m = cached_model(lake_root, ref, loads)
-    names = np.asarray(m.label_names, dtype=object)
+    objective = m.objective
     for pdf in frames:
         ok, x, reasons, details = prepare(pdf, m)
-        probs = m.predict_proba(x, batch_size)
-        pred = np.full(len(pdf), -1, dtype=np.int32)
-        prob = np.full(len(pdf), np.nan, dtype=np.float32)
-        all_probs: list[Any] = [None] * len(pdf)
-        if ok:
-            top = probs.argmax(1)
-            pred[ok] = top
-            prob[ok] = probs[np.arange(len(top)), top]
-            for j, i in enumerate(ok):
-                all_probs[i] = probs[j].tolist()
-        yield pd.DataFrame({
-            "key": pdf[key].values,
-            "prediction": [names[p] if p >= 0 else None for p in pred],
-            "label_index": pred, "probability": prob, "probabilities": all_probs,
-            "reason": reasons, "detail": details,
-            "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
-        })
+        preds = objective.predictions(m.predict_raw(x, batch_size)) if ok else {}
+        columns: dict[str, Any] = {"key": pdf[key].values}
+        for name in prediction_columns(m.spec):
+            full = np.full(len(pdf), None, dtype=object)
+            if ok:
+                values = preds[name]
+                full[ok] = [v.tolist() for v in values] if values.ndim > 1 else values
+            columns[name] = full
+        yield pd.DataFrame({**columns, "reason": reasons, "detail": details,
+                            "source": (pdf["source"] if "source" in pdf else pdf[key]).values})
 
 
 def image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -139,7 +147,7 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
                                     schema=PLAN) for t in range(n)], plan_uri)
         frames = partial(image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
         body = partial(score_frames, prepare=prepare_images, key="path", **kw)
-        return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), SCORED_DDL), "path"
+        return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), scored_ddl(spec)), "path"
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = TabularConf(**spec["input"]["columns"])
@@ -150,7 +158,7 @@ def _scored(spark: SparkSession, spec: dict[str, Any], source: str, staging: str
     records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
                       params=spec["input"]["tabular"], batch_size=kw["batch_size"])
     body = partial(score_frames, prepare=prepare_features, key="id", **kw)
-    return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
+    return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), scored_ddl(spec)), "id"
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
@@ -171,11 +179,18 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     job_dir = f"{root}/_staging/{job_id}"
     final = f"{root}/dt={score_date}"
     staging = f"{job_dir}/dt={score_date}"
-    scored, key = _scored(spark, spec, source, job_dir, kw)
+    forecasting = spec["input"]["kind"] == "sequence"
+    if forecasting:  # one row per series and future step; the history rows are what is counted
+        scored, key, columns = sequence.score(spark, spec, source, kw), "series", ["step", "time", "prediction"]
+    else:
+        (scored, key), columns = _scored(spark, spec, source, job_dir, kw), prediction_columns(spec)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
-        output_count = counts.pop(None, 0)
+        used = [F.sum("used").alias("used")] if forecasting else []
+        rows = scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n"), *used).collect()
+        counts = {r["reason"]: r["n"] for r in rows}
+        written = counts.pop(None, 0)
+        output_count = next((r["used"] for r in rows if r["reason"] is None), 0) if forecasting else written
         input_count = output_count + sum(counts.values())
         quarantine_uri = cfg.uri("quarantine", cfg.dataset.name, f"score-{job_id}")
         if counts:
@@ -183,11 +198,11 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
             quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
         (scored.filter(F.col("reason").isNull())
-         .select(F.col("key").alias(key), "prediction", "label_index", "probability", "probabilities",
+         .select(F.col("series" if forecasting else "key").alias(key), *columns,
                  F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
                  F.lit(spec["dataset"]["version"]).alias("dataset_version"),
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
-         .coalesce(max(1, min(8, output_count // 500_000 + 1)))
+         .coalesce(max(1, min(8, written // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
     except BaseException:
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
@@ -200,6 +215,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
         quarantined_by_reason=counts, date=score_date, source=source, uri=final,
         model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"]},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+        **({"forecast_rows": written} if forecasting else {}),
     )
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")
