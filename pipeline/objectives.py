@@ -155,3 +155,70 @@ def improved(objective, metric: str, value: float, best: float | None) -> bool:
     if best is None or np.isnan(best):
         return not np.isnan(value)
     return value > best if objective.higher_is_better(metric) else value < best
+
+
+# --- planning a run (driver side) ----------------------------------------------------------------
+
+class TaskSetupError(ValueError):
+    """The dataset version does not fit the configured task or architecture."""
+
+
+ARCHS_FOR_KIND = {"images": ("cnn", "resnet"), "tabular": ("mlp",), "sequence": ("lstm", "gru")}
+
+
+def task_info(train: Any, m: dict[str, Any]) -> dict[str, Any]:
+    """The plain values ``for_task`` needs, from the train config and the dataset's manifest."""
+    kind = m["kind"]
+    if train.task == "classification":
+        if kind == "sequence":
+            raise TaskSetupError("sequence datasets train with train.task=regression")
+        names = m["label_names"]
+        weights = None
+        if train.class_weights == "auto":
+            counts = m["splits"]["train"]["class_counts"]
+            weights = M.balanced_class_weights([counts.get(n, 0) for n in names]).tolist()
+        return {"label_names": names, "class_weights": weights}
+    stats = m.get("label_stats")
+    if not stats:
+        raise TaskSetupError(f"dataset {m['dataset']} v={m['version']} has no label statistics: preprocess it with "
+                             f"train.task=regression (a numeric label) before training a regression model")
+    outputs = m["sequence"]["horizon"] if kind == "sequence" else 1
+    return {"label_stats": stats, "loss": train.loss, "outputs": outputs}
+
+
+def input_spec(m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """(what the ranks and the scorer need to read and prepare inputs, the model's input shape)."""
+    kind = m["kind"]
+    if kind == "images":
+        img = m["image"]
+        return ({"kind": kind, "field": "image", "image": img, "normalization": m["normalization"]},
+                [img["channels"], img["height"], img["width"]])
+    if kind == "sequence":
+        seq = m["sequence"]
+        return {"kind": kind, "field": "features", "sequence": seq}, [seq["window"], len(seq["columns"])]
+    return ({"kind": kind, "field": "features", "tabular": m["tabular"], "columns": m["config"]["dataset"]["tabular"]},
+            [m["tabular"]["num_features"]])
+
+
+def model_spec(train: Any, kind: str, shape: list[int], objective) -> dict[str, Any]:
+    """The model spec saved in the artifact (models.build_model rebuilds the network from it)."""
+    arch = train.arch
+    builtin = ":" not in arch
+    if builtin and arch not in ARCHS_FOR_KIND[kind]:
+        raise TaskSetupError(f"train.arch={arch!r} does not take {kind} input; use one of {list(ARCHS_FOR_KIND[kind])}, "
+                             f"{'torchvision:<name>, ' if kind == 'images' else ''}or module.path:factory")
+    if arch.startswith("torchvision:") and kind != "images":
+        raise TaskSetupError(f"train.arch={arch!r} needs image input; this dataset is {kind}")
+    spec: dict[str, Any] = {"arch": arch, "input_shape": shape, "num_classes": objective.output_size(),
+                            "task": objective.name}
+    if arch in ("lstm", "gru"):
+        spec.update(hidden=list(train.hidden), predict_change=bool(train.predict_change))
+    if not builtin and not arch.startswith("torchvision:"):
+        from pipeline.models import factory_version, import_factory
+
+        try:
+            import_factory(arch)
+        except ValueError as e:
+            raise TaskSetupError(str(e)) from None
+        spec["factory"] = factory_version(arch)
+    return spec
