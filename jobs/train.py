@@ -1,8 +1,10 @@
-"""Train a model on the curated dataset with Horovod ranks.
+"""Train a model on the curated dataset with Horovod or torch.distributed (DDP) ranks.
 
-  spark-submit jobs/train.py --config conf/digits.yaml                 # ranks on Spark executors
-  horovodrun -np 2 python jobs/train.py --config conf/digits.yaml      # ranks started by horovodrun
-  python jobs/train.py --config conf/digits.yaml --launcher local      # one process, for debugging
+  spark-submit jobs/train.py --config conf/digits.yaml                       # ranks on Spark executors
+  horovodrun -np 2 python jobs/train.py --config conf/digits.yaml            # ranks started by horovodrun
+  torchrun --nproc_per_node 2 jobs/train.py --config conf/digits.yaml        # ranks started by torchrun (DDP)
+  python jobs/train.py --config conf/digits.yaml --launcher local            # one process, for debugging
+Under spark-submit, train.backend picks horovod.spark.run (horovod) or TorchDistributor (torch).
 Add --resume RUN_ID to continue a run from its latest checkpoint.
 """
 import os
@@ -13,13 +15,17 @@ from pipeline import cli, train
 
 def add_args(p):
     p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its latest checkpoint")
-    p.add_argument("--launcher", choices=["spark", "horovodrun", "local"],
-                   help="default: horovodrun when started by horovodrun, else spark")
+    p.add_argument("--launcher", choices=["spark", "horovodrun", "torchrun", "local"],
+                   help="default: horovodrun or torchrun when started by one of them, else spark")
 
 
 def launcher(args):
-    # horovodrun exports HOROVOD_RANK to every process it starts.
-    return args.launcher or ("horovodrun" if "HOROVOD_RANK" in os.environ else "spark")
+    # horovodrun exports HOROVOD_RANK to every process it starts, torchrun TORCHELASTIC_RUN_ID.
+    if args.launcher:
+        return args.launcher
+    if "HOROVOD_RANK" in os.environ:
+        return "horovodrun"
+    return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "spark"
 
 
 def main(spark, cfg, args):
@@ -28,10 +34,17 @@ def main(spark, cfg, args):
         m = train.run(spark, cfg, run_id=args.resume)
     elif mode == "horovodrun":
         m = train.run_horovodrun(cfg, run_id=args.resume)
+    elif mode == "torchrun":
+        m = train.run_torchrun(cfg, run_id=args.resume)
     else:
         m = train.run_local(cfg, run_id=args.resume)
     if m is not None:  # rank 0
-        print(f"test accuracy: {m['test_accuracy']:.4f} (model {m['model_uri']})")
+        # One line per test metric, the monitored one first: "test accuracy: 0.9812 (model ...)".
+        first = m["monitor"].replace("val_", "test_", 1)
+        names = [first] + [k for k in m if k.startswith("test_") and k != first and isinstance(m[k], float)]
+        for k in names:
+            if k in m:
+                print(f"test {k.removeprefix('test_')}: {m[k]:.4f} (model {m['model_uri']})")
 
 
 if __name__ == "__main__":

@@ -77,10 +77,12 @@ def _curve_png(history: list[dict]) -> bytes:
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
     a.plot(epochs, [h["val_loss"] for h in history], label="val")
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend()
-    metric = next((m for m in ("accuracy", "rmse") if history and f"val_{m}" in history[0]), None)
-    if metric is not None:
-        if f"train_{metric}" in history[0]:
-            b.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
+    # The second panel: the first metric recorded for both train and val (accuracy, rmse, ...).
+    first = history[0] if history else {}
+    metric = next((k[4:] for k in first if k.startswith("val_") and f"train_{k[4:]}" in first
+                   and k != "val_loss"), None)
+    if metric:
+        b.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
         b.plot(epochs, [h[f"val_{metric}"] for h in history], label="val")
         b.set_xlabel("epoch"); b.set_ylabel(metric); b.legend()
     fig.tight_layout()

@@ -136,6 +136,13 @@ class TrainConf:
     # the model spec that returns an nn.Module; ship the module with --py-files).
     arch: str = "cnn"
     num_proc: int = 2
+    # horovod (the default stack) or torch (DistributedDataParallel); auto: horovod if installed.
+    backend: Literal["auto", "horovod", "torch"] = "auto"
+    # petastorm (make_batch_reader) or arrow (plain pyarrow, same sharding); auto: petastorm if installed.
+    reader: Literal["auto", "petastorm", "arrow"] = "auto"
+    # The metric that picks the best epoch and drives early stopping (val_loss, val_accuracy,
+    # val_macro_f1, val_rmse, val_r2, ...); auto: val_accuracy for classification, val_rmse for regression.
+    monitor: str = "auto"
     # "latest" follows curated/<dataset>/_latest; or name a version.
     dataset_version: str = "latest"
     epochs: int = 20
@@ -149,7 +156,7 @@ class TrainConf:
     schedule: Literal["cosine", "constant"] = "cosine"
     scale_lr_by_world_size: bool = True
     fp16_allreduce: bool = False
-    # Stop when val accuracy has not improved for this many epochs (0 = never).
+    # Stop when train.monitor has not improved for this many epochs (0 = never).
     early_stopping_patience: int = 0
     shuffle_buffer: int = 2048
     # Checkpoints kept per run (the newest ones); 0 keeps every epoch's.
@@ -160,9 +167,6 @@ class TrainConf:
     task: Literal["classification", "regression"] = "classification"
     # Regression loss on the standardised label.
     loss: Literal["mse", "mae", "huber"] = "mse"
-    # The metric that picks the best epoch and drives early stopping (val_loss, val_accuracy,
-    # val_macro_f1, val_rmse, ...); auto: val_accuracy for classification, val_rmse for regression.
-    monitor: str = "auto"
     # "auto": weight the loss by inverse class frequency of the train split; "none": unweighted.
     class_weights: Literal["none", "auto"] = "none"
     # A state dict (torch.save) to start from, loaded with weights_only=True; "" = random init.

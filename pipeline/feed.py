@@ -1,32 +1,103 @@
-"""Petastorm -> numpy batches for one rank.
+"""Curated Parquet -> numpy batches for one rank, through Petastorm or a plain pyarrow reader.
 
-Each rank opens ``make_batch_reader`` on its own shard (``cur_shard=rank``). Columns arrive as
-whole row groups; images are stored as fixed-size uint8 blobs, so a batch is turned into one
-(N, C, H, W) array with a single join (no per-row Python work, which is what makes a naive
-petastorm TransformSpec slow).
+Both readers give a rank the same row groups: the split's Parquet files in path order, their
+row groups in file order, group *i* to rank *i* mod *N* (Petastorm's ``cur_shard`` rule), in an
+order shuffled by a seed per pass. Columns arrive as whole row groups; images are stored as
+fixed-size uint8 blobs, so a batch is turned into one (N, C, H, W) array with a single join (no
+per-row Python work, which is what makes a naive Petastorm TransformSpec slow).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
 
+READERS = ("petastorm", "arrow")
 
-def open_reader(url: str, rank: int, size: int, *, fields: list[str], seed: int | None,
-                infinite: bool, shuffle: bool, workers: int = 1):
+
+def default_reader() -> str:
+    """Petastorm where it is installed (the default stack), the pyarrow reader otherwise."""
+    from pipeline.distributed import installed
+
+    return "petastorm" if installed("petastorm") else "arrow"
+
+
+def shard_batches(url: str, rank: int, size: int, *, fields: list[str], reader: str, seed: int | None,
+                  shuffle: bool) -> Iterator:
+    """One pass over this rank's shard: a batch per row group, numpy columns by attribute."""
+    if reader == "petastorm":
+        yield from _petastorm_shard(url, rank, size, fields=fields, seed=seed, shuffle=shuffle)
+    elif reader == "arrow":
+        yield from _arrow_shard(url, rank, size, fields=fields, seed=seed, shuffle=shuffle)
+    else:
+        raise ValueError(f"unknown train.reader {reader!r}; use auto, petastorm or arrow")
+
+
+def _petastorm_shard(url, rank, size, *, fields, seed, shuffle):
     from petastorm import make_batch_reader
+    from petastorm.errors import NoDataAvailableError
 
-    # One worker thread keeps the row-group order, and so a training run, reproducible.
-    return make_batch_reader(
-        url, schema_fields=fields, cur_shard=rank, shard_count=size,
-        num_epochs=None if infinite else 1, shuffle_row_groups=shuffle, seed=seed,
-        workers_count=workers, reader_pool_type="thread",
-    )
+    try:
+        # One worker thread keeps the row-group order, and so a training run, reproducible.
+        reader = make_batch_reader(url, schema_fields=fields, cur_shard=rank, shard_count=size, num_epochs=1,
+                                   shuffle_row_groups=shuffle, seed=seed, workers_count=1,
+                                   reader_pool_type="thread")
+    except NoDataAvailableError:
+        return  # fewer row groups than ranks: this rank's shard is empty
+    with reader:
+        yield from reader
 
 
-def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], seed: int,
+def shard_row_groups(url: str, rank: int, size: int, seed: int | None, shuffle: bool) -> list[tuple[str, int]]:
+    """(file, row group) pairs of this rank's shard, in reading order."""
+    import pyarrow.parquet as pq
+
+    from pipeline import lake
+
+    groups = [(f, i) for f, _ in lake.list_files(url) if f.endswith(".parquet")
+              for i in range(_parquet_file(f).metadata.num_row_groups)]
+    mine = [g for i, g in enumerate(groups) if i % size == rank]
+    if shuffle:
+        # Petastorm's ventilator shuffles its items with np.random.RandomState(seed).
+        order = np.arange(len(mine))
+        np.random.RandomState(seed).shuffle(order)
+        mine = [mine[i] for i in order]
+    return mine
+
+
+def _arrow_shard(url, rank, size, *, fields, seed, shuffle):
+    files: dict = {}
+    for f, i in shard_row_groups(url, rank, size, seed, shuffle):
+        if f not in files:
+            files[f] = _parquet_file(f)
+        table = files[f].read_row_group(i, columns=fields)
+        yield SimpleNamespace(**{name: _to_numpy(table.column(name)) for name in fields})
+
+
+def _parquet_file(uri: str):
+    import pyarrow.parquet as pq
+
+    from pipeline import lake
+
+    fs, path = lake._fs(uri)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return pq.ParquetFile(path if "file" in protocols else fs.open(path, "rb"))
+
+
+def _to_numpy(col) -> np.ndarray:
+    import pyarrow as pa
+
+    arr = col.combine_chunks()
+    if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        flat = arr.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(arr), -1) if len(arr) else flat.reshape(0, 0)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], reader: str, seed: int,
                        decode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This rank's shard as an endless stream of row groups, reshuffled on every pass.
+    """This rank's shard as an endless stream of decoded row groups, reshuffled on every pass.
 
     Each pass opens a fresh single-pass reader seeded with (seed, pass). Petastorm's own
     ``num_epochs=None`` mode reorders row groups nondeterministically when the process is
@@ -35,15 +106,13 @@ def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], see
     p = 0
     while True:
         pass_seed = int(np.random.SeedSequence([seed, p]).generate_state(1)[0] % (2**31))
-        with open_reader(url, rank, size, fields=fields, seed=pass_seed, infinite=False, shuffle=True) as reader:
-            yield from row_group_batches(reader, decode)
+        empty = True
+        for batch in shard_batches(url, rank, size, fields=fields, reader=reader, seed=pass_seed, shuffle=True):
+            empty = False
+            yield decode(batch)
+        if empty:
+            raise RuntimeError(f"rank {rank} of {size} has no row groups in {url}")
         p += 1
-
-
-def row_group_batches(reader, decode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(features, labels) per row group, features decoded by ``decode(column)``."""
-    for batch in reader:
-        yield decode(batch), np.asarray(batch.label, dtype=np.int64)
 
 
 def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int, buffer: int,

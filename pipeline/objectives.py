@@ -1,8 +1,17 @@
 """What differs between task types, behind one small interface.
 
-``for_task(name, info)`` returns an objective with the loss, the size of the output head, the
-metrics of a whole split, what scoring writes, and which metric picks the best epoch. The
-training loop and the scorer call these and never branch on the task themselves.
+An objective gives the training loop its loss and output size, the metrics of a whole split,
+and the columns scoring writes. The loop itself never asks which task it is training.
+
+- ``loss(out, y)``: torch, mean over the batch, computed in fp32.
+- ``batch_sums(out, y)``: running sums of a training batch (torch), turned into train metrics
+  by ``train_metrics(sums, n)`` after they are summed over ranks.
+- ``metrics(out, y)``: numpy, on the outputs and labels of every row of a split (the trainer
+  gathers them from all ranks first, so each row counts exactly once); its keys are
+  ``metric_names`` and include ``loss``. ``report(out, y)``: what else the artifact keeps
+  (the confusion matrix).
+- ``predictions(out)``: numpy columns that scoring writes.
+- ``default_monitor`` and ``higher_is_better(metric)``: for picking the best epoch.
 
 ``info`` holds plain values (it travels to the ranks): ``label_names`` and ``class_weights``
 for classification; ``label_stats`` ({mean, std} of the train split), ``loss`` and ``outputs``
@@ -17,6 +26,11 @@ import numpy as np
 from pipeline import metrics as M
 
 TASKS = ("classification", "regression")
+LOWER_IS_BETTER = ("loss", "rmse", "mae")
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.endswith(LOWER_IS_BETTER)
 
 
 class Classification:
@@ -30,8 +44,23 @@ class Classification:
         self.class_weights = None if w is None else np.asarray(w, np.float64)
         self._weight_tensor = None
 
+    train_names = ("accuracy",)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        per_class = [f"{m}_{n}" for n in self.label_names for m in ("precision", "recall")]
+        return ("loss", "accuracy", "macro_f1", *per_class, *(("roc_auc", "pr_auc") if len(self.label_names) == 2 else ()))
+
     def output_size(self, num_labels: int | None = None) -> int:
         return num_labels if num_labels is not None else len(self.label_names)
+
+    def batch_sums(self, out, y):
+        import torch
+
+        return torch.stack([(out.detach().argmax(1) == y).sum().double()])
+
+    def train_metrics(self, sums: np.ndarray, n: float) -> dict[str, float]:
+        return {"accuracy": float(sums[0] / max(n, 1.0))}
 
     def loss(self, out, y):
         import torch
@@ -76,9 +105,7 @@ class Classification:
         return {"prediction": names[idx], "label_index": idx,
                 "probability": probs[np.arange(len(idx)), idx], "probabilities": probs}
 
-    @staticmethod
-    def higher_is_better(metric: str) -> bool:
-        return not metric.endswith("loss")
+    higher_is_better = staticmethod(higher_is_better)
 
 
 class Regression:
@@ -98,8 +125,19 @@ class Regression:
             raise ValueError(f"train.loss={self.loss_name!r} is not a regression loss; use one of {list(self.LOSSES)}")
         self.outputs = int(info.get("outputs", 1))
 
+    metric_names = ("loss", "rmse", "mae", "r2")
+    train_names = ("rmse",)
+
     def output_size(self, num_labels: int | None = None) -> int:
         return self.outputs
+
+    def batch_sums(self, out, y):
+        """Squared error in the label's units, averaged over the outputs of each row."""
+        err = (out.detach().float() * self.std + self.mean) - y.float().reshape(out.shape)
+        return (err.double() ** 2).mean(dim=1).sum().reshape(1)
+
+    def train_metrics(self, sums: np.ndarray, n: float) -> dict[str, float]:
+        return {"rmse": float(np.sqrt(sums[0] / max(n, 1.0)))}
 
     def loss(self, out, y):
         import torch.nn.functional as F
@@ -133,9 +171,7 @@ class Regression:
             return {"prediction": pred.reshape(-1)}
         return {"prediction": pred}  # (rows, horizon): one value per future step
 
-    @staticmethod
-    def higher_is_better(metric: str) -> bool:
-        return metric.endswith("r2")
+    higher_is_better = staticmethod(higher_is_better)
 
 
 def for_task(name: str, info: dict[str, Any]):

@@ -1,10 +1,15 @@
 """Stage 2: curated Parquet -> trained model artifact.
 
-Resolves the dataset version, plans the run (steps per epoch, learning rate, model spec),
-then launches ``trainer.train_rank`` with one of three launchers: on ``train.num_proc`` Spark
-tasks with ``horovod.spark.run`` (``run``), under ``horovodrun -np N`` (``run_horovodrun``), or
-in this process at world size 1 (``run_local``). Rank 0 writes the artifact; ``_latest`` moves
-to it only once training has finished.
+Resolves the dataset version, plans the run (steps per epoch, learning rate, model spec,
+backend, reader), then launches ``trainer.train_rank`` with one of four launchers:
+
+- ``run``: ``train.num_proc`` ranks on Spark tasks, started by ``horovod.spark.run`` for the
+  Horovod backend or by Spark's ``TorchDistributor`` for the torch (DDP) backend;
+- ``run_horovodrun``: every process started by ``horovodrun -np N``;
+- ``run_torchrun``: every process started by ``torchrun --nproc_per_node N``;
+- ``run_local``: this process alone, world size 1, for debugging.
+
+Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished.
 """
 from __future__ import annotations
 
@@ -13,9 +18,7 @@ import os
 import sys
 from typing import Any
 
-from pyspark.sql import SparkSession
-
-from pipeline import artifact, lake, manifest, schedule
+from pipeline import artifact, distributed, feed, lake, manifest, objectives, schedule
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,23 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
         shape = [m["tabular"]["num_features"]]
         data_input = {"kind": kind, "field": "features", "tabular": m["tabular"],
                       "columns": m["config"]["dataset"]["tabular"]}
-    model_spec = {"arch": cfg.train.arch, "num_classes": len(m["label_names"]), "input_shape": shape}
+    task_info = {"label_names": m["label_names"]}
+    objective = objectives.for_task(cfg.train.task, task_info)
+    model_spec = {"arch": cfg.train.arch, "num_classes": objective.output_size(), "input_shape": shape}
     model_uri = artifact.model_dir(cfg.lake.root, cfg.train.model_name, run_id)
+    t = vars(cfg.train).copy()
+    t["backend"] = distributed.default_backend() if t["backend"] == "auto" else t["backend"]
+    t["reader"] = feed.default_reader() if t["reader"] == "auto" else t["reader"]
+    monitor = objective.default_monitor if t["monitor"] == "auto" else t["monitor"]
+    known = ["train_loss", *(f"train_{k}" for k in objective.train_names),
+             *(f"val_{k}" for k in objective.metric_names)]
+    if monitor not in known:
+        raise TrainingSetupError(f"train.monitor={monitor!r} is not a metric of {cfg.train.task}; use one of {known}")
     return {
         "run_id": run_id,
-        "train": vars(cfg.train).copy(),
+        "train": t,
+        "task_info": task_info,
+        "monitor": monitor,
         "config": cfg.to_dict(),
         "model_spec": model_spec,
         "input": data_input,
@@ -90,18 +105,26 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
     }
 
 
-def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
-    import horovod.spark
-
     from pipeline.trainer import train_rank
 
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
     n = cfg.train.num_proc
     params = plan(cfg, run_id, n, resume=resume)
-    log.info("training %s run %s on %d Spark tasks, %d steps/epoch", cfg.train.model_name, run_id, n,
-             params["steps_per_epoch"])
+    backend = params["train"]["backend"]
+    log.info("training %s run %s on %d Spark tasks (%s, %s reader), %d steps/epoch", cfg.train.model_name, run_id,
+             n, backend, params["train"]["reader"], params["steps_per_epoch"])
+    if backend == "torch":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        # Barrier tasks on the executors, each running torchrun for one rank; returns rank 0's result.
+        metrics = TorchDistributor(num_processes=n, local_mode=False, use_gpu=cfg.train.device == "cuda").run(
+            train_rank, params)
+        return finish(cfg, params, metrics)
+    import horovod.spark
+
     # horovod starts each rank as a new process on the executor, by default with the driver's
     # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
     # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
@@ -111,8 +134,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> dict[str
                                 stdout=sys.stdout, stderr=sys.stderr, verbose=0,
                                 executable=spark.sparkContext.pythonExec,
                                 env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)
-    _check_ranks_agree(results)
-    return finish(cfg, params, results[0], results)
+    return finish(cfg, params, results[0])
 
 
 def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -132,8 +154,28 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
 
 
+def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
+    """Launcher 3: every process started by ``torchrun --nproc_per_node N`` calls this; no Spark."""
+    import torch.distributed as td
+
+    from pipeline.trainer import train_rank
+
+    dist = distributed.init("torch", cfg.train.device)  # the group train_rank then joins
+    resume = run_id is not None
+    box = [run_id or lake.new_run_id()]
+    td.broadcast_object_list(box, src=0)
+    params = plan(cfg, box[0], dist.size, resume=resume)
+    if params["train"]["backend"] != "torch":
+        raise TrainingSetupError("torchrun starts torch.distributed ranks: use --set train.backend=torch (or auto)")
+    if dist.rank == 0:
+        log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, box[0],
+                 dist.size, params["steps_per_epoch"])
+    metrics = train_rank(params)
+    return finish(cfg, params, metrics) if metrics["rank"] == 0 else None
+
+
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
-    """Launcher 3: one process, world size 1, for debugging (pdb and print work)."""
+    """Launcher 4: one process, world size 1, for debugging (pdb and print work)."""
     from pipeline.trainer import train_rank
 
     resume = run_id is not None
@@ -144,19 +186,15 @@ def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     return finish(cfg, params, train_rank(params))
 
 
-def _check_ranks_agree(results: list[dict[str, Any]]) -> None:
-    steps = {r["rank"]: r["steps_run"] for r in results}
+def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """After training: check every rank ran the same steps, point _latest at the artifact."""
+    steps = {r["rank"]: r["steps_run"] for r in metrics["ranks"]}
     if len(set(steps.values())) != 1:
         raise RuntimeError(f"ranks ran different numbers of steps: {steps}")
-
-
-def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
-           ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """After training: point _latest at the artifact; return rank 0's metrics (+ per-rank accounting)."""
     uri = params["model_uri"]
     if not lake.exists(f"{uri}/model.pt"):
         raise RuntimeError(f"training finished but no artifact at {uri}")
     lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
-    log.info("test accuracy %.4f; model %s", metrics["test_accuracy"], uri)
-    accounting = [{k: r[k] for k in ("rank", "steps_run", "rows_read")} for r in (ranks or [metrics])]
-    return {**metrics, "model_uri": uri, "ranks": accounting}
+    log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                       if k.startswith("test_") and isinstance(v, float)), uri)
+    return {**metrics, "model_uri": uri}

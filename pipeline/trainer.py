@@ -1,41 +1,294 @@
 """The per-rank training function.
 
-``train_rank(params)`` runs unchanged under ``horovod.spark.run`` (Spark executors), under
-``horovodrun -np N`` and as a single process. ``params`` holds plain values only; torch,
-horovod and petastorm are imported inside, on the worker.
+``train_rank(params)`` runs unchanged under every launcher (``horovod.spark.run``,
+``horovodrun``, Spark's TorchDistributor, ``torchrun``, or one process). ``params`` holds plain
+values only; torch, horovod and petastorm are imported inside, on the worker. What differs
+between Horovod and DDP sits behind ``pipeline.distributed``, between task types behind
+``pipeline.objectives``, and between Petastorm and the pyarrow reader behind ``pipeline.feed``.
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
+from pipeline.objectives import higher_is_better
+
 log = logging.getLogger("pipeline.train")
 
 
-def pick_device(requested: str, local_rank: int):
-    """The GPU Spark assigned to this task, else the local rank's GPU, else the CPU."""
+def train_rank(p: dict[str, Any]) -> dict[str, Any]:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from pipeline import artifact, distributed, objectives
+    from pipeline.models import build_model
+
+    t = p["train"]
+    dist = distributed.init(t["backend"], t["device"])
+    _setup_logging(dist.rank)
+    objective = objectives.for_task(t["task"], p["task_info"])
+    data = Batches(p, dist, objective.label_dtype)
+    precision = Precision(t["mixed_precision"], dist.device)
+
+    _seed_all(t["seed"])  # identical init everywhere; prepare() makes it certain
+    model = build_model(p["model_spec"]).to(dist.device)
+    state = RunState.start(p, dist.rank)
+    net, opt = dist.prepare(model, make_optimizer(model, t), fp16_allreduce=t["fp16_allreduce"],
+                            opt_state=state.resume_model(model))
+
+    for epoch in range(state.next_epoch, t["epochs"]):
+        rec = train_epoch(net, opt, data, objective, dist, precision, epoch, p)
+        rec.update(_prefixed("val", evaluate(model, data, p["val_url"], objective, dist, precision)))
+        state.record(rec, model)
+        if dist.rank == 0:
+            _log_epoch(rec, t["epochs"])
+            state.checkpoint(model, opt, epoch)
+        if state.should_stop(t["early_stopping_patience"]):
+            if dist.rank == 0:
+                log.info("early stop: %s has not improved for %d epochs", state.monitor, state.stop["bad_epochs"])
+            break
+
+    state.restore_best(model)
+    test = evaluate(model, data, p["test_url"], objective, dist, precision)
+    metrics = state.final_metrics(test, dist, data)
+    if dist.rank == 0:
+        artifact.save(p["model_uri"], {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      p["artifact_spec"], metrics, state.history, p["config"])
+        log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p["model_uri"])
+    dist.shutdown()
+    return metrics
+
+
+def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precision", epoch: int,
+                p: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of exactly ``steps_per_epoch`` steps on every rank; returns the epoch's record."""
     import torch
 
-    if requested == "cpu" or not torch.cuda.is_available():
-        if requested == "cuda":
-            raise RuntimeError("train.device=cuda but torch sees no GPU on this worker "
-                               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
-        return torch.device("cpu")
-    addresses: list[str] = []
-    try:
-        from horovod.spark.task import get_available_devices
+    from pipeline import schedule
 
-        addresses = get_available_devices()
-    except Exception:  # not under horovod.spark.run
-        pass
-    index = int(addresses[0]) if addresses else local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    t, steps = p["train"], p["steps_per_epoch"]
+    rng = _seed_all(t["seed"], dist.rank, epoch)
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+    sums, seen, wait = None, 0, 0.0
+    t0 = time.perf_counter()
+    with data.train_stream(epoch, rng) as batches:
+        for step in range(steps):
+            tw = time.perf_counter()
+            x, y = next(batches)
+            wait += time.perf_counter() - tw
+            lr = schedule.lr_at(epoch + step / steps, t["lr"], dist.size, t["warmup_epochs"], t["epochs"],
+                                t["scale_lr_by_world_size"], t["schedule"])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            with precision.autocast():
+                out = net(x)
+                loss = objective.loss(out, y)
+            dist.step(loss, opt, precision.scaler)
+            loss_sum += loss.detach().double() * len(y)
+            batch = objective.batch_sums(out, y)
+            sums = batch if sums is None else sums + batch
+            seen += len(y)
+    elapsed = time.perf_counter() - t0
+    data.account(steps, seen)
+    local = torch.cat([torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
+                                    torch.tensor(wait, dtype=torch.float64, device=dist.device),
+                                    torch.tensor(elapsed, dtype=torch.float64, device=dist.device)]), sums.double()])
+    tot = dist.allreduce_sum(local.cpu(), name="train.sums").tolist()  # plain floats: checkpoints load weights_only
+    n = tot[1]
+    return {
+        "epoch": epoch, "lr": lr, "train_loss": tot[0] / n,
+        **_prefixed("train", objective.train_metrics(np.array(tot[4:]), n)),
+        "samples_per_s": n / (tot[3] / dist.size), "data_wait_fraction": tot[2] / tot[3], "samples": int(n),
+    }
+
+
+def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision") -> dict[str, float]:
+    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks."""
+    import torch
+
+    model.eval()
+    outs, labels = [], []
+    with torch.no_grad():
+        for x, y in data.eval_batches(url):
+            with precision.autocast():
+                outs.append(model(x).float().cpu().numpy())
+            labels.append(y.cpu().numpy())
+    out = dist.allgather(np.concatenate(outs) if outs else np.zeros((0, objective.output_size()), np.float32))
+    y = dist.allgather(np.concatenate(labels) if labels else np.zeros(0, objective.label_dtype))
+    return {**objective.metrics(out, y), "count": len(y)}
+
+
+class Batches:
+    """This rank's (features, labels) batches on its device, from the curated splits."""
+
+    def __init__(self, p: dict[str, Any], dist, label_dtype):
+        import torch
+
+        from pipeline import feed
+        from pipeline.images import ImageLayout, images_to_tensor_layout
+
+        self.p, self.dist, self.torch, self.feed = p, dist, torch, feed
+        t, inp = p["train"], p["input"]
+        self.reader = t["reader"]
+        self.fields = [inp["field"], "label"]
+        self.label_dtype = label_dtype
+        self.steps_run = self.rows_read = 0  # this rank's totals, returned for accounting checks
+        device = dist.device
+        if inp["kind"] == "images":
+            layout = ImageLayout(**{k: inp["image"][k] for k in ("height", "width", "channels")})
+            self._decode_x = lambda b: images_to_tensor_layout(b.image, layout)
+            mean = torch.tensor(inp["normalization"]["mean"], device=device).view(1, -1, 1, 1)
+            std = torch.tensor(inp["normalization"]["std"], device=device).view(1, -1, 1, 1)
+            self._normalise = lambda x: (x.float() / 255.0 - mean) / std  # uint8 travels, floats on device
+        else:
+            self._decode_x = lambda b: np.asarray(b.features, dtype=np.float32)  # standardised by preprocess
+            self._normalise = lambda x: x
+
+    def decode(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode_x(batch), np.asarray(batch.label, dtype=self.label_dtype)
+
+    def to_device(self, x: np.ndarray, y: np.ndarray):
+        torch, device = self.torch, self.dist.device
+        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+        if device.type == "cuda":
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        return self._normalise(xt.to(device, non_blocking=True)), yt.to(device, non_blocking=True)
+
+    def train_stream(self, epoch: int, rng: np.random.Generator):
+        """The epoch's shuffled batches; a context manager that closes the open reader."""
+        t = self.p["train"]
+        chunks = self.feed.endless_row_groups(self.p["train_url"], self.dist.rank, self.dist.size,
+                                              fields=self.fields, reader=self.reader,
+                                              seed=t["seed"] * 1000 + epoch, decode=self.decode)
+        batches = (self.to_device(x, y) for x, y in
+                   self.feed.shuffled_batches(chunks, t["batch_size"], t["shuffle_buffer"], rng))
+        return _Closing(batches, chunks)
+
+    def eval_batches(self, url: str):
+        chunks = (self.decode(b) for b in self.feed.shard_batches(
+            url, self.dist.rank, self.dist.size, fields=self.fields, reader=self.reader, seed=None, shuffle=False))
+        for x, y in self.feed.shuffled_batches(chunks, 1024, 0, None):
+            yield self.to_device(x, y)
+
+    def account(self, steps: int, rows: int) -> None:
+        self.steps_run += steps
+        self.rows_read += rows
+
+
+class _Closing:
+    def __init__(self, batches, chunks):
+        self.batches, self.chunks = batches, chunks
+
+    def __enter__(self):
+        return self.batches
+
+    def __exit__(self, *exc):
+        self.chunks.close()  # stops the open reader
+
+
+class Precision:
+    """Autocast (bf16 or fp16) and, for fp16 on GPU, the gradient scaler."""
+
+    def __init__(self, mixed_precision: str, device):
+        import torch
+
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        on_gpu = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 and on_gpu else None
+
+    def autocast(self):
+        import torch
+
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+class RunState:
+    """History, the best epoch by ``train.monitor`` and its weights, checkpoints and resume."""
+
+    def __init__(self, p: dict[str, Any], rank: int):
+        self.p, self.rank = p, rank
+        self.monitor = p["monitor"]
+        self.next_epoch, self.history = 0, []
+        self.stop = {"best": None, "best_epoch": -1, "bad_epochs": 0}
+        self.best_state = None
+        self.checkpoint_state = None
+
+    @classmethod
+    def start(cls, p: dict[str, Any], rank: int) -> "RunState":
+        from pipeline import checkpoints
+
+        state = cls(p, rank)
+        uri = checkpoints.latest(p["checkpoint_dir"]) if p.get("resume") else None
+        if uri:
+            ck = checkpoints.load(uri)
+            state.checkpoint_state = ck
+            state.next_epoch, state.history = ck["epoch"] + 1, ck["history"]
+            state.stop, state.best_state = ck["early_stopping"], ck["best_model"]
+            if rank == 0:
+                log.info("resuming from %s at epoch %d", uri, state.next_epoch + 1)
+        return state
+
+    def resume_model(self, model) -> dict | None:
+        """Load the checkpoint's weights into ``model``; return its optimizer state (or None)."""
+        if self.checkpoint_state is None:
+            return None
+        model.load_state_dict(self.checkpoint_state["model"])
+        return self.checkpoint_state["optimizer"]
+
+    def record(self, rec: dict[str, Any], model) -> None:
+        # Every rank sees the same reduced metrics, so all take the same decision.
+        self.history.append(rec)
+        value, best = rec[self.monitor], self.stop["best"]
+        better = best is None or (value > best if higher_is_better(self.monitor) else value < best)
+        if better:
+            self.stop = {"best": value, "best_epoch": rec["epoch"], "bad_epochs": 0}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stop["bad_epochs"] += 1
+
+    def should_stop(self, patience: int) -> bool:
+        return bool(patience) and self.stop["bad_epochs"] >= patience
+
+    def checkpoint(self, model, opt, epoch: int) -> None:
+        from pipeline import checkpoints
+
+        t = self.p["train"]
+        checkpoints.save(self.p["checkpoint_dir"], epoch, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+            "step": (epoch + 1) * self.p["steps_per_epoch"], "history": self.history, "early_stopping": self.stop,
+            "best_model": self.best_state, "model_spec": self.p["model_spec"], "config": self.p["config"],
+        }, keep=t["keep_checkpoints"])
+
+    def restore_best(self, model) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)  # the weights of the best validation epoch
+
+    def final_metrics(self, test: dict[str, float], dist, data: Batches) -> dict[str, Any]:
+        h = self.history
+        ranks = dist.allgather(np.array([[dist.rank, data.steps_run, data.rows_read]], dtype=np.int64))
+        best = next((r for r in h if r["epoch"] == self.stop["best_epoch"]), h[-1] if h else {})
+        return {
+            "run_id": self.p["run_id"], "world_size": dist.size, "rank": dist.rank, "backend": dist.name,
+            "reader": data.reader, "device": str(dist.device), "steps_run": data.steps_run,
+            "rows_read": data.rows_read,
+            "ranks": [dict(zip(("rank", "steps_run", "rows_read"), map(int, r))) for r in ranks], "epochs_run": len(h), "best_epoch": self.stop["best_epoch"] + 1,
+            "monitor": self.monitor, "steps_per_epoch": self.p["steps_per_epoch"],
+            **{k: v for k, v in best.items() if k.startswith("val_")},
+            **_prefixed("test", test),
+            **{k: v for k, v in (h[-1] if h else {}).items() if k.startswith("train_")},
+            "samples_per_s": float(np.mean([r["samples_per_s"] for r in h])) if h else None,
+            "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in h])) if h else None,
+        }
 
 
 def make_optimizer(model, t: dict[str, Any]):
@@ -45,6 +298,20 @@ def make_optimizer(model, t: dict[str, Any]):
         return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
     cls = torch.optim.Adam if t["optimizer"] == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _log_epoch(rec: dict[str, Any], epochs: int) -> None:
+    shown = {k: v for k, v in rec.items() if k.startswith(("train_", "val_")) and not k.endswith("_count")}
+    log.info("epoch %d/%d %s | %.0f samples/s | data wait %.0f%% | lr %.4f", rec["epoch"] + 1, epochs,
+             _fmt(shown), rec["samples_per_s"], 100 * rec["data_wait_fraction"], rec["lr"])
 
 
 def _seed_all(*parts: int) -> np.random.Generator:
@@ -65,197 +332,3 @@ def _setup_logging(rank: int) -> None:
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
-
-
-def train_rank(p: dict[str, Any]) -> dict[str, Any]:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import horovod.torch as hvd
-    import torch
-    import torch.nn.functional as F
-
-    from pipeline import artifact, checkpoints, feed, schedule
-    from pipeline.images import ImageLayout, images_to_tensor_layout
-    from pipeline.models import build_model
-
-    hvd.init()
-    rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-    _setup_logging(rank)
-    t = p["train"]
-    # Ranks on one host share its cores; oversubscribing them makes every rank slower.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
-    device = pick_device(t["device"], local_rank)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t["mixed_precision"])
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-
-    _seed_all(t["seed"])  # identical init everywhere; the broadcast below makes it certain
-    model = build_model(p["model_spec"]).to(device)
-    opt = make_optimizer(model, t)
-
-    start_epoch, history = 0, []
-    stop = {"best_acc": -1.0, "best_epoch": -1, "bad_epochs": 0}
-    best_state = None
-    ck_uri = checkpoints.latest(p["checkpoint_dir"]) if p.get("resume") else None
-    if ck_uri:
-        ck = checkpoints.load(ck_uri)
-        model.load_state_dict(ck["model"])
-        start_epoch, history, stop, best_state = ck["epoch"] + 1, ck["history"], ck["early_stopping"], ck["best_model"]
-        if rank == 0:
-            log.info("resuming from %s at epoch %d", ck_uri, start_epoch + 1)
-
-    compression = hvd.Compression.fp16 if t["fp16_allreduce"] else hvd.Compression.none
-    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression)
-    if ck_uri:
-        # After wrapping: DistributedOptimizer builds a new optimizer from the param groups
-        # and would drop state loaded into the original (momentum, Adam moments).
-        opt.load_state_dict(ck["optimizer"])
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
-
-    inp = p["input"]
-    field = inp["field"]
-    pin = device.type == "cuda"
-    if inp["kind"] == "images":
-        layout = ImageLayout(**{k: inp["image"][k] for k in ("height", "width", "channels")})
-        mean = torch.tensor(inp["normalization"]["mean"], device=device).view(1, -1, 1, 1)
-        std = torch.tensor(inp["normalization"]["std"], device=device).view(1, -1, 1, 1)
-
-        def decode(batch) -> np.ndarray:
-            return images_to_tensor_layout(batch.image, layout)
-
-        def normalise(x):  # uint8 travels to the device; the float conversion happens there
-            return (x.float() / 255.0 - mean) / std
-    else:
-        def decode(batch) -> np.ndarray:
-            return np.asarray(batch.features, dtype=np.float32)  # already standardised by preprocess
-
-        def normalise(x):
-            return x
-
-    def to_device(x: np.ndarray, y: np.ndarray):
-        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
-        if pin:
-            xt, yt = xt.pin_memory(), yt.pin_memory()
-        return normalise(xt.to(device, non_blocking=True)), yt.to(device, non_blocking=True)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    def evaluate(url: str) -> dict[str, float]:
-        """Loss/accuracy over the whole split: each rank scores its shard, sums are allreduced."""
-        from petastorm.errors import NoDataAvailableError
-
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
-        try:
-            reader = feed.open_reader(url, rank, size, fields=[field, "label"], seed=None,
-                                      infinite=False, shuffle=False)
-        except NoDataAvailableError:
-            reader = None  # fewer row groups than ranks: this rank contributes nothing
-        if reader is not None:
-            with reader, torch.no_grad():
-                for x, y in feed.shuffled_batches(feed.row_group_batches(reader, decode), 1024, 0, None):
-                    xt, yt = to_device(x, y)
-                    with autocast():
-                        out = model(xt).float()
-                    sums += torch.tensor([F.cross_entropy(out, yt, reduction="sum").item(),
-                                          (out.argmax(1) == yt).sum().item(), len(y)], dtype=torch.float64)
-        sums = hvd.allreduce(sums, op=hvd.Sum, name=f"eval.{url}")
-        n = max(sums[2].item(), 1.0)
-        return {"loss": sums[0].item() / n, "accuracy": sums[1].item() / n, "count": int(sums[2].item())}
-
-    steps = p["steps_per_epoch"]
-    steps_run, rows_read = 0, 0  # this rank's own totals, returned for accounting checks
-    for epoch in range(start_epoch, t["epochs"]):
-        rng = _seed_all(t["seed"], rank, epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen, wait = 0, 0.0
-        t0 = time.perf_counter()
-        chunks = feed.endless_row_groups(p["train_url"], rank, size, fields=[field, "label"],
-                                         seed=t["seed"] * 1000 + epoch, decode=decode)
-        try:
-            batches = feed.shuffled_batches(chunks, t["batch_size"], t["shuffle_buffer"], rng)
-            for step in range(steps):
-                tw = time.perf_counter()
-                x, y = next(batches)
-                xt, yt = to_device(x, y)
-                wait += time.perf_counter() - tw
-                lr = schedule.lr_at(epoch + step / steps, t["lr"], size, t["warmup_epochs"], t["epochs"],
-                                    t["scale_lr_by_world_size"], t["schedule"])
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.zero_grad()
-                with autocast():
-                    out = model(xt)
-                    loss = F.cross_entropy(out.float(), yt)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    opt.synchronize()
-                    scaler.unscale_(opt)
-                    with opt.skip_synchronize():
-                        scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                steps_run += 1
-                loss_sum += loss.detach().float() * len(y)
-                correct += (out.detach().argmax(1) == yt).sum()
-                seen += len(y)
-        finally:
-            chunks.close()  # stops the open reader
-        elapsed = time.perf_counter() - t0
-        rows_read += seen
-        tot = hvd.allreduce(torch.tensor([loss_sum.item(), correct.item(), seen, wait, elapsed],
-                                         dtype=torch.float64), op=hvd.Sum, name="train.sums")
-        val = evaluate(p["val_url"])
-        rec = {
-            "epoch": epoch, "lr": lr,
-            "train_loss": tot[0].item() / tot[2].item(), "train_accuracy": tot[1].item() / tot[2].item(),
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "samples_per_s": tot[2].item() / (tot[4].item() / size),
-            "data_wait_fraction": tot[3].item() / tot[4].item(),
-            "samples": int(tot[2].item()),
-        }
-        history.append(rec)
-        # Every rank sees the same allreduced val accuracy, so all take the same decision.
-        if val["accuracy"] > stop["best_acc"]:
-            stop = {"best_acc": val["accuracy"], "best_epoch": epoch, "bad_epochs": 0}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stop["bad_epochs"] += 1
-        if rank == 0:
-            log.info("epoch %d/%d loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f samples/s | data wait %.0f%% | lr %.4f",
-                     epoch + 1, t["epochs"], rec["train_loss"], rec["train_accuracy"], rec["val_loss"],
-                     rec["val_accuracy"], rec["samples_per_s"], 100 * rec["data_wait_fraction"], lr)
-            checkpoints.save(p["checkpoint_dir"], epoch, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "step": (epoch + 1) * steps, "history": history, "early_stopping": stop,
-                "best_model": best_state, "model_spec": p["model_spec"], "config": p["config"],
-            }, keep=t["keep_checkpoints"])
-        if t["early_stopping_patience"] and stop["bad_epochs"] >= t["early_stopping_patience"]:
-            if rank == 0:
-                log.info("early stop: val accuracy has not improved for %d epochs", stop["bad_epochs"])
-            break
-
-    if best_state is not None:
-        model.load_state_dict(best_state)  # the weights of the best validation epoch
-    test = evaluate(p["test_url"])
-    last = history[-1] if history else {}
-    metrics = {
-        "run_id": p["run_id"], "world_size": size, "rank": rank, "steps_run": steps_run, "rows_read": rows_read, "device": str(device), "epochs_run": len(history),
-        "best_epoch": stop["best_epoch"] + 1, "steps_per_epoch": steps,
-        "val_accuracy": stop["best_acc"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "test_count": test["count"], "train_accuracy": last.get("train_accuracy"),
-        "samples_per_s": float(np.mean([h["samples_per_s"] for h in history])) if history else None,
-        "data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in history])) if history else None,
-    }
-    if rank == 0:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        artifact.save(p["model_uri"], state, p["artifact_spec"], metrics, history, p["config"])
-        log.info("test accuracy %.4f on %d records; artifact %s", test["accuracy"], test["count"], p["model_uri"])
-    hvd.shutdown()
-    return metrics
