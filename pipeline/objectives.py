@@ -182,16 +182,6 @@ def for_task(name: str, info: dict[str, Any]):
     raise ValueError(f"unknown train.task {name!r}; use one of {list(TASKS)}")
 
 
-def monitor(objective, requested: str) -> str:
-    """The metric that picks the best epoch: ``train.monitor``, or the task's default for ``auto``."""
-    return objective.default_monitor if requested == "auto" else requested
-
-
-def improved(objective, metric: str, value: float, best: float | None) -> bool:
-    if best is None or np.isnan(best):
-        return not np.isnan(value)
-    return value > best if objective.higher_is_better(metric) else value < best
-
 
 # --- planning a run (driver side) ----------------------------------------------------------------
 

@@ -89,8 +89,12 @@ def test_regression_losses_and_monitor_choice():
     assert float(objectives.for_task("regression", {**info, "loss": "mae"}).loss(out, y)) == pytest.approx(1.0)
     assert float(objectives.for_task("regression", {**info, "loss": "huber"}).loss(out, y)) == pytest.approx(0.75)
     reg = objectives.for_task("regression", info)
-    assert objectives.monitor(reg, "auto") == "val_rmse"
-    assert objectives.improved(reg, "val_rmse", 1.0, 2.0) and not objectives.improved(reg, "val_r2", 0.1, 0.2)
+    assert reg.default_monitor == "val_rmse" and set(reg.metric_names) == {"loss", "rmse", "mae", "r2"}
+    assert not objectives.higher_is_better("val_rmse") and objectives.higher_is_better("val_r2")
+    assert objectives.higher_is_better("val_macro_f1") and not objectives.higher_is_better("val_loss")
+    # train-time sums give the RMSE in label units
+    sums = reg.batch_sums(out, y).numpy()
+    assert reg.train_metrics(sums, 2)["rmse"] == pytest.approx(np.sqrt((0 + 4 ** 2) / 2))  # outputs 10 and 14
     with pytest.raises(ValueError, match="unknown train.task"):
         objectives.for_task("ranking", {})
 
