@@ -331,7 +331,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    """The metrics for a log line; per-class precision and recall stay in metrics.json."""
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                    if isinstance(v, float) and "precision_" not in k and "recall_" not in k)
 
 
 def _log_epoch(rec: dict[str, Any], epochs: int) -> None:
