@@ -16,9 +16,6 @@ missing values left empty): ``<dataset.source>/series.csv`` (time, value) withou
 ``horizon`` steps; the ``window`` + 8 steps before them under ``<dataset.score_source>/dt=<date>/``
 as the recent history to forecast from; the held-out steps are the truth.
 
-regression (scikit-learn's diabetes table: 442 patients, 10 measurements, disease progression
-after one year): ``<dataset.source>/patients.csv``; a held-out tenth without the target.
-
 The held-out truth is written under ``raw/<dataset>/holdout_labels/`` so predictions can be
 checked. ``--bad-records`` adds one record of every kind the pipeline must quarantine.
 """
@@ -177,30 +174,6 @@ def write_series(cfg: Config, score_date: str, bad_records: bool = False) -> dic
     return {"labelled": cut + len(bad), "holdout": len(recent), "bad": len(bad)}
 
 
-def write_diabetes(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
-    from sklearn.datasets import load_diabetes
-
-    data = load_diabetes(scaled=False)
-    tab = cfg.dataset.tabular
-    names = list(data.feature_names)
-    if tab.numeric != names:
-        raise ValueError(f"dataset.tabular.numeric must list the diabetes features in order: {names}")
-    holdout, labelled = _split_holdout(len(data.target))
-
-    def line(i: int, with_label: bool) -> str:
-        return ",".join([f"patient-{i:03d}", *([repr(float(data.target[i]))] if with_label else []),
-                         *(repr(float(v)) for v in data.data[i])])
-
-    header = ",".join([tab.id_column, tab.label_column, *names])
-    source = cfg.resolve(cfg.dataset.source)
-    lake.write_bytes(f"{source}/patients.csv", "\n".join([header, *(line(i, True) for i in labelled)]).encode() + b"\n")
-    new_header = ",".join([tab.id_column, *names])
-    lake.write_bytes(f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}/patients.csv",
-                     "\n".join([new_header, *(line(i, False) for i in holdout)]).encode() + b"\n")
-    _write_truth(cfg, score_date, [(f"patient-{i:03d}", float(data.target[i])) for i in holdout])
-    return {"labelled": len(labelled), "holdout": len(holdout), "bad": 0}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -211,8 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     write = {"images": write_digits, "sequence": write_series}.get(cfg.dataset.kind, write_breast_cancer)
-    if cfg.dataset.name == "diabetes":
-        write = write_diabetes
     counts = write(cfg, args.date, args.bad_records)
     print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}"
           f" ({counts['bad']} bad records each)")

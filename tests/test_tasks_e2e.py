@@ -1,5 +1,6 @@
 """Task types end to end on real bundled data, through spark-submit: the stacked LSTM on
-statsmodels' sunspots against persistence and a linear autoregression on the same windows."""
+statsmodels' sunspots against persistence and a linear autoregression on the same windows, and
+a regression MLP on scikit-learn's diabetes table against LinearRegression on the same split."""
 import subprocess
 import sys
 import time
@@ -84,3 +85,43 @@ def test_score_forecasts_the_next_horizon_values_per_series(sunspots):
     truth = float(lake.read_bytes(cfg.uri("raw", "sunspots", "holdout_labels", f"dt={DATE}.csv")).decode()
                   .splitlines()[1].split(",")[1])
     print(f"\nsunspots 2008 forecast {t['prediction'].iloc[0]:.1f}, observed {truth:.1f}")
+
+
+# Adam at a small learning rate, the best epoch by val RMSE: the MLP would otherwise overfit 300 rows.
+DIABETES_TRAIN = ("train.optimizer=adam", "train.lr=0.001", "train.epochs=40", "train.monitor=val_rmse")
+
+
+def test_diabetes_regression_is_within_0_05_r2_of_linear_regression(tmp_path_factory):
+    from pipeline import tabular
+
+    if not hasattr(tabular, "label_stats") or not (ROOT / "conf" / "diabetes.yaml").exists():
+        pytest.skip("this tabular ingest has no numeric (regression) labels yet")
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    root = tmp_path_factory.mktemp("diabetes")
+    _jobs("conf/diabetes.yaml", root, *DIABETES_TRAIN)
+    cfg = load_config("conf/diabetes.yaml", [f"lake.root={root}"])
+    data = manifest.read(cfg.uri("curated", "diabetes", lake.get_latest(cfg.uri("curated", "diabetes"))))
+    run_id = lake.get_latest(cfg.uri("models", "diabetes-mlp"))
+    metrics = lake.read_json(cfg.uri("models", "diabetes-mlp", run_id, "metrics.json"))
+
+    def split(name):
+        t = pq.read_table(lake.local_path(data["splits"][name]["uri"])).to_pandas()
+        return np.stack(t["features"].to_numpy()), t["label"].to_numpy(np.float64)
+
+    (x_train, y_train), (x_test, y_test) = split("train"), split("test")
+    linear = LinearRegression().fit(x_train, y_train).predict(x_test)
+    r2, rmse = r2_score(y_test, linear), float(np.sqrt(mean_squared_error(y_test, linear)))
+    print(f"\ndiabetes on the same {len(y_test)} test rows: MLP R2 {metrics['test_r2']:.3f}, RMSE "
+          f"{metrics['test_rmse']:.1f}, MAE {metrics['test_mae']:.1f}; LinearRegression R2 {r2:.3f}, RMSE {rmse:.1f}")
+    assert metrics["test_count"] == len(y_test)
+    assert metrics["test_r2"] >= r2 - 0.05
+    # score writes a float prediction in the label's units for every held-out patient
+    part = cfg.uri("predictions", "diabetes-mlp", f"dt={DATE}")
+    t = pq.read_table(lake.local_path(part)).to_pandas()
+    truth = dict(line.split(",") for line in lake.read_bytes(
+        cfg.uri("raw", "diabetes", "holdout_labels", f"dt={DATE}.csv")).decode().splitlines()[1:])
+    assert t["prediction"].dtype == np.float64 and len(t) == len(truth) == 44
+    err = t["prediction"].to_numpy() - np.array([float(truth[i]) for i in t["id"]])
+    assert np.sqrt(np.mean(err ** 2)) < np.std([float(v) for v in truth.values()])
