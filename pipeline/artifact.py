@@ -5,7 +5,8 @@
     model.json          model spec, label names, preprocessing parameters, dataset version
     metrics.json        final train/val/test metrics
     history.json        per-epoch metrics
-    training_curve.png  loss and accuracy per epoch
+    training_curve.png  loss and accuracy (or RMSE) per epoch
+    confusion_matrix.json, confusion_matrix.png   classification: test split, rows = true class
     config.json         resolved config of the training run
     checkpoints/        per-epoch checkpoints
 """
@@ -27,7 +28,7 @@ def model_dir(lake_root: str, name: str, run_id: str) -> str:
 
 
 def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, history: list[dict],
-         config: dict) -> None:
+         config: dict, report: dict[str, Any] | None = None) -> None:
     import torch
 
     buf = io.BytesIO()
@@ -40,6 +41,33 @@ def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, histor
     png = _curve_png(history)
     if png is not None:
         lake.write_bytes(f"{uri}/training_curve.png", png)
+    if report and "confusion_matrix" in report:
+        lake.write_json(f"{uri}/confusion_matrix.json", report)
+        lake.write_bytes(f"{uri}/confusion_matrix.png", _confusion_png(report["labels"], report["confusion_matrix"]))
+
+
+def _confusion_png(labels: list[str], cm: list[list[int]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1 + 0.45 * k))
+    ax.imshow(np.asarray(cm), cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 0)
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted"); ax.set_ylabel("true")
+    top = max(1, max(max(r) for r in cm)) if cm else 1
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i][j] > top / 2 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _curve_png(history: list[dict]) -> bytes | None:
@@ -72,26 +100,6 @@ def _curve_png(history: list[dict]) -> bytes | None:
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return buf.getvalue()
-
-
-def save_confusion(uri: str, out: np.ndarray, y: np.ndarray, label_names: list[str]) -> None:
-    """``confusion_matrix.png`` of a classifier's test split (rows: true label, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    size = max(4.0, 0.45 * len(label_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay.from_predictions(y, out.argmax(1), labels=list(range(len(label_names))),
-                                            display_labels=label_names, ax=ax, colorbar=False)
-    ax.set_title(f"test split, {len(y)} records")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    lake.write_bytes(f"{uri}/confusion_matrix.png", buf.getvalue())
 
 
 class ModelNotFound(FileNotFoundError):
@@ -163,8 +171,23 @@ class LoadedModel:
     def label_names(self) -> list[str]:
         return self.spec["label_names"]
 
+    @property
+    def objective(self):
+        """The task's objective (pipeline/objectives.py): what scoring writes for the outputs."""
+        from pipeline import objectives
+
+        task = self.spec.get("task") or {"name": "classification", "info": {"label_names": self.label_names}}
+        return objectives.for_task(task["name"], task["info"])
+
     def predict_proba(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Images as uint8 (N, C, H, W) or tabular features as float32 (N, F) -> (N, classes) probabilities."""
+        from pipeline.metrics import softmax
+
+        out = self.predict_raw(inputs, batch_size)
+        return softmax(out).astype(np.float32) if len(out) else np.zeros((0, len(self.label_names)), np.float32)
+
+    def predict_raw(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """The network's outputs (logits, or standardised regression values) as float32."""
         import torch
 
         inp = self.spec["input"]
@@ -177,8 +200,8 @@ class LoadedModel:
             for i in range(0, len(inputs), batch_size):
                 x = torch.from_numpy(np.require(inputs[i:i + batch_size], requirements=["C", "W"])).to(self.device)
                 x = (x.float() / 255.0 - mean) / std if inp["kind"] == "images" else x.float()
-                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
+                out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.spec["model"]["num_classes"]), np.float32)
 
 
 def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedModel:
@@ -188,9 +211,32 @@ def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedMod
 
     name, run_id, uri = resolve(lake_root, ref)
     spec = lake.read_json(f"{uri}/model.json")
+    _check_factory(spec["model"], name, run_id)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(spec["model"])
     state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     model.to(dev).eval()
     return LoadedModel(model=model, spec=spec, name=name, run_id=run_id, device=dev)
+
+
+def _check_factory(model_spec: dict[str, Any], name: str, run_id: str) -> None:
+    """A model built by a user's factory is rebuilt from the same import path; a different
+    version of its module is logged (the state dict still has to fit)."""
+    recorded = model_spec.get("factory")
+    if not recorded:
+        return
+    import logging
+
+    from pipeline.models import factory_version
+
+    try:
+        now = factory_version(recorded["path"])
+    except ImportError as e:
+        raise ModelNotFound(f"model {name}@{run_id} was built by {recorded['path']}, which does not import here "
+                            f"({e}); ship the module with spark-submit --py-files") from None
+    if (now["version"], now["source_sha256"]) != (recorded.get("version"), recorded.get("source_sha256")):
+        logging.getLogger(__name__).warning(
+            "model %s@%s was trained with %s version %s (source sha256 %s); this worker has version %s (%s)",
+            name, run_id, recorded["path"], recorded.get("version"), recorded.get("source_sha256"),
+            now["version"], now["source_sha256"])

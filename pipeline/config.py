@@ -74,9 +74,27 @@ class TabularConf:
 
 
 @dataclass
+class SequenceConf:
+    # A long table: one row per (series, time). No series column: the whole table is one series.
+    format: Literal["csv", "parquet"] = "csv"
+    series_column: str = ""
+    time_column: str = "time"
+    target_column: str = "value"
+    # Covariate columns fed to the model next to the target's history.
+    features: list[str] = field(default_factory=list)
+    # Steps of history per window, steps predicted, steps between window starts.
+    window: int = 24
+    horizon: int = 1
+    stride: int = 1
+    # Runs of up to this many consecutive missing values are interpolated linearly; a longer run
+    # (or a gap in time longer than 1.5 steps) ends a segment: no window spans it.
+    max_fill: int = 3
+
+
+@dataclass
 class DatasetConf:
     name: str = "digits"
-    kind: Literal["images", "tabular"] = "images"
+    kind: Literal["images", "tabular", "sequence"] = "images"
     # Raw labelled input that preprocess reads; relative URIs resolve under lake.root.
     source: str = "raw/digits/labelled"
     # Root of new, unlabelled input for scoring, partitioned as dt=YYYY-MM-DD/.
@@ -86,6 +104,7 @@ class DatasetConf:
     labels_file: str = ""
     image: ImageConf = field(default_factory=ImageConf)
     tabular: TabularConf = field(default_factory=TabularConf)
+    sequence: SequenceConf = field(default_factory=SequenceConf)
 
 
 @dataclass
@@ -113,18 +132,28 @@ class PreprocessConf:
 
 
 @dataclass
+class AugmentConf:
+    # Image augmentation of the train split, on uint8 batches on the training device (0/false = off).
+    crop_padding: int = 0
+    hflip: bool = False
+    rotate_degrees: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+@dataclass
 class TrainConf:
     model_name: str = "digits-cnn"
-    # regression: a numeric label, written unscaled as float32; its train mean/std go to the manifest.
-    task: Literal["classification", "regression"] = "classification"
-    arch: Literal["cnn", "resnet", "mlp"] = "cnn"
+    # cnn, resnet, mlp, lstm, gru, torchvision:<name> or module.path:factory (a callable given
+    # the model spec that returns an nn.Module; ship the module with --py-files).
+    arch: str = "cnn"
     num_proc: int = 2
     # horovod (the default stack) or torch (DistributedDataParallel); auto: horovod if installed.
     backend: Literal["auto", "horovod", "torch"] = "auto"
     # petastorm (make_batch_reader) or arrow (plain pyarrow, same sharding); auto: petastorm if installed.
     reader: Literal["auto", "petastorm", "arrow"] = "auto"
-    # The validation metric that picks the best epoch and drives early stopping (e.g.
-    # val_accuracy, val_loss); auto: the task's default (val_accuracy for classification).
+    # The metric that picks the best epoch and drives early stopping (val_loss, val_accuracy,
+    # val_macro_f1, val_rmse, val_r2, ...); auto: val_accuracy for classification, val_rmse for regression.
     monitor: str = "auto"
     # "latest" follows curated/<dataset>/_latest; or name a version.
     dataset_version: str = "latest"
@@ -147,6 +176,18 @@ class TrainConf:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    task: Literal["classification", "regression"] = "classification"
+    # Regression loss on the standardised label.
+    loss: Literal["mse", "mae", "huber"] = "mse"
+    # "auto": weight the loss by inverse class frequency of the train split; "none": unweighted.
+    class_weights: Literal["none", "auto"] = "none"
+    # A state dict (torch.save) to start from, loaded with weights_only=True; "" = random init.
+    init_weights: str = ""
+    # Layer sizes of the lstm/gru stack.
+    hidden: list[int] = field(default_factory=lambda: [64, 64, 64])
+    # lstm/gru: take the history relative to its last target value and predict the change from it.
+    predict_change: bool = False
+    augment: AugmentConf = field(default_factory=AugmentConf)
 
 
 @dataclass
@@ -331,5 +372,28 @@ def _check(cfg: Config) -> None:
                               f"declare them, e.g. in dataset.tabular.ignore")
     if cfg.dataset.kind == "images" and cfg.score.passthrough:
         raise ConfigError("score.passthrough: only tabular datasets carry input columns into predictions")
+    _check_task(cfg)
     if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
         raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")
+
+
+BUILT_IN_ARCHS = ("cnn", "resnet", "mlp", "lstm", "gru")
+
+
+def _check_task(cfg: Config) -> None:
+    t, seq = cfg.train, cfg.dataset.sequence
+    if t.arch not in BUILT_IN_ARCHS and ":" not in t.arch:
+        raise ConfigError(f"train.arch: {t.arch!r} is not one of {list(BUILT_IN_ARCHS)}, "
+                          f"torchvision:<name> or module.path:factory")
+    if t.monitor != "auto" and not t.monitor.startswith(("val_", "train_")):
+        raise ConfigError(f"train.monitor: {t.monitor!r} must be auto or a history metric such as val_loss")
+    if cfg.dataset.kind == "sequence":
+        if t.task != "regression":
+            raise ConfigError("train.task must be regression for dataset.kind=sequence")
+        for key, v in [("window", seq.window), ("horizon", seq.horizon), ("stride", seq.stride)]:
+            if v < 1:
+                raise ConfigError(f"dataset.sequence.{key} must be >= 1, got {v}")
+        if seq.max_fill < 0:
+            raise ConfigError(f"dataset.sequence.max_fill must be >= 0, got {seq.max_fill}")
+    if any(h < 1 for h in t.hidden) or not t.hidden:
+        raise ConfigError(f"train.hidden: layer sizes must be >= 1, got {t.hidden}")

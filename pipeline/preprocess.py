@@ -18,7 +18,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks, tracking
+from pipeline import (image_shards, lake, manifest, quarantine, sequence, sources, tabular, tabular_shards, tasks,
+                      tracking)
 from pipeline.config import Config
 from pipeline.images import ImageSpec
 
@@ -42,9 +43,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
     job = tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
                        tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict())
+    step = {"images": _images, "tabular": _tabular, "sequence": sequence.preprocess}[ds.kind]
     try:
-        stats, label_names, fitted, schema = (_images if ds.kind == "images" else _tabular)(
-            spark, cfg, source, out, quarantine_uri)
+        stats, label_names, fitted, schema = step(spark, cfg, source, out, quarantine_uri)
     except BaseException as e:
         job.fail()
         lake.remove(out)  # never marked latest, but do not leave a partial version behind

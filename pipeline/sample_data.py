@@ -13,6 +13,11 @@ diagnosis; a held-out tenth without the diagnosis under ``<dataset.score_source>
 ``conf/wine.yaml``: the wine table without an id column; ``conf/diabetes.yaml``: the diabetes
 table, a regression target.
 
+sequence (statsmodels' yearly ``sunspots``, 1700-2008, or weekly ``co2``, 1958-2001, with
+missing values left empty): ``<dataset.source>/series.csv`` (time, value) without the last
+``horizon`` steps; the ``window`` + 8 steps before them under ``<dataset.score_source>/dt=<date>/``
+as the recent history to forecast from; the held-out steps are the truth.
+
 The held-out truth is written under ``raw/<dataset>/holdout_labels/`` so predictions can be
 checked. ``--bad-records`` adds one record of every kind the pipeline must quarantine.
 """
@@ -208,6 +213,32 @@ def write_diabetes(cfg: Config, score_date: str, bad_records: bool = False) -> d
     return {"labelled": len(rows) + len(bad), "holdout": len(new), "bad": len(bad)}
 
 
+def write_series(cfg: Config, score_date: str, bad_records: bool = False) -> dict[str, int]:
+    import statsmodels.api as sm
+
+    seq = cfg.dataset.sequence
+    if cfg.dataset.name == "co2":
+        data = sm.datasets.co2.load_pandas().data["co2"]
+        times = [d.date().isoformat() for d in data.index]
+        values = data.to_numpy()
+    else:
+        data = sm.datasets.sunspots.load_pandas().data
+        times = [str(int(y)) for y in data["YEAR"]]
+        values = data["SUNACTIVITY"].to_numpy()
+    cut = len(values) - seq.horizon
+    head = f"{seq.time_column},{seq.target_column}\n"
+    body = lambda rows: "".join(f"{times[i]},{'' if np.isnan(values[i]) else repr(float(values[i]))}\n" for i in rows)
+    bad = ([f"not-a-time,1.0", f"{times[0]},twelve", f"{times[1]},inf", f"{times[2]},1.0,extra"]
+           if bad_records else [])
+    source = cfg.resolve(cfg.dataset.source)
+    lake.write_bytes(f"{source}/series.csv", (head + body(range(cut)) + "".join(b + "\n" for b in bad)).encode())
+    recent = range(max(0, cut - seq.window - 8), cut)
+    lake.write_bytes(f"{cfg.resolve(cfg.dataset.score_source)}/dt={score_date}/series.csv", (head + body(recent)).encode())
+    _write_truth(cfg, score_date, [(times[i], float(values[i])) for i in range(cut, len(values))])
+    log.info("wrote %d rows of %s to %s", cut + len(bad), cfg.dataset.name, source)
+    return {"labelled": cut + len(bad), "holdout": len(recent), "bad": len(bad)}
+
+
 WRITERS = {"breast_cancer": write_breast_cancer, "wine": write_wine, "diabetes": write_diabetes}
 
 
@@ -220,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    write = write_digits if cfg.dataset.kind == "images" else WRITERS.get(cfg.dataset.name, write_breast_cancer)
+    write = {"images": write_digits, "sequence": write_series}.get(cfg.dataset.kind) or \
+        WRITERS.get(cfg.dataset.name, write_breast_cancer)
     counts = write(cfg, args.date, args.bad_records)
     print(f"sample data: {counts['labelled']} labelled, {counts['holdout']} held out for dt={args.date}"
           f" ({counts['bad']} bad records each)")

@@ -23,7 +23,8 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import _parse_datatype_string
 
-from pipeline import artifact, image_shards, lake, manifest, quarantine, sources, tabular, tabular_shards, tasks, tracking
+from pipeline import (artifact, image_shards, lake, manifest, quarantine, sequence, sources, tabular,
+                      tabular_shards, tasks, tracking)
 from pipeline.cli import NoInput
 from pipeline.config import Config, TabularConf
 from pipeline.images import ImageSpec, Rejected, decode_image
@@ -32,8 +33,22 @@ from pipeline.preprocess import image_table, max_piece_bytes
 log = logging.getLogger(__name__)
 
 PLAN = pa.schema([("uri", pa.string()), ("path", pa.string())])
-SCORED_DDL = ("key string, prediction string, label_index int, probability float, "
-              "probabilities array<float>, reason string, detail string, source string")
+# The columns each task's objective writes (objectives.py ``predictions``).
+PREDICTION_DDL = {"classification": "prediction string, label_index int, probability float, probabilities array<float>",
+                  "regression": "prediction double"}
+
+
+def _task(spec: dict[str, Any]) -> str:
+    return (spec.get("task") or {}).get("name", "classification")
+
+
+def scored_ddl(spec: dict[str, Any]) -> str:
+    return f"key string, {PREDICTION_DDL[_task(spec)]}, reason string, detail string, source string"
+
+
+def prediction_columns(spec: dict[str, Any]) -> list[str]:
+    return [c.split()[0] for c in PREDICTION_DDL[_task(spec)].split(", ")]
+
 
 # One model per Python worker process, kept across batches and tasks (Spark reuses workers).
 _MODELS: dict[tuple[str, str], artifact.LoadedModel] = {}
@@ -87,28 +102,22 @@ def prepare_features(pdf: pd.DataFrame, m: artifact.LoadedModel) -> Prepared:
 
 def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[..., Prepared], key: str, lake_root: str,
                  ref: str, loads=None, batch_size: int = 256) -> Iterator[pd.DataFrame]:
-    """mapInPandas body -> SCORED_DDL. Rows that cannot be scored carry a reason instead."""
+    """mapInPandas body -> scored_ddl(spec): the objective's prediction columns, or a reason for
+    rows that cannot be scored (their prediction columns are null)."""
     m = cached_model(lake_root, ref, loads)
-    names = np.asarray(m.label_names, dtype=object)
+    objective = m.objective
     for pdf in frames:
         ok, x, reasons, details = prepare(pdf, m)
-        probs = m.predict_proba(x, batch_size)
-        pred = np.full(len(pdf), -1, dtype=np.int32)
-        prob = np.full(len(pdf), np.nan, dtype=np.float32)
-        all_probs: list[Any] = [None] * len(pdf)
-        if ok:
-            top = probs.argmax(1)
-            pred[ok] = top
-            prob[ok] = probs[np.arange(len(top)), top]
-            for j, i in enumerate(ok):
-                all_probs[i] = probs[j].tolist()
-        yield pd.DataFrame({
-            "key": pdf[key].values,
-            "prediction": [names[p] if p >= 0 else None for p in pred],
-            "label_index": pred, "probability": prob, "probabilities": all_probs,
-            "reason": reasons, "detail": details,
-            "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
-        }).pipe(tasks.to_spark)
+        preds = objective.predictions(m.predict_raw(x, batch_size)) if ok else {}
+        columns: dict[str, Any] = {"key": pdf[key].values}
+        for name in prediction_columns(m.spec):
+            full = np.full(len(pdf), None, dtype=object)
+            if ok:
+                values = preds[name]
+                full[ok] = [v.tolist() for v in values] if values.ndim > 1 else values
+            columns[name] = full
+        yield pd.DataFrame({**columns, "reason": reasons, "detail": details,
+                            "source": (pdf["source"] if "source" in pdf else pdf[key]).values}).pipe(tasks.to_spark)
 
 
 def image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -140,7 +149,7 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
         def with_ids(frames):
             for pdf in frames:
                 yield pdf.assign(path=image_shards.content_ids(pdf["content"]))
-        return df.mapInPandas(lambda it: body(with_ids(it)), SCORED_DDL), "path"
+        return df.mapInPandas(lambda it: body(with_ids(it)), scored_ddl(spec)), "path"
     if spec["input"]["kind"] == "images":
         files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = _num_tasks(spark, sum(size for _, size in files))
@@ -150,7 +159,7 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
                                     schema=PLAN) for t in range(n)], plan_uri)
         frames = partial(image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
         body = partial(score_frames, prepare=prepare_images, key="path", **kw)
-        return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), SCORED_DDL), "path"
+        return tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), scored_ddl(spec)), "path"
     # Read, validated and encoded in the scoring tasks themselves (pipeline/tabular_shards.py),
     # with the parameters fitted when the model's dataset version was preprocessed.
     tab = _score_columns(spec, cfg)
@@ -163,7 +172,7 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
         records = partial(tabular_shards.score_records, plan_uri=f"{staging}/_plan", tab=tab,
                           params=spec["input"]["tabular"], batch_size=kw["batch_size"])
         body = partial(score_frames, prepare=prepare_features, key="id", **kw)
-        return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), SCORED_DDL), "id"
+        return tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), scored_ddl(spec)), "id"
     df = sources.load(spark, source, tab, score_date)
     tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
     absent = [c for c in passthrough if c not in df.columns]
@@ -171,7 +180,7 @@ def _scored(spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str,
         raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
     df = sources.declared(df, tab, extra=passthrough)
     extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
-    out = T.StructType(_parse_datatype_string(SCORED_DDL).fields + extra)
+    out = T.StructType(_parse_datatype_string(scored_ddl(spec)).fields + extra)
     arrow = to_arrow_schema(out)
     params = spec["input"]["tabular"]
 
@@ -212,16 +221,23 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     job_dir = f"{root}/_staging/{job_id}"
     final = f"{root}/dt={score_date}"
     staging = f"{job_dir}/dt={score_date}"
+    forecasting = spec["input"]["kind"] == "sequence"
     try:
-        scored, key = _scored(spark, cfg, spec, source, score_date, job_dir, kw)
+        if forecasting:  # one row per series and future step; the history rows are what is counted
+            scored, key, columns = sequence.score(spark, spec, source, kw), "series", ["step", "time", "prediction"]
+        else:
+            (scored, key), columns = _scored(spark, cfg, spec, source, score_date, job_dir, kw), prediction_columns(spec)
     except sources.SourceError as e:
         lake.remove(job_dir)
         raise NoInput(f"nothing to score for {score_date}: {e}") from None
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        used = [F.sum("used").alias("used")] if forecasting else []
         with sources.reading(spark):  # the cache holds what this reads
-            counts = {r["reason"]: r["n"] for r in scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
-        output_count = counts.pop(None, 0)
+            rows = scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n"), *used).collect()
+        counts = {r["reason"]: r["n"] for r in rows}
+        written = counts.pop(None, 0)
+        output_count = next((r["used"] for r in rows if r["reason"] is None), 0) if forecasting else written
         input_count = output_count + sum(counts.values())
         if input_count == 0:
             raise NoInput(f"nothing to score for {score_date}: {source} has no records")
@@ -231,12 +247,12 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
             quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
         (scored.filter(F.col("reason").isNull())
-         .select(F.col("key").alias(key), *[F.col(f"`{c}`") for c in cfg.score.passthrough],
-                 "prediction", "label_index", "probability", "probabilities",
+         .select(F.col("series" if forecasting else "key").alias(key),
+                 *[F.col(f"`{c}`") for c in cfg.score.passthrough], *columns,
                  F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
                  F.lit(spec["dataset"]["version"]).alias("dataset_version"),
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
-         .coalesce(max(1, min(8, output_count // 500_000 + 1)))
+         .coalesce(max(1, min(8, written // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
     except BaseException:
         job.fail()
@@ -252,6 +268,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
                "registry": registry},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
         **job.fields(),
+        **({"forecast_rows": written} if forecasting else {}),
     )
     manifest.write(staging, m)
     _swap_in(staging, final, f"{root}/_trash/{job_id}")

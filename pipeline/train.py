@@ -13,6 +13,7 @@ Rank 0 writes the artifact; ``_latest`` moves to it only once training has finis
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -57,21 +58,18 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
             f"the dataset has {files} files per split but training uses {world_size} ranks; petastorm needs "
             f"at least one row group per rank. Re-run preprocess with --set preprocess.files_per_split={world_size} "
             f"(or a multiple)")
-    if kind == "images":
-        img = m["image"]
-        shape = [img["channels"], img["height"], img["width"]]
-        data_input = {"kind": kind, "field": "image", "image": img, "normalization": m["normalization"]}
-    else:
-        if cfg.train.arch != "mlp":
-            raise TrainingSetupError(f"train.arch={cfg.train.arch!r} needs images; use train.arch=mlp for tabular data")
-        shape = [m["tabular"]["num_features"]]
-        data_input = {"kind": kind, "field": "features", "tabular": m["tabular"],
-                      "columns": m["config"]["dataset"]["tabular"]}
-    task_info = {"label_names": m["label_names"]}
-    objective = objectives.for_task(cfg.train.task, task_info)
-    model_spec = {"arch": cfg.train.arch, "num_classes": objective.output_size(), "input_shape": shape}
+    try:
+        data_input, shape = objectives.input_spec(m)
+        task_info = objectives.task_info(cfg.train, m)
+        objective = objectives.for_task(cfg.train.task, task_info)
+        model_spec = objectives.model_spec(cfg.train, kind, shape, objective)
+    except (objectives.TaskSetupError, ValueError) as e:
+        raise TrainingSetupError(str(e)) from None
     model_uri = artifact.model_dir(cfg.lake.root, cfg.train.model_name, run_id)
     t = vars(cfg.train).copy()
+    t["augment"] = dataclasses.asdict(cfg.train.augment) if kind == "images" else {}
+    if t["init_weights"]:  # a local path, or a URI (relative: under lake.root)
+        t["init_weights"] = "file://" + t["init_weights"] if t["init_weights"].startswith("/") else cfg.resolve(t["init_weights"])
     t["backend"] = distributed.default_backend() if t["backend"] == "auto" else t["backend"]
     t["reader"] = feed.default_reader() if t["reader"] == "auto" else t["reader"]
     monitor = objective.default_monitor if t["monitor"] == "auto" else t["monitor"]
@@ -97,6 +95,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
         "artifact_spec": {
             "model": model_spec,
             "label_names": m["label_names"],
+            "task": {"name": objective.name, "info": task_info},
             "input": data_input,
             "dataset": {"name": m["dataset"], "version": m["version"], "uri": data_uri},
             "model_name": cfg.train.model_name,

@@ -26,7 +26,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pipeline import artifact, distributed, objectives
-    from pipeline.models import build_model
+    from pipeline.models import build_model, load_initial_weights
 
     t = p["train"]
     dist = distributed.init(t["backend"], t["device"])
@@ -37,7 +37,10 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     precision = Precision(t["mixed_precision"], dist.device)
 
     _seed_all(t["seed"])  # identical init everywhere; prepare() makes it certain
-    model = build_model(p["model_spec"]).to(dist.device)
+    model = build_model(p["model_spec"])
+    if t["init_weights"] and not p.get("resume"):
+        load_initial_weights(model, t["init_weights"])
+    model = model.to(dist.device)
     state = RunState.start(p, dist.rank)
     net, opt = dist.prepare(model, make_optimizer(model, t), fp16_allreduce=t["fp16_allreduce"],
                             opt_state=state.resume_model(model))
@@ -56,15 +59,13 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
             break
 
     state.restore_best(model)
-    test_outputs: list = []
-    test = evaluate(model, data, p["test_url"], objective, dist, precision, keep=test_outputs)
+    out, y = split_outputs(model, data, p["test_url"], objective, dist, precision)
+    test = {**objective.metrics(out, y), "count": len(y)}
     metrics = state.final_metrics(test, dist, data)
     if dist.rank == 0:
         metrics["epochs_tracked"] = tracker.active
         artifact.save(p["model_uri"], {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      p["artifact_spec"], metrics, state.history, p["config"])
-        if objective.name == "classification":  # every test row, gathered from all ranks
-            artifact.save_confusion(p["model_uri"], *test_outputs, p["artifact_spec"]["label_names"])
+                      p["artifact_spec"], metrics, state.history, p["config"], report=objective.report(out, y))
         log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p["model_uri"])
     dist.shutdown()
     return metrics
@@ -115,10 +116,14 @@ def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precisio
     }
 
 
-def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision",
-             keep: list | None = None) -> dict[str, float]:
-    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks
-    (and appended to ``keep``, as outputs, labels, if given)."""
+def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Precision") -> dict[str, float]:
+    """Metrics over a whole split: each rank scores its shard, outputs are gathered from all ranks."""
+    out, y = split_outputs(model, data, url, objective, dist, precision)
+    return {**objective.metrics(out, y), "count": len(y)}
+
+
+def split_outputs(model, data: "Batches", url: str, objective, dist, precision: "Precision"):
+    """(outputs, labels) of every row of a split, gathered from all ranks in rank order."""
     import torch
 
     model.eval()
@@ -130,9 +135,7 @@ def evaluate(model, data: "Batches", url: str, objective, dist, precision: "Prec
             labels.append(y.cpu().numpy())
     out = dist.allgather(np.concatenate(outs) if outs else np.zeros((0, objective.output_size()), np.float32))
     y = dist.allgather(np.concatenate(labels) if labels else np.zeros(0, objective.label_dtype))
-    if keep is not None:
-        keep.extend((out, y))
-    return {**objective.metrics(out, y), "count": len(y)}
+    return out, y
 
 
 class Batches:
@@ -149,6 +152,7 @@ class Batches:
         self.reader = t["reader"]
         self.fields = [inp["field"], "label"]
         self.label_dtype = label_dtype
+        self.augment = t.get("augment") or {}
         self.steps_run = self.rows_read = 0  # this rank's totals, returned for accounting checks
         device = dist.device
         if inp["kind"] == "images":
@@ -162,22 +166,37 @@ class Batches:
             self._normalise = lambda x: x
 
     def decode(self, batch) -> tuple[np.ndarray, np.ndarray]:
-        return self._decode_x(batch), np.asarray(batch.label, dtype=self.label_dtype)
+        y = batch.label
+        if y.dtype == object:  # a list column (multi-step forecasts) as an array of arrays
+            y = np.stack(y) if len(y) else np.zeros((0, 0))
+        return self._decode_x(batch), np.asarray(y, dtype=self.label_dtype)
 
-    def to_device(self, x: np.ndarray, y: np.ndarray):
+    def to_device(self, x: np.ndarray, y: np.ndarray, augment=None):
+        """Batch to the device; ``augment`` (a seeded generator) augments uint8 images there, before
+        normalisation."""
+        from pipeline import augment as aug
+
         torch, device = self.torch, self.dist.device
         xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
         if device.type == "cuda":
             xt, yt = xt.pin_memory(), yt.pin_memory()
-        return self._normalise(xt.to(device, non_blocking=True)), yt.to(device, non_blocking=True)
+        xt = xt.to(device, non_blocking=True)
+        if augment is not None:
+            xt = aug.apply(xt, self.augment, augment)
+        return self._normalise(xt), yt.to(device, non_blocking=True)
 
     def train_stream(self, epoch: int, rng: np.random.Generator):
-        """The epoch's shuffled batches; a context manager that closes the open reader."""
+        """The epoch's shuffled batches (augmented, if configured, from a generator seeded with
+        (seed, rank, epoch)); a context manager that closes the open reader."""
+        from pipeline import augment as aug
+
         t = self.p["train"]
+        gen = (aug.generator(self.dist.device, t["seed"], self.dist.rank, epoch)
+               if aug.enabled(self.augment) else None)
         chunks = self.feed.endless_row_groups(self.p["train_url"], self.dist.rank, self.dist.size,
                                               fields=self.fields, reader=self.reader,
                                               seed=t["seed"] * 1000 + epoch, decode=self.decode)
-        batches = (self.to_device(x, y) for x, y in
+        batches = (self.to_device(x, y, gen) for x, y in
                    self.feed.shuffled_batches(chunks, t["batch_size"], t["shuffle_buffer"], rng))
         return _Closing(batches, chunks)
 
@@ -321,7 +340,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    """The metrics for a log line; per-class precision and recall stay in metrics.json."""
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                    if isinstance(v, float) and "precision_" not in k and "recall_" not in k)
 
 
 def _log_epoch(rec: dict[str, Any], epochs: int) -> None:

@@ -115,8 +115,11 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
 
 
 def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
+    """With image augmentation on: its random draws must replay exactly after the resume."""
     root, _ = digits
-    over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn"]
+    over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn",
+            "train.augment.crop_padding=1", "train.augment.hflip=true", "train.augment.rotate_degrees=8",
+            "train.augment.brightness=0.2", "train.augment.contrast=0.2"]
     ck_dir = f"{root}/models/resume-cnn"
     p = _two_ranks(root, overrides=over)
     killed = None
@@ -148,7 +151,7 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
     assert r.returncode == 0, out[-3000:]
     assert "resuming from" in out
 
-    ref = _two_ranks(root, overrides=over[:2] + ["train.model_name=reference-cnn"])
+    ref = _two_ranks(root, overrides=[o for o in over if "model_name" not in o] + ["train.model_name=reference-cnn"])
     ref_out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, ref_out[-3000:]
     resumed = lake.read_json(f"file://{ck_dir}/{run_id}/history.json")
@@ -196,9 +199,51 @@ def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, tmp_p
         t = pq.read_table(lake.local_path(m["splits"][name]["uri"])).to_pandas()
         return np.stack(t["features"].values), t["label"].values
 
+    from sklearn import metrics as skm
+
     (x_train, y_train), (x_test, y_test) = split("train"), split("test")
-    baseline = LogisticRegression(max_iter=5000).fit(x_train, y_train).score(x_test, y_test)
+    lr = LogisticRegression(max_iter=5000).fit(x_train, y_train)
+    baseline = lr.score(x_test, y_test)
+    lr_auc = skm.roc_auc_score(y_test, lr.predict_proba(x_test)[:, 1])
+    lr_f1 = skm.f1_score(y_test, lr.predict(x_test), average="macro")
     assert result["test_count"] == len(y_test)
     assert result["test_accuracy"] >= baseline, (result["test_accuracy"], baseline)
-    print(f"\nbreast cancer: MLP test accuracy {result['test_accuracy']:.4f}, "
-          f"LogisticRegression {baseline:.4f} on the same {len(y_test)} test rows")
+    print(f"\nbreast cancer on the same {len(y_test)} test rows: MLP accuracy {result['test_accuracy']:.4f}, "
+          f"ROC AUC {result['test_roc_auc']:.4f}, PR AUC {result['test_pr_auc']:.4f}, macro-F1 {result['test_macro_f1']:.4f}; "
+          f"LogisticRegression accuracy {baseline:.4f}, ROC AUC {lr_auc:.4f}, macro-F1 {lr_f1:.4f}")
+    assert result["test_roc_auc"] >= lr_auc - 0.02 and result["test_macro_f1"] >= lr_f1 - 0.02
+    # The reported metrics are scikit-learn's on the saved model's predictions for the test rows.
+    probs = artifact.load_model(cfg.lake.root, "breast-cancer-mlp@latest").predict_proba(x_test.astype(np.float32))
+    assert result["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y_test, probs[:, 1]), abs=1e-6)
+    assert result["test_pr_auc"] == pytest.approx(skm.average_precision_score(y_test, probs[:, 1]), abs=1e-6)
+    assert result["test_macro_f1"] == pytest.approx(skm.f1_score(y_test, probs.argmax(1), average="macro"), abs=1e-9)
+    cm = lake.read_json(f"{result['model_uri']}/confusion_matrix.json")
+    assert cm["confusion_matrix"] == skm.confusion_matrix(y_test, probs.argmax(1)).tolist()
+    assert lake.exists(f"{result['model_uri']}/confusion_matrix.png")
+
+
+FACTORY = """import torch
+__version__ = "0.3"
+
+def build(spec):
+    c, h, w = spec["input_shape"]
+    return torch.nn.Sequential(torch.nn.Conv2d(c, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(16 * h * w, spec["num_classes"]))
+"""
+
+
+def test_model_from_a_module_path_is_trained_and_scored(spark, digits, tmp_path, monkeypatch):
+    from pipeline import score
+
+    root, m = digits
+    (tmp_path / "team_models.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver and the in-process rank
+    spark.sparkContext.addPyFile(str(tmp_path / "team_models.py"))  # what --py-files does for the executors
+    cfg = _cfg(root, "train.epochs=3", "train.arch=team_models:build", "train.model_name=team-model",
+               "train.optimizer=adam", "train.lr=0.003")
+    result = train.run_local(cfg)
+    assert result["test_accuracy"] > 0.85
+    spec = lake.read_json(f"{result['model_uri']}/model.json")
+    assert spec["model"]["factory"]["path"] == "team_models:build" and spec["model"]["factory"]["version"] == "0.3"
+    out = score.run(spark, cfg, DATE, "team-model@latest")
+    assert out["output_count"] == 179 and out["quarantined_count"] == 0
