@@ -157,7 +157,9 @@ def test_every_manifest_and_run_records_cost(tracked):
 def test_pyfunc_scores_raw_inputs_as_the_score_job_does(tracked):
     import mlflow
 
+    # Both: an in-process training run earlier in the session leaves its own registry URI set.
     mlflow.set_tracking_uri(tracked["uri"])
+    mlflow.set_registry_uri(tracked["uri"])
     model = mlflow.pyfunc.load_model("models:/digits-cnn@champion")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["content"]
     cfg = tracked["cfg"]
