@@ -43,11 +43,18 @@ def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, histor
         lake.write_bytes(f"{uri}/training_curve.png", png)
     if report and "confusion_matrix" in report:
         lake.write_json(f"{uri}/confusion_matrix.json", report)
-        lake.write_bytes(f"{uri}/confusion_matrix.png", _confusion_png(report["labels"], report["confusion_matrix"]))
+        png = _confusion_png(report["labels"], report["confusion_matrix"])
+        if png is not None:
+            lake.write_bytes(f"{uri}/confusion_matrix.png", png)
 
 
-def _confusion_png(labels: list[str], cm: list[list[int]]) -> bytes:
-    import matplotlib
+def _confusion_png(labels: list[str], cm: list[list[int]]) -> bytes | None:
+    """The test confusion matrix as a picture; None without matplotlib, like the curve."""
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger(__name__).warning("matplotlib is not installed: no confusion_matrix.png")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
