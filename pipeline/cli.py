@@ -22,6 +22,11 @@ class NoInput(RuntimeError):
     """Raised when a job finds no input to process (a scheduler may treat this as 'skip')."""
 
 
+class InputError(RuntimeError):
+    """The input named in the config is wrong (a missing path, an unknown table, a failing query):
+    reported as one line naming it, exit code 1, without a traceback, since the user must fix it."""
+
+
 def _quiet_py4j_retries(record: logging.LogRecord) -> bool:
     # py4j logs a traceback at INFO on the root logger whenever it retries on a stale pooled
     # connection (horovod.spark.run's background thread triggers it); it is recovered, not an error.
@@ -69,6 +74,9 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
     except NoInput as e:
         print(f"{stage}: no input: {e}", file=sys.stderr)
         return EXIT_NO_INPUT
+    except InputError as e:
+        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
         logging.getLogger(stage).exception("failed")
         print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)

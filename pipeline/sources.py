@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline import lake
+from pipeline.cli import InputError
 from pipeline.config import TabularConf
 
 TABLE, QUERY = "table:", "query:"
@@ -39,7 +40,7 @@ FAST_FORMATS = ("csv", "json", "parquet")
 _NUMBER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError):
     """The source does not exist, is empty, or cannot be read; the message names it."""
 
 

@@ -104,3 +104,5 @@ def test_bad_sources_name_themselves_with_their_exit_code(run):
     p = run["missing_path"]
     assert p.returncode == cli.EXIT_FAILED and "SourceError" in p.stdout + p.stderr and "nowhere does not exist" in \
         p.stdout + p.stderr
+    for p in (run["unknown_table"], run["missing_path"]):  # the one line, not a traceback above it
+        assert "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
