@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from pipeline import lake  # noqa: E402
+from pipeline.core import lake  # noqa: E402
+from pipeline.core.layout import LakeLayout  # noqa: E402
 
 BATCH = 32
 
@@ -56,8 +57,9 @@ def run(lake_root: str, name: str, cmd: list[str], over: list[str], epochs: int)
                        cwd=ROOT, capture_output=True, text=True, timeout=1200)
     if p.returncode != 0:
         raise SystemExit(f"{name}: exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    parent = f"{lake_root}/models/{name}"
-    history = lake.read_json(f"{parent}/{lake.get_latest(parent)}/history.json")
+    layout = LakeLayout(lake_root)
+    run_dir = layout.model_run(name, lake.get_latest(layout.models_root(name)))
+    history = lake.read_json(f"{run_dir}/history.json")
     rates = [h["samples_per_s"] / (BATCH * 2) for h in history[1:]] or [history[0]["samples_per_s"] / (BATCH * 2)]
     return statistics.median(rates)
 

@@ -5,7 +5,7 @@
     python bench/layout_bench.py --noise 0    # noise-free images: what compression can do
     python bench/layout_bench.py --rows 20000 --image-size 32x32x3 --codecs png --repeats 5
 
-The same ``--rows`` images (all different, from ``pipeline.synthetic.render_image`` with
+The same ``--rows`` images (all different, from ``pipeline.samples.synthetic.render_image`` with
 ``--noise``) are stored three ways, each as ``--files`` Parquet files:
 
 (ii) ours, the layout ``pipeline.preprocess`` writes: ``image`` a binary column holding the
@@ -23,7 +23,7 @@ Read, each as rows/s:
      iterated row by row ("rows": decoded numpy rows, no batches), and the same reader through
      ``petastorm.pytorch.DataLoader`` with ``--batch-size`` ("DataLoader": torch batches, what
      petastorm's PyTorch examples do).
-(ii) ``pipeline.feed`` as the trainer uses it (``bench/loader_bench.py``'s (b): one epoch of
+(ii) ``pipeline.training.feed`` as the trainer uses it (``bench/loader_bench.py``'s (b): one epoch of
      ``endless_row_groups`` + ``shuffled_batches`` + ``torch.from_numpy``), and one plain
      ``feed.open_reader`` pass with the trainer's decode (b0).
 
@@ -52,9 +52,9 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loader_bench as lb  # noqa: E402  (also puts the repository root on sys.path)
-from pipeline.config import load_config  # noqa: E402
-from pipeline.images import ImageLayout  # noqa: E402
-from pipeline.session import get_spark  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.ingest.images import ImageLayout  # noqa: E402
+from pipeline.spark.session import get_spark  # noqa: E402
 
 
 def unischema(layout: ImageLayout, codec: str):
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=4, help="files per dataset (preprocess.files_per_split)")
     ap.add_argument("--row-group-rows", type=int, default=10_000, help="rows per row group of the blob layout")
     ap.add_argument("--noise", type=float, default=0.15,
-                    help="pixel noise of the synthetic images (pipeline.synthetic's default 0.15); "
+                    help="pixel noise of the synthetic images (pipeline.samples.synthetic's default 0.15); "
                          "0 compresses far better")
     ap.add_argument("--row-group-mb", type=int, default=8, help="materialize_dataset's row_group_size_mb")
     ap.add_argument("--codecs", default="png,ndarray", help="Unischema image codecs to compare: png, ndarray")
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = args.rows
         url = {k: p.as_uri() for k, p in datasets.items()}
         variants: dict[str, Callable[[], int]] = {
-            "(ii) blob + pipeline.feed, trainer epoch (b)": lambda: lb.run_epoch(
+            "(ii) blob + pipeline.training.feed, trainer epoch (b)": lambda: lb.run_epoch(
                 url["blob"], rows, layout, args.batch_size, args.shuffle_buffer, 0),
             "(ii) blob + feed.open_reader pass (b0)": lambda: lb.run_single_pass(url["blob"], layout),
         }

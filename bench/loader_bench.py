@@ -11,7 +11,7 @@ Data: ``--rows`` rows in the curated layout ``pipeline.preprocess`` writes (``id
 ``path`` string, ``image`` binary holding one uint8 HxWxC row-major blob, ``label`` int32),
 written with pyarrow (no Spark) as ``--files`` snappy Parquet files with ``--row-group-rows``
 rows per row group, into a temporary directory (``--dir`` to keep it). The pixels come from
-``pipeline.synthetic.render_image`` (``--distinct`` different images, drawn at random for the
+``pipeline.samples.synthetic.render_image`` (``--distinct`` different images, drawn at random for the
 rows), so they compress like real small images, not like noise.
 
 Measured, each as rows/s of uint8 NCHW image tensors + label tensors reaching the caller:
@@ -19,7 +19,7 @@ Measured, each as rows/s of uint8 NCHW image tensors + label tensors reaching th
 (a)  baseline: ``pq.ParquetFile(f).iter_batches(columns=[image, label])`` over the files; each
      Arrow batch's image buffer is viewed as (N, H, W, C) uint8 without a copy, transposed to
      NCHW and handed to ``torch.from_numpy``. The ceiling for reading these files in Python.
-(b)  the trainer's path with ``train.reader=petastorm`` (``pipeline.trainer.Batches.train_stream``,
+(b)  the trainer's path with ``train.reader=petastorm`` (``pipeline.training.trainer.Batches.train_stream``,
      one rank of one): ``feed.endless_row_groups`` with the trainer's decode, ``feed.shuffled_batches``
      with ``--batch-size`` and ``--shuffle-buffer``, ``torch.from_numpy(np.ascontiguousarray(x))``
      and ``torch.from_numpy(y)`` per step, for ``schedule.steps_per_epoch(rows, batch, 1)`` steps,
@@ -82,8 +82,9 @@ import pyarrow.parquet as pq  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import feed, schedule  # noqa: E402
-from pipeline.images import ImageLayout, images_to_tensor_layout  # noqa: E402
+from pipeline.training import feed
+from pipeline.training import schedule  # noqa: E402
+from pipeline.ingest.images import ImageLayout, images_to_tensor_layout  # noqa: E402
 
 FIELDS = ["image", "label"]
 
@@ -91,8 +92,8 @@ FIELDS = ["image", "label"]
 # --- data ------------------------------------------------------------------------------------
 
 def render_pool(n: int, layout: ImageLayout, seed: int = 0, noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """n distinct synthetic images (n, H, W, C) uint8 and their labels, from pipeline.synthetic."""
-    from pipeline.synthetic import render_image
+    """n distinct synthetic images (n, H, W, C) uint8 and their labels, from pipeline.samples.synthetic."""
+    from pipeline.samples.synthetic import render_image
 
     labels, images = zip(*(render_image(i, seed, 0, 10, layout.height, layout.width, layout.channels, noise)
                            for i in range(n)))
@@ -165,14 +166,14 @@ def run_scan(files: list[Path], layout: ImageLayout) -> int:
 # --- (b) the trainer's feed ------------------------------------------------------------------
 
 def trainer_decode(layout: ImageLayout) -> Callable:
-    def decode(batch) -> tuple[np.ndarray, np.ndarray]:  # as pipeline.trainer.Batches.decode
+    def decode(batch) -> tuple[np.ndarray, np.ndarray]:  # as pipeline.training.trainer.Batches.decode
         return images_to_tensor_layout(batch.image, layout), np.asarray(batch.label, dtype=np.int64)
     return decode
 
 
 def run_epoch(url: str, rows: int, layout: ImageLayout, batch_size: int, buffer: int, seed: int, reader: str,
               endless=feed.endless_row_groups, shuffled=feed.shuffled_batches) -> int:
-    """One training epoch's input, exactly as pipeline.trainer consumes it (rank 0 of 1)."""
+    """One training epoch's input, exactly as pipeline.training.trainer consumes it (rank 0 of 1)."""
     import torch
 
     steps = schedule.steps_per_epoch(rows, batch_size, 1)

@@ -6,12 +6,12 @@
     python bench/preprocess_bench.py --only tabular --conf spark.sql.shuffle.partitions=2
     python bench/preprocess_bench.py --only sources --cores 2 --repeats 2   # readers vs Spark ML (bench_sources)
 
-Data: ``pipeline.synthetic`` writes ``--images`` JPEGs of ``--raw-size`` pixels (the job
+Data: ``pipeline.samples.synthetic`` writes ``--images`` JPEGs of ``--raw-size`` pixels (the job
 resizes them to ``conf/synthetic_images.yaml``'s 32x32x3) and ``--rows`` rows of
 ``conf/synthetic_tabular.yaml`` (20 numeric, 2 categorical columns) as CSV into a temporary
 lake (``--lake`` to choose it).
 
-Spark: ``pipeline.preprocess.run(spark, cfg)`` on a session built by ``pipeline.session.get_spark``
+Spark: ``pipeline.preprocess.run(spark, cfg)`` on a session built by ``pipeline.spark.session.get_spark``
 with master ``local[1]``, then on a fresh one with ``local[2]`` (``--cores``). Each session first
 does one untimed run on a small data set, so JVM start-up and Python worker start-up are not
 counted; then the ``run()`` call is timed ``--repeats`` times and the best is reported. The JVM's
@@ -21,9 +21,9 @@ writes of the three splits, the manifest and ``_latest``.
 
 Loop: one Python process, pyarrow limited to one thread, doing the same work on the same
 files with the job's own code, without Spark. Images: the job's task function
-(``pipeline.image_shards.write_shards``) over ``files_per_split`` chunks. Tabular: every file read
+(``pipeline.ingest.image_tasks.write_shards``) over ``files_per_split`` chunks. Tabular: every file read
 whole with the job's reader and validated, split, fitted and encoded in memory with the job's
-functions (``pipeline.tabular``); it does not stage records between two passes as the
+functions (``pipeline.ingest.tabular``); it does not stage records between two passes as the
 distributed job must. Both write the same columns to the same number of Parquet files per split,
 the quarantine and a manifest. Timed: from listing the files to the written manifest; imports
 and one warm-up run are not. Both sides read files that are in the page cache (they were just
@@ -56,10 +56,15 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import image_shards, lake, preprocess, splits, synthetic, tabular  # noqa: E402
-from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.images import ImageSpec  # noqa: E402
-from pipeline.session import get_spark  # noqa: E402
+from pipeline.ingest import image_tasks
+from pipeline.core import lake, splits
+from pipeline import preprocess  # noqa: E402
+from pipeline.ingest import tabular  # noqa: E402
+from pipeline.kinds import images as images_kind  # noqa: E402
+from pipeline.samples import synthetic
+from pipeline.core.config import Config, load_config  # noqa: E402
+from pipeline.ingest.images import ImageSpec  # noqa: E402
+from pipeline.spark.session import get_spark  # noqa: E402
 from measure import timed  # noqa: E402  (bench/, first on sys.path)
 
 IMAGES_CONF = str(ROOT / "conf" / "synthetic_images.yaml")
@@ -85,18 +90,18 @@ def _split_counts(splits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def images_loop(cfg: Config, out_dir: str) -> dict:
-    """The job's plan (pipeline.image_shards.plan: list, label, split, deal), then the job's task code
-    (pipeline.image_shards.write_shards: read, decode, write Parquet, count, pixel sums) over
+    """The job's plan (pipeline.ingest.image_tasks.plan: list, label, split, deal), then the job's task code
+    (pipeline.ingest.image_tasks.write_shards: read, decode, write Parquet, count, pixel sums) over
     files_per_split chunks in this one process; statistics and manifest as the job does."""
     spec = ImageSpec.from_conf(cfg.dataset.image)
-    plans, names = image_shards.plan(cfg.resolve(cfg.dataset.source), None, cfg.preprocess.split,
+    plans, names = image_tasks.plan(cfg.resolve(cfg.dataset.source), None, cfg.preprocess.split,
                                      cfg.preprocess.files_per_split)
-    names = preprocess.sort_labels(names)
+    names = images_kind.sort_labels(names)
     results = []
     for k, table in enumerate(plans):
         chunk = table.to_pandas()
         batches = (chunk.iloc[i:i + BATCH] for i in range(0, len(chunk), BATCH))
-        results += list(image_shards.write_shards(batches, spec, f"file://{out_dir}", names,
+        results += list(image_tasks.write_shards(batches, spec, f"file://{out_dir}", names,
                                                   cfg.preprocess.row_group_mb * 1024 * 1024, part=k))
     res = pd.concat(results, ignore_index=True)
     good = res[res["reason"].isna()]
@@ -104,7 +109,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
     s = np.sum(np.stack(train["px_sum"].tolist()), axis=0)
     q = np.sum(np.stack(train["px_sumsq"].tolist()), axis=0)
     n_train = int(good.loc[good["split"] == "train", "n"].sum())
-    norm = preprocess._moments(list(s), list(q), n_train * spec.height * spec.width)
+    norm = images_kind.moments(list(s), list(q), n_train * spec.height * spec.width)
     split_stats = {sp: {"count": int(good.loc[good["split"] == sp, "n"].sum()),
                    "class_counts": {k: int(v) for k, v in
                                     good[good["split"] == sp].groupby("label_name")["n"].sum().items()}}
@@ -119,7 +124,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
 def tabular_loop(cfg: Config, out_dir: str) -> dict:
     """The job's work without Spark and without staging: every file read whole with the job's
     reader, validated, split, fitted and encoded in memory with the job's functions
-    (pipeline.tabular), files_per_split Parquet files per split, the quarantine and a manifest."""
+    (pipeline.ingest.tabular), files_per_split Parquet files per split, the quarantine and a manifest."""
     tab = cfg.dataset.tabular
     files = [u for u, size in lake.list_files(cfg.resolve(cfg.dataset.source)) if size > 0]
     recs = [tabular.validate(*tabular.read_piece((u, 0, -1), tab), tab) for u in files]
@@ -137,7 +142,7 @@ def tabular_loop(cfg: Config, out_dir: str) -> dict:
     good = rec.take(np.flatnonzero(ok))
     which = splits.assign(list(good.ids), cfg.preprocess.split)
     params = tabular.merge_fits([tabular.partial_fit(good.take(np.flatnonzero(which == 0)), tab)], tab)
-    names = preprocess.sort_labels(sorted(set(good.labels.tolist())))
+    names = images_kind.sort_labels(sorted(set(good.labels.tolist())))
     index = {name: i for i, name in enumerate(names)}
     for k, split in enumerate(splits.NAMES):
         part = good.take(np.flatnonzero(which == k))
@@ -195,7 +200,7 @@ def spark_ml_pipeline(spark, cfg: Config, out_uri: str) -> int:
 
 
 def bench_sources(lake_dir: str, cores: int, repeats: int, rows: int, confs: dict[str, str]) -> list[str]:
-    """On the same rows as CSV and as typed Parquet (pipeline.synthetic, same seed): the job with
+    """On the same rows as CSV and as typed Parquet (pipeline.samples.synthetic, same seed): the job with
     its fast path (the tasks read the files with pyarrow), the job through Spark's reader
     (dataset.tabular.reader=spark: spark.read + mapInArrow into the same validation), and Spark
     ML's standard feature pipeline. One warm session; every variant warmed up once."""
@@ -281,7 +286,7 @@ def _matches(kind: str, job: dict, loop: dict) -> list[str]:
 
 
 def generate(lake_root: str, args) -> dict[str, Config]:
-    """The benchmark data and the small warm-up sets, written by pipeline.synthetic on local[2]."""
+    """The benchmark data and the small warm-up sets, written by pipeline.samples.synthetic on local[2]."""
     base = [f"lake.root={lake_root}", "spark.master=local[2]"]
     cfgs = {
         "images": load_config(IMAGES_CONF, base),
@@ -308,7 +313,7 @@ def generate(lake_root: str, args) -> dict[str, Config]:
             if not k.endswith("warmup"):
                 mb = sum(p.stat().st_size for p in Path(lake.local_path(s["uri"])).rglob("*") if p.is_file()) / 1e6
                 print(f"  generated {k}: {s['rows']} records, {mb:.1f} MB in {time.perf_counter() - t0:.1f} s "
-                      f"(pipeline.synthetic on local[2])", flush=True)
+                      f"(pipeline.samples.synthetic on local[2])", flush=True)
     finally:
         spark.stop()
     return {k: v for k, v in cfgs.items() if k in wanted}

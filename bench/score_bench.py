@@ -7,8 +7,8 @@
     python bench/score_bench.py --rows 20000 --repeats 3 --conf KEY=VALUE
 
 Lake (a temporary directory, ``--lake`` to choose it). ``--data digits`` (default):
-``pipeline.sample_data.write_digits`` writes the bundled digits (8x8 PNGs of about 120 bytes,
-so Spark's cost per file dominates). ``--data synthetic``: ``pipeline.synthetic`` writes 4,000
+``pipeline.samples.sample_data.write_digits`` writes the bundled digits (8x8 PNGs of about 120 bytes,
+so Spark's cost per file dominates). ``--data synthetic``: ``pipeline.samples.synthetic`` writes 4,000
 labelled and 500 held-out 64x64 RGB JPEGs for ``conf/synthetic_images.yaml`` (scored at 32x32x3,
 more work per file, as with real images). ``pipeline.preprocess.run`` curates them (local[2]) and
 ``pipeline.train.run_local`` trains the config's CNN in this process with ``train.epochs=2``.
@@ -16,7 +16,7 @@ The held-out files are then copied under new names into three scoring partitions
 ``--warmup-rows`` files (warm-up), ``--rows`` files (1x) and ``--scale`` times as many (10x by
 default).
 
-Spark: ``pipeline.score.run(spark, cfg, date)`` on a session built by ``pipeline.session.get_spark``
+Spark: ``pipeline.score.run(spark, cfg, date)`` on a session built by ``pipeline.spark.session.get_spark``
 (plus any ``--conf``) with master ``local[1]``, then on a fresh one with ``local[2]`` (``--cores``).
 Each session first scores the small warm-up partition untimed (Python worker start-up, the per-worker model load),
 then the 1x partition untimed: 40k rows' worth in the first session, once in the others (the
@@ -29,7 +29,7 @@ session the 10x partition is scored once, for memory (its rate is printed too).
 
 Loop: one Python process, torch and pyarrow limited to one thread, scoring the same files with
 the same model artifact and the same code where the job has Python code: read the bytes,
-``pipeline.images.decode_image`` with the artifact's image parameters,
+``pipeline.ingest.images.decode_image`` with the artifact's image parameters,
 ``LoadedModel.predict_proba`` in batches of ``score.batch_size``, then one Parquet file with the
 job's output columns and a manifest, written with pyarrow. Timed: from listing the files to the
 written manifest; the model load and one warm-up run are not. Loop and job runs alternate, so
@@ -67,10 +67,14 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import artifact, lake, preprocess, sample_data, score, synthetic, train  # noqa: E402
-from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.images import ImageSpec, Rejected, decode_image  # noqa: E402
-from pipeline.session import get_spark  # noqa: E402
+from pipeline.model import artifact
+from pipeline.core import lake
+from pipeline.core.layout import LakeLayout
+from pipeline import preprocess, score, train  # noqa: E402
+from pipeline.samples import sample_data, synthetic
+from pipeline.core.config import Config, load_config  # noqa: E402
+from pipeline.ingest.images import ImageSpec, Rejected, decode_image  # noqa: E402
+from pipeline.spark.session import get_spark  # noqa: E402
 from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
 
 # --data: the config, and what each scored file is. digits: the bundled 8x8 PNGs (about 120
@@ -105,13 +109,14 @@ def build_lake(lake_dir: str, args) -> tuple[Config, dict[str, int]]:
     print(f"  lake: {args.data} written, preprocessed, CNN trained for 2 epochs in-process "
           f"(test accuracy {metrics['test_accuracy']:.3f}) in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    incoming = lake.local_path(cfg.resolve(cfg.dataset.score_source))
-    held = sorted(p for p in Path(incoming, f"dt={SETUP_DATE}").iterdir() if p.suffix in (".png", ".jpg"))
+    incoming = cfg.resolve(cfg.dataset.score_source)
+    held = sorted(p for p in Path(lake.local_path(LakeLayout.dated(incoming, SETUP_DATE))).iterdir()
+                  if p.suffix in (".png", ".jpg"))
     contents = [(p.read_bytes(), p.suffix) for p in held]
     t0 = time.perf_counter()
     sizes = {WARM_DATE: args.warmup_rows, DATE_1X: args.rows, DATE_NX: args.rows * args.scale}
     for date, n in sizes.items():
-        replicate(contents, os.path.join(incoming, f"dt={date}"), n)
+        replicate(contents, lake.local_path(LakeLayout.dated(incoming, date)), n)
     print(f"  inputs: {len(held)} held-out files copied under new names into dt={WARM_DATE} "
           f"({args.warmup_rows}), dt={DATE_1X} ({args.rows}) and dt={DATE_NX} ({args.rows * args.scale}) "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -143,7 +148,7 @@ def loop_score(cfg: Config, m: artifact.LoadedModel, date: str, out_dir: str) ->
     spec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
     batch = cfg.score.batch_size
     names = np.asarray(m.label_names, dtype=object)
-    source = lake.local_path(f"{cfg.resolve(cfg.dataset.score_source)}/dt={date}")
+    source = lake.local_path(LakeLayout.dated(cfg.resolve(cfg.dataset.score_source), date))
     paths = sorted(os.path.join(source, f) for f in os.listdir(source) if not f.startswith((".", "_")))
     ok_paths, probs, bad = [], [], {}
     for start in range(0, len(paths), batch):
@@ -184,7 +189,7 @@ def loop_score(cfg: Config, m: artifact.LoadedModel, date: str, out_dir: str) ->
 
 def check_same(cfg: Config, date: str, loop: dict) -> list[str]:
     """Differences between the job's partition for ``date`` and the loop's result ([] = same)."""
-    t = pq.read_table(lake.local_path(cfg.uri("predictions", cfg.train.model_name, f"dt={date}")))
+    t = pq.read_table(lake.local_path(LakeLayout.of(cfg).predictions_partition(cfg.train.model_name, date)))
     job = dict(zip(t["path"].to_pylist(), t["label_index"].to_pylist()))
     prob = dict(zip(t["path"].to_pylist(), t["probability"].to_pylist()))
     diffs = []

@@ -49,7 +49,7 @@ step() {  # step NAME CMD...: run and time
   "$@"
   echo "    ($name took $((SECONDS - t0)) s)"
 }
-step "sample data" python -m pipeline.sample_data "${CONF[@]}" --date "$DATE"
+step "sample data" python -m pipeline.samples.sample_data "${CONF[@]}" --date "$DATE"
 step "preprocess" "${SUBMIT[@]}" jobs/preprocess.py "${CONF[@]}"
 step "train" "${SUBMIT[@]}" jobs/train.py "${CONF[@]}" --set "train.num_proc=$WORKERS"
 step "score" "${SUBMIT[@]}" jobs/score.py "${CONF[@]}" --date "$DATE"

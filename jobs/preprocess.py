@@ -1,7 +1,8 @@
 """spark-submit jobs/preprocess.py --config conf/digits.yaml [--set key=value ...]"""
 import sys
 
-from pipeline import cli, preprocess
+from pipeline.spark import cli
+from pipeline import preprocess
 
 
 def main(spark, cfg, args):

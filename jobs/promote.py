@@ -3,17 +3,20 @@
 
 Moves the alias --to of a registered model to the version --from points at, only when every
 --require gate holds against that version's training run. Exit codes: 0 promoted, 1 a gate
-failed (the metric is named) or the registry failed, 2 invalid config or gate.
+failed (the metric is named) or the registry failed, 2 invalid config, gate, name or alias.
 """
 import sys
 
-from pipeline import cli, promote
+from pipeline.core.layout import validate_name
+from pipeline.spark import cli
+from pipeline.ops import promote
 
 
 def add_args(p):
-    p.add_argument("--model", help="registered model name (default: train.model_name)")
-    p.add_argument("--from", dest="from_alias", default="candidate", help="alias to promote (default: candidate)")
-    p.add_argument("--to", dest="to_alias", default="champion", help="alias to move (default: champion)")
+    p.add_checked("--model", check=validate_name, help="registered model name (default: train.model_name)")
+    p.add_checked("--from", check=validate_name, dest="from_alias", default="candidate",
+                  help="alias to promote (default: candidate)")
+    p.add_checked("--to", check=validate_name, dest="to_alias", default="champion", help="alias to move (default: champion)")
     p.add_argument("--require", dest="gates", action="append", default=[], type=_gate, metavar="METRIC>=VALUE",
                    help="gate on a metric of the training run, e.g. 'test_accuracy>=0.95' (repeatable)")
 

@@ -1,16 +1,20 @@
-"""spark-submit jobs/score.py --config conf/digits.yaml --date YYYY-MM-DD [--model NAME@RUN_ID|NAME@latest]
+"""spark-submit jobs/score.py --config conf/digits.yaml --date YYYY-MM-DD [--model NAME@RUN_ID|NAME@latest|NAME@ALIAS]
 
-Exit codes: 0 success, 1 failure, 2 invalid config, 3 no input for the date.
+Exit codes: 0 success, 1 failure, 2 invalid config or argument, 3 no input for the date.
 """
 import sys
 from datetime import date
 
-from pipeline import cli, score
+from pipeline.core.layout import validate_date, validate_model_ref
+from pipeline.spark import cli
+from pipeline import score
 
 
 def add_args(p):
-    p.add_argument("--date", default=date.today().isoformat(), help="partition to score (default: today)")
-    p.add_argument("--model", help="NAME@RUN_ID or NAME@latest (default: score.model)")
+    p.add_checked("--date", check=validate_date, default=date.today().isoformat(),
+                  help="partition to score, YYYY-MM-DD (default: today)")
+    p.add_checked("--model", check=validate_model_ref,
+                  help="NAME@RUN_ID, NAME@latest, NAME@ALIAS or models:/NAME@ALIAS (default: score.model)")
 
 
 def main(spark, cfg, args):

@@ -10,11 +10,13 @@ Add --resume RUN_ID to continue a run from its latest checkpoint.
 import os
 import sys
 
-from pipeline import cli, train
+from pipeline.core.layout import validate_run_id
+from pipeline.spark import cli
+from pipeline import train
 
 
 def add_args(p):
-    p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its latest checkpoint")
+    p.add_checked("--resume", check=validate_run_id, metavar="RUN_ID", help="continue this run from its latest checkpoint")
     p.add_argument("--launcher", choices=["spark", "horovodrun", "torchrun", "local"],
                    help="default: horovodrun or torchrun when started by one of them, else spark")
 

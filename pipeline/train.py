@@ -17,10 +17,15 @@ import dataclasses
 import logging
 import os
 import sys
+from functools import partial
 from typing import Any
 
-from pipeline import artifact, distributed, feed, lake, manifest, objectives, schedule, tracking
-from pipeline.config import Config
+from pipeline import kinds
+from pipeline.model import artifact, objectives
+from pipeline.training import distributed, feed, schedule
+from pipeline.core import lake, manifest
+from pipeline.ops import tracking
+from pipeline.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,7 @@ def resolve_dataset(cfg: Config) -> tuple[str, dict[str, Any]]:
 def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dict[str, Any]:
     """The plain-value parameters every rank receives."""
     data_uri, m = resolve_dataset(cfg)
-    kind = m["kind"]
+    kind = kinds.get(m["kind"])
     train_rows = m["splits"]["train"]["count"]
     if train_rows < cfg.train.batch_size * world_size:
         raise TrainingSetupError(f"{train_rows} training rows cannot fill one batch of {cfg.train.batch_size} "
@@ -59,15 +64,16 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
             f"at least one row group per rank. Re-run preprocess with --set preprocess.files_per_split={world_size} "
             f"(or a multiple)")
     try:
-        data_input, shape = objectives.input_spec(m)
-        task_info = objectives.task_info(cfg.train, m)
+        kind.check_task(cfg.train.task)
+        data_input, shape = kind.input_spec(m)
+        task_info = objectives.task_info(cfg.train, m, kind.outputs(m))
         objective = objectives.for_task(cfg.train.task, task_info)
         model_spec = objectives.model_spec(cfg.train, kind, shape, objective)
     except (objectives.TaskSetupError, ValueError) as e:
         raise TrainingSetupError(str(e)) from None
     model_uri = artifact.model_dir(cfg.lake.root, cfg.train.model_name, run_id)
     t = vars(cfg.train).copy()
-    t["augment"] = dataclasses.asdict(cfg.train.augment) if kind == "images" else {}
+    t["augment"] = dataclasses.asdict(cfg.train.augment) if kind.augmentable else {}
     if t["init_weights"]:  # a local path, or a URI (relative: under lake.root)
         t["init_weights"] = "file://" + t["init_weights"] if t["init_weights"].startswith("/") else cfg.resolve(t["init_weights"])
     t["backend"] = distributed.default_backend() if t["backend"] == "auto" else t["backend"]
@@ -106,7 +112,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
 
 def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
-    from pipeline.trainer import train_rank
+    from pipeline.training.trainer import train_rank
 
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
@@ -115,7 +121,7 @@ def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     backend = params["train"]["backend"]
     log.info("training %s run %s on %d Spark tasks (%s, %s reader), %d steps/epoch", cfg.train.model_name, run_id,
              n, backend, params["train"]["reader"], params["steps_per_epoch"])
-    job = tracking.start_training(cfg, spark, params, "spark", n)
+    job = _start_tracking(cfg, spark, params, "spark", n)
     try:
         if backend == "torch":
             from pyspark.ml.torch.distributor import TorchDistributor
@@ -145,7 +151,7 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     """Launcher 2: every process started by ``horovodrun -np N`` calls this; no Spark involved."""
     import horovod.torch as hvd
 
-    from pipeline.trainer import train_rank
+    from pipeline.training.trainer import train_rank
 
     hvd.init()
     resume = run_id is not None
@@ -154,7 +160,7 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     if hvd.rank() == 0:
         log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
                  hvd.size(), params["steps_per_epoch"])
-    job = tracking.start_training(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
+    job = _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
     metrics = train_rank(params)
     return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
@@ -163,7 +169,7 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
     """Launcher 3: every process started by ``torchrun --nproc_per_node N`` calls this; no Spark."""
     import torch.distributed as td
 
-    from pipeline.trainer import train_rank
+    from pipeline.training.trainer import train_rank
 
     dist = distributed.init("torch", cfg.train.device)  # the group train_rank then joins
     resume = run_id is not None
@@ -175,21 +181,21 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
     if dist.rank == 0:
         log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, box[0],
                  dist.size, params["steps_per_epoch"])
-    job = tracking.start_training(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
+    job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
     metrics = train_rank(params)
     return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 4: one process, world size 1, for debugging (pdb and print work)."""
-    from pipeline.trainer import train_rank
+    from pipeline.training.trainer import train_rank
 
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
     params = plan(cfg, run_id, 1, resume=resume)
     log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
              params["steps_per_epoch"])
-    job = tracking.start_training(cfg, None, params, "local", 1)
+    job = _start_tracking(cfg, None, params, "local", 1)
     try:
         metrics = train_rank(params)
     except BaseException:
@@ -210,6 +216,66 @@ def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
     lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
-    m = tracking.finish_training(job, cfg, params, metrics) if job is not None else {}
+    m = _finish_tracking(job, cfg, params, metrics) if job is not None else {}
     return {**metrics, "model_uri": uri, "mlflow_run_id": m.get("mlflow_run_id"), "registry": m.get("registry"),
             "cost": m.get("cost")}
+
+
+# --- MLflow ------------------------------------------------------------------------------------
+
+ARTIFACT_FILES = ("training_curve.png", "confusion_matrix.png", "metrics.json", "history.json", "model.json",
+                  "config.json")
+
+
+def _start_tracking(cfg: Config, spark, params: dict[str, Any], launcher: str, world_size: int) -> tracking.Job:
+    """The training run, started on the driver (or horovodrun's rank 0) before the ranks start;
+    ``params["tracking"]`` lets rank 0 attach to it (``Tracker.attach``) and log every epoch."""
+    ds = params["artifact_spec"]["dataset"]
+    job = tracking.Job(cfg, spark, "train", f"train {cfg.train.model_name} {params['run_id']}", params=cfg.to_dict(), tags={
+        "dataset": ds["name"], "dataset_version": ds["version"], "world_size": world_size, "launcher": launcher,
+        "model_name": cfg.train.model_name, "lake_run_id": params["run_id"]})
+    params["tracking"] = {"settings": job.tracker.s, "run_id": job.run_id}
+    return job
+
+
+def _finish_tracking(job: tracking.Job, cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """After rank 0 wrote the artifact: the epochs (unless rank 0 logged them as they ran), final
+    metrics, artifacts and the model (registered, alias ``candidate``) go to the run; the training
+    manifest (``models/<name>/<run id>/_manifest.json``) records the run id and the cost."""
+    uri, t = params["model_uri"], job.tracker
+    if not metrics.get("epochs_tracked"):
+        for rec in lake.read_json(f"{uri}/history.json"):
+            t.log_epoch(rec)
+    t.set_tags({"device": metrics.get("device", "")})
+    # Final metrics: test_<metric> as they are; the best epoch's val_<metric> as best_val_<metric>,
+    # apart from the per-epoch val_<metric> series; run means as mean_<name>.
+    t.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
+    t.log_metrics({f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")})
+    t.log_metrics({k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics})
+    t.log_metrics({f"mean_{k}": metrics[k] for k in ("samples_per_s", "data_wait_fraction") if k in metrics})
+    for name in ARTIFACT_FILES:
+        if lake.exists(f"{uri}/{name}"):
+            t.log_file(name, lake.read_bytes(f"{uri}/{name}"))
+    ds = params["artifact_spec"]["dataset"]
+    dataset_manifest = manifest.read(ds["uri"])
+    t.log_json("preprocess_manifest.json", dataset_manifest)
+    version = t.register_model(cfg.train.model_name, partial(_log_model, cfg=cfg, lake_run_id=params["run_id"]))
+    rows = sum(s["count"] for s in dataset_manifest["splits"].values())
+    ranks = metrics.get("ranks") or []
+    gpu_s = sum(r.get("wall_s", 0.0) for r in ranks) if str(metrics.get("device", "")).startswith("cuda") else None
+    m = manifest.build(
+        "train", params["run_id"], cfg.to_dict(), input_count=rows, output_count=rows, quarantined_by_reason={},
+        dataset={**ds, "mlflow_run_id": dataset_manifest.get("mlflow_run_id")}, uri=uri,
+        metrics={k: v for k, v in metrics.items() if k not in ("ranks",)},
+        registry={"name": cfg.train.model_name, "version": version, "alias": tracking.CANDIDATE} if version else None,
+        **job.fields(ranks=ranks, gpu_s=gpu_s),
+    )
+    manifest.write(uri, m)
+    job.finish(m)
+    return m
+
+
+def _log_model(tracking_uri: str, mlflow_run_id: str, cfg: Config, lake_run_id: str) -> str:
+    from pipeline.scoring import serving  # MLflow's pyfunc: only where tracking is on
+
+    return serving.log_model(tracking_uri, mlflow_run_id, cfg.lake.root, cfg.train.model_name, lake_run_id)

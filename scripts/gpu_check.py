@@ -6,14 +6,14 @@ numpy, pyarrow, PyYAML and fsspec installed. No Java, Spark, Horovod or Petastor
 
 1. Writes a small curated image dataset straight to Parquet in the curated format
    (docs/data-layout.md: ``curated/<name>/v=<version>/{train,val,test}/part-*.parquet`` with the
-   schema of ``pipeline.image_shards.SCHEMA``, ``_manifest.json`` and ``curated/<name>/_latest``),
+   schema of ``pipeline.ingest.image_tasks.SCHEMA``, ``_manifest.json`` and ``curated/<name>/_latest``),
    10 classes of noisy 8x8 patterns: the same layout preprocess writes, without Spark.
 2. Trains ``jobs/train.py`` under ``torchrun --nproc_per_node=1`` with ``train.backend=torch`` and
    ``train.reader=arrow``: on the GPU in fp32, bf16 autocast and fp16 with a GradScaler, and the
    same runs on the CPU (fp32, bf16; the fp16 GPU run is compared with CPU fp32).
 3. Kills one run (SIGKILL to torchrun's process group) once its first checkpoint is written,
    resumes it with ``--resume``, and compares its per-epoch losses with the uninterrupted fp32 run.
-4. Loads the artifact with ``pipeline.artifact.load_model`` on the GPU and scores the test split.
+4. Loads the artifact with ``pipeline.model.artifact.load_model`` on the GPU and scores the test split.
 
 It prints device placement, samples/s per precision against the CPU, and peak GPU memory, and
 fails (exit 1) if the ranks did not train on the GPU, if the scoring or the resumed training ran
@@ -155,8 +155,8 @@ def write_dataset(lake_root: str, rows: int, files: int, seed: int = 3) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import lake, manifest, splits
-    from pipeline.config import load_config
+    from pipeline.core import lake, manifest, splits
+    from pipeline.core.config import load_config
 
     cfg = load_config(str(ROOT / "conf" / "digits.yaml"), [f"lake.root={lake_root}", f"dataset.name={DATASET}",
                                                            f"preprocess.files_per_split={files}"])
@@ -246,7 +246,7 @@ class Check:
         return json.loads(report.read_text()) if report.exists() else {}, text
 
     def run_dir(self, name: str) -> str:
-        from pipeline import lake
+        from pipeline.core import lake
 
         parent = f"{lake_uri(self.lake)}/models/{name}"
         runs = [r for r in lake.listdir(parent) if not r.startswith("_")]
@@ -258,7 +258,7 @@ class Check:
         name = f"{MODEL}-{device}-{precision}"
         t0 = time.perf_counter()
         rep, _ = self.torchrun(self.overrides(device, precision, name, epochs))
-        from pipeline import lake
+        from pipeline.core import lake
 
         d = self.run_dir(name)
         metrics, history = lake.read_json(f"{d}/metrics.json"), lake.read_json(f"{d}/history.json")
@@ -281,7 +281,7 @@ class Check:
         return out
 
     def kill_and_resume(self, device: str, reference: dict, epochs: int) -> None:
-        from pipeline import lake
+        from pipeline.core import lake
 
         name = f"{MODEL}-{device}-resume"
         over = self.overrides(device, "none", name, epochs)
@@ -339,8 +339,9 @@ class Check:
         import pyarrow.parquet as pq
         import torch
 
-        from pipeline import artifact, lake
-        from pipeline.images import ImageLayout, images_to_tensor_layout
+        from pipeline.model import artifact
+        from pipeline.core import lake
+        from pipeline.ingest.images import ImageLayout, images_to_tensor_layout
 
         loaded = artifact.load_model(lake_uri(self.lake), f"{name}@latest", device=device)
         test_uri = lake.read_json(f"{self.run_dir(name)}/model.json")["dataset"]["uri"] + "/test"

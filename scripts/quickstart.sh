@@ -23,7 +23,7 @@ step() {  # step NAME CMD...: run, time, stop on failure
   echo "    ($name took $((SECONDS - t0)) s)"
 }
 
-step "sample data" python -m pipeline.sample_data "${CONF[@]}" --date "$DATE"
+step "sample data" python -m pipeline.samples.sample_data "${CONF[@]}" --date "$DATE"
 step "preprocess" spark-submit --master 'local[2]' jobs/preprocess.py "${CONF[@]}"
 step "train" spark-submit --master 'local[2]' jobs/train.py "${CONF[@]}"
 # train registered a new version of the model with the alias @candidate; promote it to
@@ -34,7 +34,7 @@ step "score" spark-submit --master 'local[2]' jobs/score.py "${CONF[@]}" --date 
 python - "$LAKE" "$DATE" <<'PY'
 import sys
 from pipeline import cost, lineage, tracking
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 cfg = load_config("conf/digits.yaml", [f"lake.root={sys.argv[1]}"])
 pred = cfg.uri("predictions", "digits-cnn", f"dt={sys.argv[2]}")
 chain = lineage.trace(pred)
@@ -42,7 +42,7 @@ model, train, data = chain["model"], chain["training"], chain["dataset"]
 print(f"\ntest accuracy: {train['metrics']['test_accuracy']:.4f}  (model {model['name']}@{model['run_id']}, "
       f"registered version {model['registered_version']}, @champion)")
 print(f"predictions:   {pred}")
-print(f"lineage:       python -m pipeline.lineage --config conf/digits.yaml --set lake.root={sys.argv[1]} --date {sys.argv[2]}")
+print(f"lineage:       python -m pipeline.ops.lineage --config conf/digits.yaml --set lake.root={sys.argv[1]} --date {sys.argv[2]}")
 print(f"               dataset {data['name']} v={data['version']} -> training run {train['mlflow_run_id']} -> "
       f"scoring run {chain['score']['mlflow_run_id']}")
 print("cost:          job        wall s  driver CPU s  task run s  task CPU s  records  core-h/1k records")

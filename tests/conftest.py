@@ -1,6 +1,10 @@
+"""Shared fixtures: one Spark session, one MLflow server, one way to run a job through
+spark-submit, and each sample pipeline run through spark-submit once per test session."""
 import io
 import os
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -54,6 +58,139 @@ def hive_conf(directory) -> list[str]:
             "--conf", "spark.hadoop.javax.jdo.option.ConnectionURL="
                       f"jdbc:derby:;databaseName={directory}/metastore_db;create=true",
             "--driver-java-options", f"-Dderby.system.home={directory}"]
+
+
+# --- running the jobs the way a user does ---------------------------------------------------
+
+def sets(*overrides: str) -> list[str]:
+    """``--set KEY=VALUE`` for each override."""
+    return [x for o in overrides for x in ("--set", o)]
+
+
+def run(args, *, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """Run a command from the repository root in the jobs' environment; output captured, the
+    wall time in ``.wall_s``. With ``check``, a non-zero exit fails with both output tails."""
+    t0 = time.perf_counter()
+    p = subprocess.run([str(a) for a in args], cwd=ROOT, env=job_env() if env is None else env,
+                       capture_output=True, text=True, timeout=timeout)
+    p.wall_s = time.perf_counter() - t0
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode} after {p.wall_s:.0f} s\n"
+                             f"stdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
+    return p
+
+
+def submit_command(script, *args, master="local[2]", spark_args=()) -> list[str]:
+    """The spark-submit command line for ``script`` (a job such as ``jobs/train.py``)."""
+    return ["spark-submit", "--master", master, *map(str, spark_args), str(script), *map(str, args)]
+
+
+def spark_submit(script, *args, master="local[2]", spark_args=(), env=None, check=True,
+                 timeout=900) -> subprocess.CompletedProcess:
+    """``script`` through spark-submit, as a user runs it. spark-submit forwards the Python
+    driver's stderr on its stdout: read both."""
+    return run(submit_command(script, *args, master=master, spark_args=spark_args), env=env, check=check,
+               timeout=timeout)
+
+
+def write_sample(config: str, root, date: str, *overrides: str, env=None) -> subprocess.CompletedProcess:
+    """The bundled sample data for ``config`` under the lake ``root``, as the README writes it."""
+    return run([sys.executable, "-m", "pipeline.samples.sample_data", "--config", config,
+                *sets(f"lake.root={root}", *overrides), "--date", date], env=env)
+
+
+def _has_mlflow_server() -> bool:
+    return (Path(sys.executable).parent / "mlflow").exists()
+
+
+# --- each sample pipeline through spark-submit, once per session ----------------------------
+
+DIGITS_DATE = "2026-01-15"
+
+
+@pytest.fixture(scope="session")
+def digits_pipeline(request, tmp_path_factory):
+    """The digits through the jobs, as the README runs them: sample data, preprocess, train
+    (2 ranks on local[2]), and where the full MLflow is installed (the default profile) tracked
+    on the session's MLflow server with the promotion gates run; then score, against
+    ``models:/digits-cnn@champion`` where promoted. test_e2e and test_tracking read its outputs;
+    nothing may move its ``_latest`` pointers."""
+    from pipeline.core.config import load_config
+
+    root = tmp_path_factory.mktemp("digits-lake")
+    overrides = [f"lake.root={root}"]
+    tracked = _has_mlflow_server()
+    uri = request.getfixturevalue("mlflow_server") if tracked else None
+    if tracked:
+        overrides.append(f"tracking.uri={uri}")
+    s = ["--config", "conf/digits.yaml", *sets(*overrides)]
+    write_sample("conf/digits.yaml", root, DIGITS_DATE, *overrides[1:])
+    out = {"root": root, "s": s, "uri": uri, "tracked": tracked, "date": DIGITS_DATE}
+    out["preprocess"] = spark_submit("jobs/preprocess.py", *s)
+    out["train"] = spark_submit("jobs/train.py", *s)
+    model = []
+    if tracked:
+        promote = [sys.executable, "jobs/promote.py", *s, "--model", "digits-cnn", "--from", "candidate",
+                   "--to", "champion"]
+        out["gate_fails"] = run([*promote, "--require", "test_accuracy>=1.01"], check=False)
+        out["gate_unknown"] = run([sys.executable, "jobs/promote.py", *s, "--require", "test_f1>=0.5"], check=False)
+        out["promote"] = run([*promote, "--require", "test_accuracy>=0.5", "--require", "best_val_accuracy>0.5"])
+        model = ["--model", "models:/digits-cnn@champion"]
+    out["score"] = spark_submit("jobs/score.py", *s, "--date", DIGITS_DATE, *model)
+    out["cfg"] = load_config("conf/digits.yaml", overrides)
+    print("\ndigits pipeline: " + ", ".join(f"{k} {out[k].wall_s:.0f} s" for k in ("preprocess", "train", "score")))
+    return out
+
+
+WINE_DATE = "2026-03-01"
+WINE_QUERY = "query:SELECT * FROM cellar.incoming WHERE dt = '{date}'"
+
+
+@pytest.fixture(scope="session")
+def wine_pipeline(tmp_path_factory):
+    """The wine table (no id column) through the jobs with a persistent catalog (Spark's Hive
+    support, a Derby metastore and warehouse in a temporary directory): spark-sql writes the raw
+    CSVs as catalog tables; preprocess reads one, train fits the MLP (the only wine model of the
+    session: test_formats_e2e scores with it too), score reads a query for the date, copies
+    business keys into the predictions and writes a catalog table. The prediction partition is
+    read here, since other scoring runs for the date replace it."""
+    import pyarrow.parquet as pq
+
+    from pipeline.core import lake, manifest
+    from pipeline.core.config import load_config
+
+    root, catalog = tmp_path_factory.mktemp("wine-lake"), tmp_path_factory.mktemp("catalog")
+    write_sample("conf/wine.yaml", root, WINE_DATE)
+    cfg = load_config("conf/wine.yaml", [f"lake.root={root}"])
+    raw, new = (lake.local_path(cfg.resolve(u)) for u in (cfg.dataset.source, cfg.dataset.score_source))
+    # The raw CSVs become typed Parquet tables in the catalog, written by one application...
+    run(["spark-sql", "--master", "local[1]", *hive_conf(catalog), "-e",
+         f"CREATE DATABASE cellar;"
+         f"CREATE TEMPORARY VIEW raw USING csv OPTIONS (path '{raw}', header 'true', inferSchema 'true');"
+         f"CREATE TABLE cellar.labelled USING parquet AS SELECT * FROM raw;"
+         f"CREATE TEMPORARY VIEW new USING csv OPTIONS (path '{new}/dt={WINE_DATE}', header 'true', inferSchema 'true');"
+         f"CREATE TABLE cellar.incoming USING parquet PARTITIONED BY (dt) AS SELECT *, '{WINE_DATE}' AS dt FROM new;"])
+
+    # ...and read by the next ones.
+    s = ["--config", "conf/wine.yaml", *sets(f"lake.root={root}", "dataset.tabular.ignore=[lot, dt]")]
+
+    def submit(job, *args, check=True):
+        return spark_submit(f"jobs/{job}.py", *s, *args, spark_args=hive_conf(catalog), check=check)
+    out = {"root": root, "cfg": cfg, "catalog": catalog, "date": WINE_DATE}
+    out["preprocess"] = submit("preprocess", "--set", "dataset.source=table:cellar.labelled")
+    out["train"] = submit("train")
+    out["score"] = submit("score", "--date", WINE_DATE, *sets(f"dataset.score_source={WINE_QUERY}",
+                                                              "score.passthrough=[lot, dt]",
+                                                              "score.output_table=cellar.predictions"))
+    part = cfg.uri("predictions", "wine-mlp", f"dt={WINE_DATE}")
+    out["predictions"] = (manifest.read(part), pq.read_table(lake.local_path(part)).to_pandas())
+    out["unknown_table"] = submit("score", "--date", WINE_DATE, "--set", "dataset.score_source=table:cellar.nope",
+                                  check=False)
+    out["missing_path"] = submit("preprocess", "--set", f"dataset.source={root}/nowhere", check=False)
+    print("\nwine pipeline: " + ", ".join(f"{k} {out[k].wall_s:.0f} s" for k in ("preprocess", "train", "score")))
+    return out
+
+
 def free_port() -> int:
     import socket
 

@@ -18,8 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import feed, lake, schedule  # noqa: E402
-from pipeline.trainer import _seed_all  # noqa: E402
+from pipeline.training import feed
+from pipeline.core import lake
+from pipeline.training import schedule  # noqa: E402
+from pipeline.training.trainer import _seed_all  # noqa: E402
 
 
 def train_rows(url: str) -> int:

@@ -2,56 +2,19 @@
 the next (Spark's Hive support, a Derby metastore and warehouse in a temporary directory). The
 wine table has no id column: preprocess reads a catalog table, train fits the MLP, score reads
 a query for the date, copies business keys into the predictions and writes a catalog table."""
-import subprocess
-import sys
-
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, hive_conf, job_env
-from pipeline import cli, lake, manifest
-from pipeline.config import load_config
+from conftest import WINE_DATE as DATE, WINE_QUERY as QUERY
+from pipeline.spark import cli
+from pipeline.core import lake, manifest
 
 pytestmark = pytest.mark.e2e
-DATE = "2026-03-01"
-QUERY = "query:SELECT * FROM cellar.incoming WHERE dt = '{date}'"
-
-
-def _run(args, check=True):
-    p = subprocess.run(args, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root, catalog = tmp_path_factory.mktemp("lake"), tmp_path_factory.mktemp("catalog")
-    s = ["--set", f"lake.root={root}", "--set", "dataset.tabular.ignore=[lot, dt]"]
-    _run([sys.executable, "-m", "pipeline.sample_data", "--config", "conf/wine.yaml", *s[:2], "--date", DATE])
-    cfg = load_config("conf/wine.yaml", [f"lake.root={root}"])
-    raw, new = (lake.local_path(cfg.resolve(u)) for u in (cfg.dataset.source, cfg.dataset.score_source))
-    # The raw CSVs become typed Parquet tables in the catalog, written by one application...
-    _run(["spark-sql", "--master", "local[1]", *hive_conf(catalog), "-e",
-          f"CREATE DATABASE cellar;"
-          f"CREATE TEMPORARY VIEW raw USING csv OPTIONS (path '{raw}', header 'true', inferSchema 'true');"
-          f"CREATE TABLE cellar.labelled USING parquet AS SELECT * FROM raw;"
-          f"CREATE TEMPORARY VIEW new USING csv OPTIONS (path '{new}/dt={DATE}', header 'true', inferSchema 'true');"
-          f"CREATE TABLE cellar.incoming USING parquet PARTITIONED BY (dt) AS SELECT *, '{DATE}' AS dt FROM new;"])
-
-    # ...and read by the next ones.
-    def submit(job, *args, check=True):
-        return _run(["spark-submit", "--master", "local[2]", *hive_conf(catalog), f"jobs/{job}.py",
-                     "--config", "conf/wine.yaml", *s, *args], check=check)
-    out = {"cfg": cfg, "catalog": catalog}
-    out["preprocess"] = submit("preprocess", "--set", "dataset.source=table:cellar.labelled")
-    out["train"] = submit("train")
-    out["score"] = submit("score", "--date", DATE, "--set", f"dataset.score_source={QUERY}",
-                          "--set", "score.passthrough=[lot, dt]", "--set", "score.output_table=cellar.predictions")
-    out["unknown_table"] = submit("score", "--date", DATE, "--set", "dataset.score_source=table:cellar.nope",
-                                  check=False)
-    out["missing_path"] = submit("preprocess", "--set", f"dataset.source={root}/nowhere", check=False)
-    return out
+def run(wine_pipeline):
+    return wine_pipeline  # conftest.wine_pipeline: the session's one run of the wine jobs
 
 
 def test_a_catalog_table_without_an_id_preprocesses(run):
@@ -70,9 +33,10 @@ def test_the_model_learns_next_to_a_baseline(run):
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    line = [ln for ln in run["train"].stdout.splitlines() if ln.startswith("test accuracy:")][-1]
-    accuracy = float(line.split()[2])
     cfg = run["cfg"]
+    metrics = lake.read_json(cfg.uri("models", "wine-mlp", lake.get_latest(cfg.uri("models", "wine-mlp")),
+                                     "metrics.json"))
+    accuracy = metrics["test_accuracy"]
     m = manifest.read(cfg.uri("curated", "wine", lake.get_latest(cfg.uri("curated", "wine"))))
     data = {s: pq.read_table(lake.local_path(m["splits"][s]["uri"])).to_pandas() for s in ("train", "test")}
     x = {s: np.stack(t["features"].values) for s, t in data.items()}
@@ -85,10 +49,8 @@ def test_the_model_learns_next_to_a_baseline(run):
 
 def test_predictions_carry_the_business_keys_and_land_in_a_catalog_table(run):
     cfg = run["cfg"]
-    part = cfg.uri("predictions", "wine-mlp", f"dt={DATE}")
-    t = pq.read_table(lake.local_path(part)).to_pandas()
+    m, t = run["predictions"]  # read right after the run: test_formats_e2e replaces the partition
     assert len(t) == 17 and set(t["dt"]) == {DATE} and t["lot"].str.startswith("lot-").all()
-    m = manifest.read(part)
     assert m["source"] == QUERY.replace("{date}", DATE) and m["input_count"] == 17 == m["output_count"]
     truth = dict(ln.split(",") for ln in lake.read_bytes(
         cfg.uri("raw", "wine", "holdout_labels", f"dt={DATE}.csv")).decode().splitlines()[1:])

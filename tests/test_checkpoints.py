@@ -1,6 +1,7 @@
 import torch
 
-from pipeline import checkpoints, lake
+from pipeline.training import checkpoints
+from pipeline.core import lake
 
 
 def test_keeps_the_newest_and_points_latest_at_the_last(tmp_path):

@@ -27,9 +27,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, job_env
-from pipeline import lake, manifest
-from pipeline.config import load_config
+from conftest import ROOT, job_env, spark_submit, write_sample
+from pipeline.core import lake, manifest
+from pipeline.core.config import load_config
 
 pytestmark = pytest.mark.cluster
 DATE = "2026-01-15"
@@ -242,13 +242,6 @@ def packaged():
     return {"zip": ROOT / "dist" / "pipeline.zip", "env": ROOT / "dist" / "env.tar.gz", "seconds": took}
 
 
-def _run(args, env, timeout=JOB_TIMEOUT_S):
-    p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-6000:]}")
-    return p
-
-
 @pytest.fixture(scope="module")
 def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
     if not Path("/proc/self/maps").exists():
@@ -256,9 +249,8 @@ def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
     root = tmp_path_factory.mktemp("lake")
     # the executors get nothing but the tracking URI (docs/cluster.md, "MLflow tracking on a cluster")
     conf = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", f"tracking.uri={mlflow_server}"]
-    _run([sys.executable, "-m", "pipeline.sample_data", *conf, "--date", DATE], job_env())
-    submit = [
-        "spark-submit", "--master", cluster.master_url,
+    write_sample("conf/digits.yaml", root, DATE)
+    spark_args = [
         "--py-files", str(packaged["zip"].relative_to(ROOT)),
         "--archives", f"{packaged['env'].relative_to(ROOT)}#env",
         "--conf", "spark.pyspark.python=./env/bin/python",
@@ -275,7 +267,8 @@ def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
         for job, extra in (("preprocess", []), ("train", []), ("score", ["--date", DATE])):
             watch.job = job
             t0 = time.monotonic()
-            out[job] = _run([*submit, f"jobs/{job}.py", *conf, *extra], _submit_env())
+            out[job] = spark_submit(f"jobs/{job}.py", *conf, *extra, master=cluster.master_url,
+                                    spark_args=spark_args, env=_submit_env(), timeout=JOB_TIMEOUT_S)
             seconds[job] = time.monotonic() - t0
             print(f"cluster: {job} took {seconds[job]:.0f} s")
     finally:

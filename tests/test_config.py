@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, config_from_dict, load_config
+from pipeline.core.config import ConfigError, config_from_dict, load_config
 
 DIGITS = "conf/digits.yaml"
 

@@ -1,41 +1,15 @@
 """The three jobs through spark-submit, the way a user runs them, on the bundled digits."""
-import subprocess
-import sys
-
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, job_env
-from pipeline import lake, manifest
-from pipeline.config import load_config
+from pipeline.core import lake, manifest
 
 pytestmark = pytest.mark.e2e
-DATE = "2026-01-15"
-
-
-def _run(args, check=True):
-    p = subprocess.run(args, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
-    return p
-
-
-def _submit(job, *args, check=True):
-    return _run(["spark-submit", "--master", "local[2]", f"jobs/{job}.py", "--config", "conf/digits.yaml", *args],
-                check=check)
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    s = ["--set", f"lake.root={root}"]
-    _run([sys.executable, "-m", "pipeline.sample_data", "--config", "conf/digits.yaml", *s, "--date", DATE])
-    out = {"root": root}
-    out["preprocess"] = _submit("preprocess", *s)
-    out["train"] = _submit("train", *s, "--set", "train.epochs=15")
-    out["score"] = _submit("score", *s, "--date", DATE)
-    out["cfg"] = load_config("conf/digits.yaml", [f"lake.root={root}"])
-    return out
+def pipeline_run(digits_pipeline):
+    return digits_pipeline  # conftest.digits_pipeline: the session's one run of the digits jobs
 
 
 def test_preprocess_manifest_reconciles(pipeline_run):
@@ -53,17 +27,17 @@ def test_preprocess_manifest_reconciles(pipeline_run):
 
 
 def test_training_reaches_accuracy_and_writes_the_artifact(pipeline_run):
-    out = pipeline_run["train"].stdout
-    line = [ln for ln in out.splitlines() if ln.startswith("test accuracy:")][-1]
-    assert float(line.split()[2]) >= 0.97, out[-3000:]
-    epoch_lines = [ln for ln in out.splitlines() if " train: epoch " in ln]
-    assert len(epoch_lines) == 15  # one line per epoch of 2 ranks: only rank 0 logs
     cfg = pipeline_run["cfg"]
     run_id = lake.get_latest(cfg.uri("models", "digits-cnn"))
     d = cfg.uri("models", "digits-cnn", run_id)
     metrics = lake.read_json(f"{d}/metrics.json")
-    assert metrics["test_accuracy"] >= 0.97 and metrics["world_size"] == 2
-    if metrics["backend"] == "horovod":  # horovod.spark.run prefixes each line with its rank
+    assert metrics["test_accuracy"] >= 0.97 and metrics["world_size"] == 2, pipeline_run["train"].stdout[-3000:]
+    history = lake.read_json(f"{d}/history.json")
+    assert [h["epoch"] for h in history] == list(range(cfg.train.epochs)) and cfg.train.epochs == 15
+    # Only rank 0 logs: one line per epoch from 2 ranks (horovod.spark.run prefixes each with its rank).
+    epoch_lines = [ln for ln in pipeline_run["train"].stdout.splitlines() if " train: epoch " in ln]
+    assert len(epoch_lines) == cfg.train.epochs
+    if metrics["backend"] == "horovod":
         assert all(ln.startswith("[0]") for ln in epoch_lines)
     spec = lake.read_json(f"{d}/model.json")
     assert spec["label_names"] == [str(i) for i in range(10)]
@@ -74,9 +48,9 @@ def test_training_reaches_accuracy_and_writes_the_artifact(pipeline_run):
 
 def test_one_prediction_per_held_out_file(pipeline_run):
     cfg = pipeline_run["cfg"]
-    part = cfg.uri("predictions", "digits-cnn", f"dt={DATE}")
+    part = cfg.uri("predictions", "digits-cnn", f"dt={pipeline_run['date']}")
     t = pq.read_table(lake.local_path(part)).to_pandas()
-    incoming = lake.listdir(cfg.resolve(cfg.dataset.score_source) + f"/dt={DATE}")
+    incoming = lake.listdir(cfg.resolve(cfg.dataset.score_source) + f"/dt={pipeline_run['date']}")
     assert len(incoming) == 179
     assert len(t) == 179 and t["path"].is_unique
     assert sorted(p.rsplit("/", 1)[1] for p in t["path"]) == sorted(incoming)
@@ -84,7 +58,8 @@ def test_one_prediction_per_held_out_file(pipeline_run):
     assert m["input_count"] == 179 == m["output_count"] + m["quarantined_count"]
     # The held-out truth was never seen by training: predictions must agree with it.
     truth = dict(line.split(",") for line in lake.read_bytes(
-        cfg.uri("raw", "digits", "holdout_labels", f"dt={DATE}.csv")).decode().splitlines()[1:])
+        cfg.uri("raw", "digits", "holdout_labels", f"dt={pipeline_run['date']}.csv")).decode().splitlines()[1:])
     hits = sum(truth[p.rsplit("/", 1)[1]] == pred for p, pred in zip(t["path"], t["prediction"]))
     assert hits / len(t) >= 0.93
     assert set(t["run_id"]) == {lake.get_latest(cfg.uri("models", "digits-cnn"))}
+    assert m["run_id"] and m["model"]["run_id"] == lake.get_latest(cfg.uri("models", "digits-cnn"))

@@ -25,8 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-from pipeline import lake, preprocess, sample_data
-from pipeline.config import load_config
+from pipeline.core import lake
+from pipeline import preprocess
+from pipeline.samples import sample_data
+from pipeline.core.config import load_config
 
 DATE = "2026-02-01"
 PROFILES = {"default": ROOT / ".venv", "modern": ROOT / ".venv-modern"}

@@ -3,8 +3,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import images
-from pipeline.images import ImageSpec, Rejected, decode_image, images_to_tensor_layout
+from pipeline.ingest import images
+from pipeline.ingest.images import ImageSpec, Rejected, decode_image, images_to_tensor_layout
 
 from conftest import png_bytes
 
@@ -79,7 +79,7 @@ def test_unsupported_mode():
 
 
 def test_write_shards_writes_good_images_and_returns_counts_sums_and_bad_rows(tmp_path):
-    from pipeline.image_shards import write_shards
+    from pipeline.ingest.image_tasks import write_shards
 
     src = tmp_path / "src"
     src.mkdir()

@@ -2,7 +2,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import lake
+from pipeline.core import lake
 
 SCHEMA = pa.schema([("x", pa.int64())])
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from pipeline import augment, metrics, objectives
-from pipeline.config import ConfigError, load_config
-from pipeline.models import build_model, load_initial_weights
+from pipeline import kinds
+from pipeline.training import augment
+from pipeline.model import metrics, objectives
+from pipeline.core.config import ConfigError, load_config
+from pipeline.model.networks import build_model, load_initial_weights
 
 
 def _logits(n, k, seed, ties=False):
@@ -117,7 +119,7 @@ def test_model_from_a_module_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     m = build_model({"arch": "my_models:tiny", "input_shape": [7], "num_classes": 3})
     assert m(torch.zeros(2, 7)).shape == (2, 3)
-    from pipeline.models import factory_version
+    from pipeline.model.networks import factory_version
 
     v = factory_version("my_models:tiny")
     assert v["path"] == "my_models:tiny" and v["version"] == "1.2" and len(v["source_sha256"]) == 64
@@ -162,18 +164,44 @@ def test_augmentation_is_seeded_keeps_uint8_and_changes_images():
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
 
 
-def test_crop_and_flip_move_pixels_as_expected():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).reshape(2, 1, 4, 4)
-    g = augment.generator(torch.device("cpu"), 1)
-    flipped = augment.horizontal_flip(x, g)
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
-    cropped = augment.random_crop(x, 1, augment.generator(torch.device("cpu"), 2))
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    for i in range(2):  # each crop is a 4x4 window of the padded image
-        assert any(torch.equal(cropped[i, 0], padded[i, 0, dy:dy + 4, dx:dx + 4]) for dy in range(3) for dx in range(3))
+def test_flip_mirrors_about_half_the_images_left_right():
+    n = 64
+    # no image is its own mirror image: a flipped row cannot pass for an unflipped one
+    x = torch.arange(1, n * 2 * 4 * 5 + 1, dtype=torch.int32).reshape(n, 2, 4, 5).remainder(251).to(torch.uint8)
+    assert all(not torch.equal(x[i], x[i].flip(2)) for i in range(n))
+    flipped = augment.horizontal_flip(x, augment.generator(torch.device("cpu"), 1))
+    assert flipped.dtype == torch.uint8 and flipped.shape == x.shape
+    mirrored = [i for i in range(n) if torch.equal(flipped[i], x[i].flip(2))]
+    kept = [i for i in range(n) if torch.equal(flipped[i], x[i])]
+    assert sorted(mirrored + kept) == list(range(n))  # each image is either mirrored (width axis) or kept
+    for i in mirrored:
+        np.testing.assert_array_equal(flipped[i].numpy(), np.flip(x[i].numpy(), axis=-1))
+    assert 16 <= len(mirrored) <= 48, len(mirrored)  # p = 0.5, fixed seed: some of each, about half
+    again = augment.horizontal_flip(x, augment.generator(torch.device("cpu"), 1))
+    assert torch.equal(again, flipped)  # the seed decides
+
+
+def test_crop_shifts_each_image_by_its_own_offset_with_zeros_filling_in():
+    n, pad = 64, 2
+    x = torch.arange(1, n * 1 * 6 * 6 + 1, dtype=torch.int32).reshape(n, 1, 6, 6).remainder(251).add(1).to(torch.uint8)
+    assert (x > 0).all()  # zeros in a crop can only come from the padding
+    cropped = augment.random_crop(x, pad, augment.generator(torch.device("cpu"), 2))
+    assert cropped.shape == x.shape and cropped.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    offsets = []
+    for i in range(n):  # each crop is exactly one 6x6 window of its padded image
+        hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                if torch.equal(cropped[i, 0], padded[i, 0, dy:dy + 6, dx:dx + 6])]
+        assert len(hits) == 1, (i, hits)
+        offsets.append(hits[0])
+    shifted = [o for o in offsets if o != (pad, pad)]
+    assert len(shifted) >= n // 2 and len(set(offsets)) >= 10, offsets  # 25 offsets drawn uniformly
+    for i, (dy, dx) in enumerate(offsets):  # the pixels shifted in from outside are the padding's zeros
+        zeros = int((cropped[i] == 0).sum())
+        rows, cols = abs(dy - pad), abs(dx - pad)
+        assert zeros == rows * 6 + cols * 6 - rows * cols, (i, dy, dx)
     with pytest.raises(ValueError, match="uint8"):
-        augment.apply(x.float(), {"hflip": True}, g)
+        augment.apply(x.float(), {"hflip": True}, augment.generator(torch.device("cpu"), 1))
 
 
 def test_task_config_keys_are_validated():
@@ -184,5 +212,14 @@ def test_task_config_keys_are_validated():
         load_config("conf/digits.yaml", ["train.arch=transformer"])
     with pytest.raises(ConfigError, match="train.monitor"):
         load_config("conf/digits.yaml", ["train.monitor=accuracy"])
+    # A kind checks its own settings (pipeline.kinds), before its job does any work.
     with pytest.raises(ConfigError, match="regression"):
-        load_config("conf/digits.yaml", ["dataset.kind=sequence"])
+        kinds.for_config(load_config("conf/digits.yaml", ["dataset.kind=sequence"]))
+    with pytest.raises(ConfigError, match="window"):
+        kinds.for_config(load_config("conf/sunspots.yaml", ["dataset.sequence.window=0"]))
+    with pytest.raises(ConfigError, match="declared twice"):
+        kinds.for_config(load_config("conf/wine.yaml", ["dataset.tabular.ignore=[alcohol]"]))
+    with pytest.raises(ConfigError, match="only tabular"):
+        kinds.for_config(load_config("conf/digits.yaml", ["score.passthrough=[a]"]))
+    with pytest.raises(ConfigError, match="dataset.kind: 'audio' is not a kind"):
+        kinds.for_config(load_config("conf/digits.yaml", ["dataset.kind=audio"]))

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import lake, preprocess
-from pipeline.config import load_config
+from pipeline.core import lake
+from pipeline import preprocess
+from pipeline.core.config import load_config
 
 COLUMNS = ["id", "y", "a", "b", "c"]
 CSV = (b"\xef\xbb\xbfid,y,a,b,c\r\n"  # a byte-order mark and CRLF line ends

@@ -9,9 +9,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, job_env
-from pipeline import lake, manifest, preprocess, quarantine, sample_data, tabular, tabular_shards
-from pipeline.config import load_config
+from conftest import ROOT, job_env, submit_command
+from pipeline.core import lake, manifest, quarantine
+from pipeline import preprocess
+from pipeline.samples import sample_data
+from pipeline.ingest import tabular, tabular_tasks
+from pipeline.core.config import load_config
 
 DATE = "2026-02-01"
 IMAGE_REASONS = {  # sample_data.bad_image_files() name -> reason
@@ -156,8 +159,8 @@ def test_scoring_encodes_a_row_exactly_as_preprocess_did(spark, tabular_run, tmp
     # The labelled source read the way score reads new data (label optional, the score tasks'
     # own function), encoded with the parameters saved in the manifest.
     pieces = tabular.plan(cfg.resolve(cfg.dataset.source), tab, 2, 1 << 27, label_required=False)
-    tabular_shards.write_pieces(pieces, f"file://{tmp_path}/plan")
-    frames = tabular_shards.score_records(iter([pd.DataFrame({"id": [0, 1]})]), f"file://{tmp_path}/plan", tab,
+    tabular_tasks.write_pieces(pieces, f"file://{tmp_path}/plan")
+    frames = tabular_tasks.score_records(iter([pd.DataFrame({"id": [0, 1]})]), f"file://{tmp_path}/plan", tab,
                                           m["tabular"], 64)
     enc = pd.concat(list(frames)).dropna(subset=["features"]).set_index("id")
     ids = curated.index[:50]
@@ -178,8 +181,8 @@ def test_a_killed_run_does_not_move_latest(digits_run):
     parent = cfg.uri("curated", "digits")
     before = lake.get_latest(parent)
     versions_before = set(lake.listdir(parent))
-    p = subprocess.Popen(["spark-submit", "--master", "local[2]", "jobs/preprocess.py", "--config", "conf/digits.yaml",
-                          "--set", f"lake.root={cfg.lake.root}"], cwd=ROOT, env=job_env(),
+    p = subprocess.Popen(submit_command("jobs/preprocess.py", "--config", "conf/digits.yaml",
+                                        "--set", f"lake.root={cfg.lake.root}"), cwd=ROOT, env=job_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120

@@ -3,8 +3,10 @@ import numpy as np
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
-from pipeline import image_shards, preprocess, splits
-from pipeline.config import SplitConf
+from pipeline.ingest import image_tasks
+from pipeline.kinds import images as images_kind
+from pipeline.core import splits
+from pipeline.core.config import SplitConf
 
 
 def _files(tmp_path, n=300):
@@ -42,23 +44,23 @@ def test_numpy_split_is_sparks_xxhash64(spark):
 
 def test_plan_gives_relative_ids_folder_labels_and_the_same_splits_for_any_task_count(tmp_path):
     src = _files(tmp_path)
-    plans, classes = image_shards.plan(src, None, SplitConf(), 4)
+    plans, classes = image_tasks.plan(src, None, SplitConf(), 4)
     assert classes == ["0", "1", "2"] and len(plans) == 4 and {t.num_rows for t in plans} == {75}
     rows = _rows(plans)
     assert rows["1/00004.png"]["label_name"] == "1" and rows["1/00004.png"]["path"].startswith("file:/")
     assert all(len({r["label_name"] for r in t.to_pylist()}) == 3 for t in plans)  # every task gets every class
-    other = _rows(image_shards.plan(src, None, SplitConf(), 7)[0])
+    other = _rows(image_tasks.plan(src, None, SplitConf(), 7)[0])
     assert {i: r["split"] for i, r in other.items()} == {i: rows[i]["split"] for i in other}
 
 
 def test_labels_file_leaves_unlabelled_files_without_a_label(tmp_path):
     src = _files(tmp_path, 6)
-    plans, classes = image_shards.plan(src, {"0/00000.png": "cat", "1/00001.png": "dog"}, SplitConf(), 2)
+    plans, classes = image_tasks.plan(src, {"0/00000.png": "cat", "1/00001.png": "dog"}, SplitConf(), 2)
     rows = _rows(plans)
     assert classes == ["cat", "dog"] and rows["0/00000.png"]["label_name"] == "cat"
     assert rows["2/00002.png"]["label_name"] is None
 
 
 def test_label_order_is_numeric_where_the_names_are_numbers():
-    assert preprocess.sort_labels(["10", "2", "1"]) == ["1", "2", "10"]
-    assert preprocess.sort_labels(["dog", "cat"]) == ["cat", "dog"]
+    assert images_kind.sort_labels(["10", "2", "1"]) == ["1", "2", "10"]
+    assert images_kind.sort_labels(["dog", "cat"]) == ["cat", "dog"]

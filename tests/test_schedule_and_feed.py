@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline import feed, schedule
+from pipeline.training import feed, schedule
 
 
 def test_lr_warms_up_linearly_then_decays():
@@ -53,7 +53,7 @@ def test_arrow_reader_views_fixed_size_blobs_without_a_copy_and_decodes_like_pet
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.images import ImageLayout, images_to_tensor_layout
+    from pipeline.ingest.images import ImageLayout, images_to_tensor_layout
 
     layout = ImageLayout(3, 2, 3)
     rng = np.random.default_rng(0)

@@ -5,8 +5,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import lake, preprocess, sample_data, sequence
-from pipeline.config import SplitConf, load_config
+from pipeline.core import lake
+from pipeline import preprocess
+from pipeline.samples import sample_data
+from pipeline.ingest import sequence
+from pipeline.core.config import SplitConf, load_config
 
 DATE = "2026-02-01"
 

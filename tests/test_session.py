@@ -1,12 +1,10 @@
 """The session's tuned defaults, and who wins over them: spark-submit --conf, then the config."""
-import subprocess
-
-from conftest import ROOT, job_env
+from conftest import ROOT, job_env, spark_submit
 
 PROBE = """
 import sys
-from pipeline.config import load_config
-from pipeline.session import get_spark
+from pipeline.core.config import load_config
+from pipeline.spark.session import get_spark
 spark = get_spark("probe", load_config(None, sys.argv[1:]))
 for k in ("spark.sql.files.openCostInBytes", "spark.sql.codegen.hugeMethodLimit",
           "spark.sql.execution.arrow.maxRecordsPerBatch"):
@@ -20,9 +18,7 @@ def _probe(tmp_path, submit_args=(), overrides=()):
     script.write_text(PROBE)
     env = job_env()
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run(["spark-submit", "--master", "local[1]", *submit_args, str(script), *overrides],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = spark_submit(script, *overrides, master="local[1]", spark_args=submit_args, env=env, timeout=300)
     return dict(line[5:].split("=", 1) for line in out.stdout.splitlines() if line.startswith("CONF "))
 
 

@@ -6,8 +6,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, lake, preprocess, sample_data, score, sources
-from pipeline.config import load_config
+from pipeline.spark import cli
+from pipeline.core import lake
+from pipeline import preprocess, score
+from pipeline.samples import sample_data
+from pipeline.ingest import sources
+from pipeline.core.config import load_config
 
 DATE = "2026-03-01"
 

@@ -3,10 +3,12 @@
 - Frames that mapInPandas bodies yield reach Spark whatever pandas makes of them (pandas 3's
   pyarrow-backed strings, an empty frame's float columns).
 - The modules a bare GPU node or a Spark-less rank imports need neither pyspark nor horovod nor
-  petastorm nor the sample-data, plotting and benchmark extras.
+  petastorm nor the sample-data, plotting and benchmark extras, and do not import them where
+  they are installed (a rank's own sys.modules is checked in tests/test_train.py).
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from pipeline import tasks
+from pipeline.spark import tasks
 
 DDL = "part int, split string, n long"
 
@@ -38,16 +40,58 @@ def test_frames_reach_spark_on_either_pandas(spark):
 
 # What scripts/gpu_check.py forbids: a GPU node has torch, numpy, pyarrow, PyYAML and fsspec only.
 BARE = "pyspark,py4j,horovod,petastorm,sklearn,scipy,matplotlib,PIL,cv2,pandas"
-SPARKLESS_MODULES = ["pipeline.config", "pipeline.lake", "pipeline.manifest", "pipeline.artifact",
-                     "pipeline.checkpoints", "pipeline.images", "pipeline.splits", "pipeline.schedule",
-                     "pipeline.models", "pipeline.cli"]
+SPARKLESS_MODULES = ["pipeline.core.config", "pipeline.core.lake", "pipeline.core.manifest", "pipeline.model.artifact",
+                     "pipeline.training.checkpoints", "pipeline.ingest.images", "pipeline.core.splits",
+                     "pipeline.training.schedule", "pipeline.model.networks", "pipeline.spark.cli"]
+# Imports the modules given on the command line, each on its own; prints, as JSON, the errors
+# and the forbidden top-level modules in sys.modules, before and after importing CONTROL (a
+# module that must show up: proof that the check sees an import).
+PROBE = """
+import importlib, json, sys
+sys.path.insert(0, {scripts!r}); import gpu_check
+bare = set({bare!r}.split(","))
+if sys.argv[1] == "forbid":
+    gpu_check.forbid({bare!r})
+sys.path.insert(0, {root!r})
+errors = {{}}
+for m in sys.argv[3:]:
+    try:
+        importlib.import_module(m)
+    except Exception as e:
+        errors[m] = f"{{type(e).__name__}}: {{e}}"
+loaded = lambda: sorted(bare & {{n.split(".")[0] for n in sys.modules}})
+out = {{"errors": errors, "loaded": loaded()}}
+try:
+    importlib.import_module(sys.argv[2])
+    out["control"] = loaded()
+except Exception as e:
+    out["control"] = f"{{type(e).__name__}}: {{e}}"
+print(json.dumps(out))
+""".format(scripts=str(ROOT / "scripts"), root=str(ROOT), bare=BARE)
+
+
+def _probe(mode: str, control: str, modules: list[str]) -> dict:
+    p = subprocess.run([sys.executable, "-c", PROBE, mode, control, *modules], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1])
 
 
 def test_rank_side_modules_import_without_spark_or_extras():
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import gpu_check; "
-            f"gpu_check.forbid({BARE!r}); sys.path.insert(0, {str(ROOT)!r}); "
-            "import importlib; [importlib.import_module(m) for m in sys.argv[1:]]; "
-            "import pyspark")
-    p = subprocess.run([sys.executable, "-c", code, *SPARKLESS_MODULES], capture_output=True, text=True, timeout=120)
-    # every listed module imported; the last line proves the blocker was active
-    assert p.returncode == 1 and "No module named 'pyspark'" in p.stderr, p.stderr[-3000:]
+    # Installed but never imported: none of them is in sys.modules after the rank-side imports...
+    got = _probe("installed", "pyspark.sql", SPARKLESS_MODULES)
+    assert got["errors"] == {} and got["loaded"] == [], got
+    assert "pyspark" in got["control"], got  # ...where an import of pyspark shows up
+    # Hidden, as on a bare GPU node: every module still imports, while pyspark cannot.
+    got = _probe("forbid", "pyspark", SPARKLESS_MODULES)
+    assert got["errors"] == {} and got["loaded"] == [], got
+    assert got["control"] == "ModuleNotFoundError: No module named 'pyspark'", got
+
+
+def test_the_probe_sees_a_module_that_imports_spark():
+    """Negative control: a module that imports pyspark at its top fails both checks."""
+    spark_side = "pipeline.spark.session"
+    got = _probe("installed", "json", [*SPARKLESS_MODULES, spark_side])
+    assert "pyspark" in got["loaded"], got
+    got = _probe("forbid", "json", [*SPARKLESS_MODULES, spark_side])
+    assert list(got["errors"]) == [spark_side] and "pyspark" in got["errors"][spark_side], got

@@ -1,4 +1,4 @@
-"""pipeline.synthetic: layout, determinism, and that preprocess takes its output as is."""
+"""pipeline.samples.synthetic: layout, determinism, and that preprocess takes its output as is."""
 import csv
 import io
 from pathlib import Path
@@ -8,9 +8,12 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pipeline import cli, lake, preprocess, synthetic
-from pipeline.config import load_config
-from pipeline.images import ImageSpec, decode_image
+from pipeline.spark import cli
+from pipeline.core import lake
+from pipeline import preprocess
+from pipeline.samples import synthetic
+from pipeline.core.config import load_config
+from pipeline.ingest.images import ImageSpec, decode_image
 
 IMAGES = str(ROOT / "conf" / "synthetic_images.yaml")
 TABULAR = str(ROOT / "conf" / "synthetic_tabular.yaml")

@@ -1,4 +1,4 @@
-"""pipeline.tabular and pipeline.splits on real files, without Spark (the job tests run them in Spark)."""
+"""pipeline.ingest.tabular and pipeline.core.splits on real files, without Spark (the job tests run them in Spark)."""
 import json
 
 import numpy as np
@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import tabular
-from pipeline.config import TabularConf
+from pipeline.ingest import tabular
+from pipeline.core.config import TabularConf
 
 TAB = TabularConf(format="csv", id_column="id", label_column="y", numeric=["a", "b"], categorical=["c"],
                   max_categories=2)

@@ -1,39 +1,24 @@
 """Task types end to end on real bundled data, through spark-submit: the stacked LSTM on
 statsmodels' sunspots against persistence and a linear autoregression on the same windows, and
 a regression MLP on scikit-learn's diabetes table against LinearRegression on the same split."""
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, job_env
-from pipeline import lake, manifest
-from pipeline.config import load_config
+from conftest import ROOT, sets, spark_submit, write_sample
+from pipeline.core import lake, manifest
+from pipeline.core.config import load_config
 
 pytestmark = pytest.mark.e2e
 DATE = "2026-04-01"
 
 
-def _run(args):
-    t0 = time.perf_counter()
-    p = subprocess.run(args, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
-    p.wall_s = time.perf_counter() - t0
-    return p
-
-
 def _jobs(conf, root, *train_overrides):
-    s = ["--set", f"lake.root={root}"]
-    _run([sys.executable, "-m", "pipeline.sample_data", "--config", conf, *s, "--date", DATE])
-    submit = ["spark-submit", "--master", "local[2]"]
-    out = {"preprocess": _run([*submit, "jobs/preprocess.py", "--config", conf, *s])}
-    out["train"] = _run([*submit, "jobs/train.py", "--config", conf, *s,
-                         *[x for o in train_overrides for x in ("--set", o)]])
-    out["score"] = _run([*submit, "jobs/score.py", "--config", conf, *s, "--date", DATE])
+    write_sample(conf, root, DATE)
+    s = ["--config", conf, "--set", f"lake.root={root}"]
+    out = {"preprocess": spark_submit("jobs/preprocess.py", *s)}
+    out["train"] = spark_submit("jobs/train.py", *s, *sets(*train_overrides))
+    out["score"] = spark_submit("jobs/score.py", *s, "--date", DATE)
     print("\n" + ", ".join(f"{job} {p.wall_s:.1f}s" for job, p in out.items()) + f" ({conf})")
     return out
 
@@ -92,7 +77,7 @@ DIABETES_TRAIN = ("train.optimizer=adam", "train.lr=0.001", "train.epochs=40", "
 
 
 def test_diabetes_regression_is_within_0_05_r2_of_linear_regression(tmp_path_factory):
-    from pipeline import tabular
+    from pipeline.ingest import tabular
 
     if not hasattr(tabular, "label_stats") or not (ROOT / "conf" / "diabetes.yaml").exists():
         pytest.skip("this tabular ingest has no numeric (regression) labels yet")

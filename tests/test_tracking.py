@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,20 +10,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, free_port, job_env
-from pipeline import artifact, lake, manifest, tracking
-from pipeline.config import load_config
+from conftest import free_port, run
+from pipeline.model import artifact
+from pipeline.ops import registry
+from pipeline.core import lake, manifest
+from pipeline.ops import tracking
+from pipeline.core.config import load_config
 
 pytestmark = pytest.mark.e2e
-DATE = "2026-01-15"
-EPOCHS = 2
-
-
-def _run(args, check=True):
-    p = subprocess.run(args, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
-    return p
 
 
 def _client(uri):
@@ -34,24 +27,13 @@ def _client(uri):
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, mlflow_server):
-    """sample -> preprocess -> train (2 ranks on Spark) -> failed and passing promotion -> score
-    models:/digits-cnn@champion, all tracked on the server."""
-    root = tmp_path_factory.mktemp("lake")
-    s = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", f"tracking.uri={mlflow_server}"]
-    _run([sys.executable, "-m", "pipeline.sample_data", *s, "--date", DATE])
-    out = {"root": root, "s": s, "uri": mlflow_server}
-    submit = ["spark-submit", "--master", "local[2]"]
-    out["preprocess"] = _run([*submit, "jobs/preprocess.py", *s])
-    out["train"] = _run([*submit, "jobs/train.py", *s, "--set", f"train.epochs={EPOCHS}"])
-    out["gate_fails"] = _run([sys.executable, "jobs/promote.py", *s, "--model", "digits-cnn", "--from", "candidate",
-                              "--to", "champion", "--require", "test_accuracy>=1.01"], check=False)
-    out["gate_unknown"] = _run([sys.executable, "jobs/promote.py", *s, "--require", "test_f1>=0.5"], check=False)
-    out["promote"] = _run([sys.executable, "jobs/promote.py", *s, "--model", "digits-cnn", "--from", "candidate",
-                           "--to", "champion", "--require", "test_accuracy>=0.5", "--require", "best_val_accuracy>0.5"])
-    out["score"] = _run([*submit, "jobs/score.py", *s, "--date", DATE, "--model", "models:/digits-cnn@champion"])
-    out["cfg"] = load_config("conf/digits.yaml", [f"lake.root={root}", f"tracking.uri={mlflow_server}"])
-    return out
+def tracked(digits_pipeline):
+    """conftest.digits_pipeline, the session's one run of the digits jobs: sample -> preprocess
+    -> train (2 ranks on Spark) -> failed and passing promotion -> score
+    models:/digits-cnn@champion, all tracked on the session's MLflow server."""
+    if not digits_pipeline["tracked"]:
+        pytest.skip("the full mlflow (its server) is not installed here: the test extra of the default profile")
+    return digits_pipeline
 
 
 def _manifests(t):
@@ -59,16 +41,17 @@ def _manifests(t):
     pre = manifest.read(cfg.uri("curated", "digits", lake.get_latest(cfg.uri("curated", "digits"))))
     run_id = lake.get_latest(cfg.uri("models", "digits-cnn"))
     train = manifest.read(cfg.uri("models", "digits-cnn", run_id))
-    score = manifest.read(cfg.uri("predictions", "digits-cnn", f"dt={DATE}"))
+    score = manifest.read(cfg.uri("predictions", "digits-cnn", f"dt={t['date']}"))
     return pre, train, score
 
 
 def test_training_run_is_tracked(tracked):
     c = _client(tracked["uri"])
     pre, train, _ = _manifests(tracked)
+    epochs = tracked["cfg"].train.epochs
     run = c.get_run(train["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["dataset.name"] == "digits"
+    assert run.data.params["train.epochs"] == str(epochs) and run.data.params["dataset.name"] == "digits"
     tags = run.data.tags
     assert tags["dataset"] == "digits" and tags["dataset_version"] == pre["version"]
     assert tags["world_size"] == "2" and tags["launcher"] == "spark" and tags["device"] == "cpu"
@@ -77,7 +60,7 @@ def test_training_run_is_tracked(tracked):
     history = lake.read_json(f"{train['uri']}/history.json")
     for key in ("train_loss", "val_loss", "val_accuracy", "samples_per_s", "data_wait_fraction", "lr"):
         logged = c.get_metric_history(run.info.run_id, key)
-        assert [m.step for m in logged] == list(range(EPOCHS)), key
+        assert [m.step for m in logged] == list(range(epochs)), key
         assert [m.value for m in logged] == pytest.approx([h[key] for h in history]), key
     assert run.data.metrics["test_accuracy"] == pytest.approx(train["metrics"]["test_accuracy"])
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(train["metrics"]["val_accuracy"])
@@ -104,7 +87,7 @@ def test_version_registered_and_promoted_through_the_gate(tracked):
     unknown = tracked["gate_unknown"]
     assert unknown.returncode == 1 and "no metric 'test_f1'" in unknown.stderr
     assert "promoted digits-cnn version" in tracked["promote"].stdout
-    bad = _run([sys.executable, "jobs/promote.py", *tracked["s"], "--require", "accuracy about 1"], check=False)
+    bad = run([sys.executable, "jobs/promote.py", *tracked["s"], "--require", "accuracy about 1"], check=False)
     assert bad.returncode == 2 and "METRIC OP NUMBER" in bad.stderr
 
 
@@ -113,14 +96,14 @@ def test_alias_references_resolve_through_the_registry(tracked):
     s = tracking.settings(cfg)
     run_id = lake.get_latest(cfg.uri("models", "digits-cnn"))
     for ref in ("digits-cnn@champion", "models:/digits-cnn@candidate", "digits-cnn@latest", f"digits-cnn@{run_id}"):
-        name, rid, uri, _ = artifact.resolve_ref(cfg.lake.root, ref, s)
+        name, rid, uri, _ = registry.resolve_ref(cfg.lake.root, ref, s)
         assert (name, rid) == ("digits-cnn", run_id), ref
     with pytest.raises(artifact.ModelNotFound, match="alias 'staging'"):
-        artifact.resolve_ref(cfg.lake.root, "digits-cnn@staging", s)
+        registry.resolve_ref(cfg.lake.root, "digits-cnn@staging", s)
     off = tracking.settings(load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "tracking.enabled=false"]))
-    assert artifact.resolve_ref(cfg.lake.root, "digits-cnn@latest", off)[1] == run_id  # the lake alone
+    assert registry.resolve_ref(cfg.lake.root, "digits-cnn@latest", off)[1] == run_id  # the lake alone
     with pytest.raises(artifact.ModelNotFound, match="tracking.enabled is false"):
-        artifact.resolve_ref(cfg.lake.root, "models:/digits-cnn@champion", off)
+        registry.resolve_ref(cfg.lake.root, "models:/digits-cnn@champion", off)
 
 
 def test_score_run_and_lineage_lead_back_to_training_and_dataset(tracked):
@@ -130,9 +113,9 @@ def test_score_run_and_lineage_lead_back_to_training_and_dataset(tracked):
     srun = c.get_run(score["mlflow_run_id"])
     assert srun.data.metrics["input_count"] == 179 == srun.data.metrics["output_count"]
     assert srun.data.metrics["quarantined_count"] == 0
-    assert srun.data.tags["model_version"] == train["registry"]["version"] and srun.data.tags["date"] == DATE
+    assert srun.data.tags["model_version"] == train["registry"]["version"] and srun.data.tags["date"] == tracked["date"]
     assert c.get_run(pre["mlflow_run_id"]).data.tags["dataset_version"] == pre["version"]
-    p = _run([sys.executable, "-m", "pipeline.lineage", *tracked["s"], "--date", DATE])
+    p = run([sys.executable, "-m", "pipeline.ops.lineage", *tracked["s"], "--date", tracked["date"]])
     chain = json.loads(p.stdout)
     assert chain["score"]["mlflow_run_id"] == score["mlflow_run_id"]
     assert chain["model"]["registered_version"] == train["registry"]["version"]
@@ -163,9 +146,10 @@ def test_pyfunc_scores_raw_inputs_as_the_score_job_does(tracked):
     model = mlflow.pyfunc.load_model("models:/digits-cnn@champion")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["content"]
     cfg = tracked["cfg"]
-    files = sorted(glob.glob(lake.local_path(cfg.resolve(cfg.dataset.score_source) + f"/dt={DATE}") + "/*"))
+    date = tracked["date"]
+    files = sorted(glob.glob(lake.local_path(cfg.resolve(cfg.dataset.score_source) + f"/dt={date}") + "/*"))
     out = model.predict(pd.DataFrame({"content": [open(f, "rb").read() for f in files]}))
-    scored = pq.read_table(lake.local_path(cfg.uri("predictions", "digits-cnn", f"dt={DATE}"))).to_pandas()
+    scored = pq.read_table(lake.local_path(cfg.uri("predictions", "digits-cnn", f"dt={date}"))).to_pandas()
     scored = scored.set_index(scored["path"].str.rsplit("/", n=1).str[1]).loc[[os.path.basename(f) for f in files]]
     assert list(out["prediction"]) == list(scored["prediction"])
     np.testing.assert_allclose(out["probability"], scored["probability"], rtol=1e-5)
@@ -174,34 +158,38 @@ def test_pyfunc_scores_raw_inputs_as_the_score_job_does(tracked):
 
 
 def test_embedded_store_by_default_and_unreachable_server(tracked):
-    """Same lake, no tracking.uri: the SQLite store under <lake>/mlflow; then a closed port."""
+    """Same lake, no tracking.uri: the SQLite store under <lake>/mlflow; then a closed port. Its
+    own model name: the session's digits run and its _latest stay as they were."""
     root = tracked["root"]
-    s = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", "train.epochs=1"]
-    local = _run([sys.executable, "jobs/train.py", *s, "--launcher", "local"])
+    name = "digits-embedded"
+    s = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", "train.epochs=1",
+         "--set", f"train.model_name={name}"]
+    local = run([sys.executable, "jobs/train.py", *s, "--launcher", "local"])
     assert f"mlflow ui --backend-store-uri sqlite:///{root}/mlflow/mlflow.db" in local.stdout
     store = f"sqlite:///{root}/mlflow/mlflow.db"
     c = _client(store)
-    cand = c.get_model_version_by_alias("digits-cnn", "candidate")
-    run = c.get_run(cand.run_id)
-    assert run.data.tags["launcher"] == "local" and run.data.params["train.epochs"] == "1"
-    assert len(c.get_metric_history(run.info.run_id, "train_loss")) == 1
-    assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"training_curve.png", "preprocess_manifest.json"}
-    assert cand.tags["lake_run_id"] == run.data.tags["lake_run_id"]
+    cand = c.get_model_version_by_alias(name, "candidate")
+    mlrun = c.get_run(cand.run_id)
+    assert mlrun.data.tags["launcher"] == "local" and mlrun.data.params["train.epochs"] == "1"
+    assert len(c.get_metric_history(mlrun.info.run_id, "train_loss")) == 1
+    assert {a.path for a in c.list_artifacts(mlrun.info.run_id)} >= {"training_curve.png", "preprocess_manifest.json"}
+    assert cand.tags["lake_run_id"] == mlrun.data.tags["lake_run_id"] == lake.get_latest(f"file://{root}/models/{name}")
 
     closed = f"http://127.0.0.1:{free_port()}"
-    goes_on = _run([sys.executable, "jobs/train.py", *s, "--launcher", "local", "--set", f"tracking.uri={closed}"])
+    goes_on = run([sys.executable, "jobs/train.py", *s, "--launcher", "local", "--set", f"tracking.uri={closed}"])
     assert f"MLflow tracking at {closed} failed" in goes_on.stdout
-    run_id = lake.get_latest(f"file://{root}/models/digits-cnn")
-    m = manifest.read(f"file://{root}/models/digits-cnn/{run_id}")
+    run_id = lake.get_latest(f"file://{root}/models/{name}")
+    assert run_id != cand.tags["lake_run_id"]  # published, untracked
+    m = manifest.read(f"file://{root}/models/{name}/{run_id}")
     assert m["mlflow_run_id"] is None and m["metrics"]["test_accuracy"] > 0 and m["cost"]["wall_s"] > 0
-    stops = _run([sys.executable, "jobs/train.py", *s, "--launcher", "local", "--set", f"tracking.uri={closed}",
-                  "--set", "tracking.required=true"], check=False)
+    stops = run([sys.executable, "jobs/train.py", *s, "--launcher", "local", "--set", f"tracking.uri={closed}",
+                 "--set", "tracking.required=true"], check=False)
     assert stops.returncode == 1 and "tracking.required is true" in stops.stderr
-    assert lake.get_latest(f"file://{root}/models/digits-cnn") == run_id  # nothing new was published
+    assert lake.get_latest(f"file://{root}/models/{name}") == run_id  # nothing new was published
 
 
 def test_tracking_settings(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     s = tracking.settings(load_config("conf/digits.yaml", [f"lake.root={tmp_path}"]))
     assert s["uri"] == f"sqlite:///{tmp_path}/mlflow/mlflow.db" and s["problem"] is None

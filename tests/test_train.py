@@ -1,9 +1,11 @@
 """Training through each launcher, on real curated data, with real Horovod or torch.distributed
 processes: on the default stack the ranks started outside Spark come from horovodrun, on the
 modern one (no Horovod) from torchrun."""
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,8 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, job_env
-from pipeline import artifact, distributed, lake, preprocess, sample_data, train
-from pipeline.config import load_config
+from pipeline.model import artifact
+from pipeline.training import distributed
+from pipeline.core import lake
+from pipeline import preprocess, train
+from pipeline.samples import sample_data
+from pipeline.core.config import load_config
 
 DATE = "2026-03-01"
 
@@ -34,14 +40,34 @@ def _cfg(root, *overrides):
 HOROVOD = distributed.installed("horovod")
 
 
-def _two_ranks(root, *args, overrides=(), **popen):
-    """jobs/train.py on 2 ranks started by horovodrun where Horovod is installed, else by torchrun."""
+def _two_ranks(root, *args, overrides=(), probe=None, **popen):
+    """jobs/train.py on 2 ranks started by horovodrun where Horovod is installed, else by torchrun.
+    With ``probe`` (a directory), each rank records the modules it imported there (tests/rank_probe.py)."""
     launch = (["horovodrun", "-np", "2", "-H", "localhost:2", "python"] if HOROVOD
               else ["torchrun", "--nproc_per_node=2", "--standalone"])
+    if probe is not None:
+        launch = [*launch, "tests/rank_probe.py", str(probe)]
     cmd = [*launch, "jobs/train.py", "--config", "conf/digits.yaml",
            "--set", f"lake.root={root}", *[x for o in overrides for x in ("--set", o)], *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **popen)
+
+
+def _probed(directory) -> dict[str, list[str]]:
+    """rank -> the top-level modules its process imported (tests/rank_probe.py)."""
+    return {r["rank"]: r["modules"] for r in (json.loads(f.read_text()) for f in sorted(directory.glob("*.json")))}
+
+
+def test_the_rank_probe_sees_an_import_of_pyspark(tmp_path):
+    """Negative control for the rank checks below: a script that imports pyspark is seen doing so."""
+    (tmp_path / "uses_spark.py").write_text("import pyspark.sql\n")
+    out = tmp_path / "probe"
+    out.mkdir()
+    p = subprocess.run([sys.executable, "tests/rank_probe.py", str(out), str(tmp_path / "uses_spark.py")],
+                       cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (modules,) = _probed(out).values()
+    assert "pyspark" in modules and "json" in modules
 
 
 def test_local_launcher_trains_and_is_reproducible(digits):
@@ -68,10 +94,12 @@ def test_horovodrun_launcher(digits):
                                      "train.arch=resnet", "train.optimizer=adamw", "train.lr=0.003"])
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
-    assert out.count("test accuracy:") == 1, out[-3000:]  # printed by rank 0 only
     run_id = lake.get_latest(f"file://{root}/models/hvdrun-cnn")
     metrics = lake.read_json(f"file://{root}/models/hvdrun-cnn/{run_id}/metrics.json")
     assert metrics["world_size"] == 2 and metrics["test_accuracy"] > 0.8
+    # rank 0 alone writes the artifact: one run, one history line per epoch
+    assert [d for d in os.listdir(f"{root}/models/hvdrun-cnn") if not d.startswith("_")] == [run_id]
+    assert len(lake.read_json(f"file://{root}/models/hvdrun-cnn/{run_id}/history.json")) == 3
 
 
 def test_bf16_mixed_precision_on_cpu(digits):
@@ -114,7 +142,7 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
     assert [h["samples"] for h in hist] == [steps * 32 * 2] * 3
 
 
-def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
+def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path):
     """With image augmentation on: its random draws must replay exactly after the resume."""
     root, _ = digits
     over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn",
@@ -151,9 +179,17 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits):
     assert r.returncode == 0, out[-3000:]
     assert "resuming from" in out
 
-    ref = _two_ranks(root, overrides=[o for o in over if "model_name" not in o] + ["train.model_name=reference-cnn"])
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    ref = _two_ranks(root, overrides=[o for o in over if "model_name" not in o] + ["train.model_name=reference-cnn"],
+                     probe=probe)
     ref_out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, ref_out[-3000:]
+    # Ranks started outside Spark never import it (the probe sees one that does: see above).
+    ranks = _probed(probe)
+    assert sorted(ranks) == ["0", "1"], ranks
+    for rank, modules in ranks.items():
+        assert "pyspark" not in modules and "py4j" not in modules, (rank, [m for m in modules if "spark" in m])
     resumed = lake.read_json(f"file://{ck_dir}/{run_id}/history.json")
     ref_id = lake.get_latest(f"file://{root}/models/reference-cnn")
     reference = lake.read_json(f"file://{root}/models/reference-cnn/{ref_id}/history.json")
@@ -174,7 +210,7 @@ def test_load_model_returns_everything_scoring_needs(digits):
     assert loaded.label_names == [str(i) for i in range(10)]
     assert loaded.spec["dataset"]["version"] == m["version"]
     t = pq.read_table(lake.local_path(m["splits"]["test"]["uri"])).to_pandas()
-    from pipeline.images import ImageLayout, images_to_tensor_layout
+    from pipeline.ingest.images import ImageLayout, images_to_tensor_layout
 
     x = images_to_tensor_layout(t["image"], ImageLayout(8, 8, 1))
     probs = loaded.predict_proba(x)

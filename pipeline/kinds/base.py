@@ -1,0 +1,99 @@
+"""The interface a kind of dataset implements once (images, tables, sequences).
+
+What differs between kinds is how records are read, validated, fitted, encoded, fed to a model
+and scored. ``pipeline.preprocess``, ``pipeline.train`` and ``pipeline.score`` call these methods
+and nothing else kind-specific. Methods that run on the driver import Spark themselves: a
+training rank imports this package without pyspark.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipeline.core.config import Config
+
+SPLITS = ("train", "val", "test")
+Prepared = tuple[list[int], np.ndarray, list, list]  # rows that can be scored, their network inputs, reasons, details
+
+
+@dataclass
+class Curated:
+    """What a kind's preprocess produced: counts for the manifest, the class names, the parameters
+    fitted on the train split, and the curated schema."""
+    input_count: int
+    output_count: int
+    by_reason: dict[str, int]
+    split_counts: dict[str, int]
+    split_class_counts: dict[tuple[str, str], int]
+    label_names: list[str]
+    fitted: dict[str, Any]
+    schema: dict[str, str]
+
+
+@dataclass
+class Scored:
+    """A kind's scored rows: ``key``, ``columns``, ``reason``, ``detail``, ``source`` (and ``used``,
+    the input rows behind each output row, where outputs are not one per input row)."""
+    frame: DataFrame
+    key: str                # the key column's name in the predictions
+    columns: list[str]      # the prediction columns
+    counts_used: bool = False
+
+
+class Kind:
+    name: ClassVar[str]
+    archs: ClassVar[tuple[str, ...]]      # the built-in architectures that take this input
+    takes_torchvision: ClassVar[bool] = False
+    augmentable: ClassVar[bool] = False
+
+    # --- configuration -------------------------------------------------------------------------
+    def check_config(self, cfg: Config) -> None:
+        """Raise ConfigError, naming the key, for settings this kind cannot run with."""
+
+    def check_task(self, task: str) -> None:
+        """Raise ValueError for an ML task (classification, regression) this kind cannot train."""
+
+    # --- preprocess (driver; Spark tasks do the work) -----------------------------------------
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+        """Plan the read tasks, read, decode and validate each piece (bad records to the
+        quarantine), fit on the train split, encode, and write ``out/<split>/``."""
+        raise NotImplementedError
+
+    def manifest_fields(self, cfg: Config) -> dict[str, Any]:
+        """Extra manifest entries the model side needs (e.g. the image geometry)."""
+        return {}
+
+    # --- model -----------------------------------------------------------------------------------
+    def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        """(what ranks and scorers need to read and prepare inputs, the network's input shape),
+        from the dataset's manifest."""
+        raise NotImplementedError
+
+    def outputs(self, m: dict[str, Any]) -> int:
+        """Regression outputs per record (a forecast horizon, or 1)."""
+        return 1
+
+    def rank_decoder(self, inp: dict[str, Any]) -> Callable[[Any], np.ndarray]:
+        """A training batch (a named tuple of columns from the feed) -> the network's input array."""
+        return lambda b: np.asarray(b.features, dtype=np.float32)  # standardised by preprocess
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
+              staging: str, kw: dict[str, Any]) -> Scored:
+        """The date's input scored by the model of ``spec`` in Spark tasks (``kw``: lake_root,
+        ref, loads, batch_size for ``predict.cached_model``)."""
+        raise NotImplementedError
+
+    def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
+        """Raw records in a pandas frame (as ``input_example`` gives) -> network inputs."""
+        raise NotImplementedError(f"{self.name} models do not score raw frames outside Spark")
+
+    def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        """A few raw records of the model's own dataset, as ``prepare_frame`` takes them."""
+        raise NotImplementedError(f"{self.name} models do not score raw frames outside Spark")

@@ -1,0 +1,60 @@
+"""Sequences: time series read as (series, time, values) rows, gaps filled, cut into windows of
+``window`` steps with the next ``horizon`` steps of the target as the label; a recurrent
+network forecasts; scoring writes ``horizon`` future steps per series."""
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.config import ConfigError
+from pipeline.kinds.base import Curated, Kind, Scored
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipeline.core.config import Config
+
+
+class Sequence(Kind):
+    name = "sequence"
+    archs = ("lstm", "gru")
+
+    def check_config(self, cfg: Config) -> None:
+        seq = cfg.dataset.sequence
+        if cfg.train.task != "regression":
+            raise ConfigError("train.task must be regression for dataset.kind=sequence")
+        for key, v in [("window", seq.window), ("horizon", seq.horizon), ("stride", seq.stride)]:
+            if v < 1:
+                raise ConfigError(f"dataset.sequence.{key} must be >= 1, got {v}")
+        if seq.max_fill < 0:
+            raise ConfigError(f"dataset.sequence.max_fill must be >= 0, got {seq.max_fill}")
+
+    def check_task(self, task: str) -> None:
+        if task != "regression":
+            raise ValueError("sequence datasets train with train.task=regression")
+
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+        from pipeline.ingest import sequence
+
+        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, out, quarantine_uri)
+        return Curated(input_count=stats["input_count"], output_count=stats["output_count"],
+                       by_reason=stats["by_reason"], split_counts=stats["split_counts"],
+                       split_class_counts=stats["split_class_counts"], label_names=label_names, fitted=fitted,
+                       schema=schema)
+
+    def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        seq = m["sequence"]
+        return {"kind": self.name, "field": "features", "sequence": seq}, [seq["window"], len(seq["columns"])]
+
+    def outputs(self, m: dict[str, Any]) -> int:
+        return int(m["sequence"]["horizon"])
+
+    def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
+              staging: str, kw: dict[str, Any]) -> Scored:
+        """One row per series and future step; ``used`` counts the history rows behind them."""
+        from pipeline.ingest import sequence
+        from pipeline.kinds import predict
+
+        load = partial(predict.cached_model, kw["lake_root"], kw["ref"], kw.get("loads"))
+        frame = sequence.score(spark, spec, source, load).withColumnRenamed("series", "key")
+        return Scored(frame, "series", ["step", "time", "prediction"], counts_used=True)

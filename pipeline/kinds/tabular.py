@@ -1,0 +1,205 @@
+"""Tables: declared id, label, numeric and categorical columns; numeric standardisation and
+categorical vocabularies fitted on the train split; an MLP."""
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import lake
+from pipeline.core.config import ConfigError, TabularConf
+from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored
+from pipeline.kinds.images import sort_labels
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipeline.core.config import Config
+
+
+class Tabular(Kind):
+    name = "tabular"
+    archs = ("mlp",)
+
+    def check_config(self, cfg: Config) -> None:
+        tab = cfg.dataset.tabular
+        if not tab.numeric and not tab.categorical:
+            raise ConfigError("dataset.tabular: declare at least one numeric or categorical column")
+        cols = tab.columns()
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        if dupes:
+            raise ConfigError(f"dataset.tabular: columns declared twice: {dupes}")
+        unknown = [c for c in cfg.score.passthrough if c not in cols]
+        if unknown:
+            raise ConfigError(f"score.passthrough: {unknown} are not declared columns (dataset.tabular); "
+                              f"declare them, e.g. in dataset.tabular.ignore")
+
+    # --- preprocess --------------------------------------------------------------------------
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+        """Two passes of Python tasks (pipeline/ingest/tabular_tasks.py): read, validate and stage,
+        then encode and write with the parameters fitted on the train split in between. The first
+        pass reads through Spark's reader (pipeline/ingest/sources.py), or, for plain files, with
+        pyarrow in the tasks; both feed the same validation."""
+        from pipeline.core import quarantine
+        from pipeline.ingest import sources, tabular, tabular_tasks
+        from pipeline.spark import tasks
+
+        tab = cfg.dataset.tabular
+        regression = cfg.train.task == "regression"
+        n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
+        staging = f"{out}/_staging"
+        kw = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
+                  stage_name="preprocess.validate", regression=regression)
+        files = sources.listing(source) if sources.kind(source) == "path" else []
+        if sources.fast_path(source, tab, files):
+            pieces = tabular.plan(source, tab, n_tasks, sources.max_piece_bytes(spark), listing=files)
+            tabular_tasks.write_pieces(pieces, f"{staging}/_plan")
+            stage = partial(tabular_tasks.stage, plan_uri=f"{staging}/_plan", **kw)
+            rows = tasks.numbers(spark, n_tasks).mapInPandas(stage, tabular_tasks.STAGE_DDL).collect()
+        else:
+            df = sources.load(spark, source, tab)
+            tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source)
+            df = sources.declared(df, tab, regression)
+            with sources.reading(spark, 16_384):
+                rows = df.mapInArrow(partial(tabular_tasks.stage_arrow, **kw), tabular_tasks.STAGE_DDL).collect()
+        results = [json.loads(r["stats"]) for r in rows]
+        by_reason: dict[str, int] = {}
+        split_class: dict[tuple[str, str], int] = {}
+        for r in results:
+            for reason, n in r["bad"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
+            for s, label, n in r["counts"]:
+                split_class[(s, label)] = split_class.get((s, label), 0) + n
+        output = sum(split_class.values())
+        input_count = output + sum(by_reason.values())
+        if input_count == 0:
+            raise sources.SourceError(f"source {source} has no records")
+        quarantine.check_fraction(by_reason, input_count, cfg.preprocess.max_bad_fraction, quarantine_uri)
+
+        label_names = [] if regression else sort_labels(sorted({label for _, label in split_class}))
+        fits = [f for r in results for f in r["fits"]]
+        params = tabular.merge_fits(fits, tab)
+        tasks.write_plans(tabular_tasks.deal(results, n_tasks), f"{staging}/_write")
+        write = partial(tabular_tasks.write_curated, tab=tab, params=params, label_names=label_names,
+                        staging_uri=staging, plan_uri=f"{staging}/_write", out_uri=out,
+                        row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, regression=regression)
+        written = sum(r["n"] for r in
+                      tasks.numbers(spark, n_tasks).mapInPandas(write, tabular_tasks.WRITE_DDL).collect())
+        if written != output:
+            raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
+        lake.remove(staging)
+        return Curated(
+            input_count=input_count, output_count=output, by_reason=by_reason,
+            split_counts={s: sum(n for (sp, _), n in split_class.items() if sp == s) for s in SPLITS},
+            split_class_counts=split_class, label_names=label_names,
+            fitted={"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {})},
+            schema={"id": "string", "label": "float32" if regression else "int32",
+                    "features": f"array<float>[{params['num_features']}]"})
+
+    # --- model -----------------------------------------------------------------------------------
+    def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        return ({"kind": self.name, "field": "features", "tabular": m["tabular"],
+                 "columns": m["config"]["dataset"]["tabular"]}, [m["tabular"]["num_features"]])
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
+              staging: str, kw: dict[str, Any]) -> Scored:
+        """Read, validated and encoded in the scoring tasks themselves (pipeline/ingest/tabular_tasks.py),
+        with the parameters fitted when the model's dataset version was preprocessed."""
+        import pyarrow as pa
+        from pyspark.sql import types as T
+        from pyspark.sql.pandas.types import to_arrow_schema
+        from pyspark.sql.types import _parse_datatype_string
+
+        from pipeline.ingest import sources, tabular, tabular_tasks
+        from pipeline.kinds import predict
+        from pipeline.spark import tasks
+
+        tab = _score_columns(spec, cfg)
+        passthrough = cfg.score.passthrough
+        columns = predict.prediction_columns(spec)
+        files = sources.listing(source) if sources.kind(source) == "path" else []
+        if sources.fast_path(source, tab, files, passthrough):
+            n = sources.num_read_tasks(spark, sum(size for _, size in files))
+            tabular_tasks.write_pieces(tabular.plan(source, tab, n, sources.max_piece_bytes(spark),
+                                                    label_required=False, listing=files), f"{staging}/_plan")
+            records = partial(tabular_tasks.score_records, plan_uri=f"{staging}/_plan", tab=tab,
+                              params=spec["input"]["tabular"], batch_size=kw["batch_size"])
+            body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", **kw)
+            return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), predict.scored_ddl(spec)),
+                          "id", columns)
+        df = sources.load(spark, source, tab, date)
+        tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
+        absent = [c for c in passthrough if c not in df.columns]
+        if absent:
+            raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
+        df = sources.declared(df, tab, extra=passthrough)
+        extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
+        out = T.StructType(_parse_datatype_string(predict.scored_ddl(spec)).fields + extra)
+        arrow = to_arrow_schema(out)
+        params = spec["input"]["tabular"]
+
+        def body(batches):
+            for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough):
+                (scored,) = predict.score_frames(iter([pdf]), _prepare_encoded, "id", **kw)
+                cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
+                                                  preserve_index=False).columns
+                cols += [rec.extra[sources.PASSTHROUGH + f.name].cast(arrow.field(f.name).type) for f in extra]
+                yield pa.RecordBatch.from_arrays(cols, schema=arrow)
+        return Scored(df.mapInArrow(body, out), "id", columns)
+
+    def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
+        """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
+        import pyarrow as pa
+
+        from pipeline.ingest import tabular
+
+        tab = TabularConf(**spec["input"]["columns"])
+        needed = [tab.id_column, *tab.numeric, *tab.categorical]
+        missing = [c for c in needed if c not in pdf.columns]
+        if missing:
+            raise ValueError(f"input frame lacks the columns {missing}; the model needs {needed}")
+        cols = {}
+        for c in needed:
+            col = pa.chunked_array([pa.array(pdf[c].tolist())])
+            cols[c] = col if c in tab.numeric else tabular.as_text(col)  # typed numbers are validated as numbers
+        cols[tab.label_column] = pa.chunked_array([pa.nulls(len(pdf), pa.string())])
+        rec = tabular.validate(pa.table(cols), [], tab, label_required=False)
+        ok = np.flatnonzero(rec.good())
+        features = np.full(len(rec), None, dtype=object)
+        if len(ok):
+            x = tabular.encode(rec.take(ok), tab, spec["input"]["tabular"])
+            for j, i in enumerate(ok):
+                features[i] = x[j]
+        return _prepare_encoded(pd.DataFrame({"reason": rec.reason, "detail": rec.detail, "features": features}), spec)
+
+    def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        from pipeline.core import manifest
+        from pipeline.ingest import tabular
+
+        source = manifest.read(spec["dataset"]["uri"])["source"]
+        files = sorted(u for u, size in lake.list_files(source) if size > 0)
+        tab = TabularConf(**spec["input"]["columns"])
+        t, _ = tabular.read_piece((files[0], 0, -1), tab, label_required=False)
+        pdf = t.slice(0, rows).to_pandas()
+        for c in tab.numeric:
+            pdf[c] = pd.to_numeric(pdf[c], errors="coerce")
+        return pdf[[tab.id_column, *tab.numeric, *tab.categorical]]
+
+
+def _prepare_encoded(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
+    """Frames of (reason, detail, features) from the scoring tasks -> the good rows' features."""
+    ok = [i for i, r in enumerate(pdf["reason"]) if r is None]
+    n = spec["model"]["input_shape"][0]
+    x = np.stack([pdf["features"].iloc[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, n), np.float32)
+    return ok, x, list(pdf["reason"]), list(pdf["detail"])
+
+
+def _score_columns(spec: dict[str, Any], cfg: Config) -> TabularConf:
+    """The model's declared columns, read with this run's format, reader options and reader."""
+    tab = cfg.dataset.tabular
+    return TabularConf(**{**spec["input"]["columns"], "format": tab.format, "options": tab.options,
+                          "reader": tab.reader})

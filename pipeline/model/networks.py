@@ -1,0 +1,201 @@
+"""Model architectures, chosen by ``train.arch``. Built from a plain dict (the model spec) that
+is saved in the artifact, so scoring rebuilds exactly what was trained."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ConvNet(nn.Module):
+    """The classic MNIST network (conv, conv, pool, dropout, dense, dropout, dense), sized by input."""
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(64 * (height // 2) * (width // 2), 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class ResNet(nn.Module):
+    """A small residual CNN: stem, two residual stages, global pooling."""
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, width_mult: int = 32):
+        super().__init__()
+        c = width_mult
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            _Block(c), nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU(),
+            _Block(2 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, num_features: int, num_classes: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Dropout(0.1),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class Recurrent(nn.Module):
+    """Stacked LSTM (or GRU) layers over a (batch, window, features) sequence, then a dense layer
+    on the last step: the classic LSTM 64 -> LSTM 64 -> LSTM 64 -> Dense regressor by default.
+
+    ``predict_change``: the history is taken relative to its last value of feature 0 (the
+    target) and the network predicts the change from that value, which keeps a trending series
+    inside the range the network saw in training. Flat (batch, window x features) input is
+    reshaped."""
+
+    def __init__(self, cell: str, window: int, num_features: int, num_outputs: int, hidden: list[int],
+                 predict_change: bool = False):
+        super().__init__()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        sizes = [num_features, *hidden]
+        self.window, self.num_features, self.predict_change = window, num_features, predict_change
+        self.layers = nn.ModuleList(rnn(a, b, batch_first=True) for a, b in zip(sizes, sizes[1:]))
+        self.head = nn.Linear(sizes[-1], num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], self.window, self.num_features)
+        last = x[:, -1:, :1]
+        if self.predict_change:
+            x = torch.cat([x[:, :, :1] - last, x[:, :, 1:]], dim=2)
+        for layer in self.layers:
+            x, _ = layer(x)
+        out = self.head(x[:, -1])
+        return out + last[:, 0] if self.predict_change else out
+
+
+def _size(shape: list[int]) -> int:
+    size = 1
+    for d in shape:
+        size *= d
+    return size
+
+
+def import_factory(path: str):
+    """``package.module:callable`` -> the callable."""
+    import importlib
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"train.arch {path!r}: a model factory is written module.path:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"train.arch {path!r}: cannot import {module_name!r} ({e}); ship it to the "
+                         f"executors with spark-submit --py-files") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"train.arch {path!r}: module {module_name!r} has no {attr!r}") from None
+
+
+def factory_version(path: str) -> dict[str, Any]:
+    """What the artifact records about a user's factory: the import path, the module's
+    ``__version__`` if it has one and the sha256 of its source file."""
+    import hashlib
+    import importlib
+    import inspect
+
+    module = importlib.import_module(path.partition(":")[0])
+    try:
+        source = inspect.getsource(module).encode()
+        digest = hashlib.sha256(source).hexdigest()
+    except (OSError, TypeError):
+        digest = None
+    return {"path": path, "version": getattr(module, "__version__", None), "source_sha256": digest}
+
+
+def torchvision_model(name: str, channels: int, num_outputs: int) -> nn.Module:
+    """A torchvision architecture (no pretrained weights: nothing is downloaded) with its first
+    convolution taking ``channels`` inputs and its head giving ``num_outputs``."""
+    try:
+        import torchvision
+    except Exception as e:  # noqa: BLE001 - a torchvision built for another torch fails in many ways
+        raise ValueError(f"train.arch torchvision:{name} needs torchvision built for torch {torch.__version__} "
+                         f"({type(e).__name__}: {e})") from None
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs)
+    except ValueError as e:
+        raise ValueError(f"train.arch torchvision:{name}: {e}") from None
+    if channels != 3:
+        for parent in model.modules():
+            for child_name, child in parent.named_children():
+                if isinstance(child, nn.Conv2d):
+                    setattr(parent, child_name, nn.Conv2d(
+                        channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                        child.dilation, child.groups, child.bias is not None, child.padding_mode))
+                    return model
+    return model
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """spec: {"arch", "input_shape": [C, H, W], [F] or [window, F], "num_classes" (the size of
+    the output head), optional "task", "hidden" (recurrent layer sizes) and "predict_change"}."""
+    arch, shape, n = spec["arch"], spec["input_shape"], spec["num_classes"]
+    if arch == "cnn":
+        return ConvNet(*shape, n)
+    if arch == "resnet":
+        return ResNet(*shape, n)
+    if arch == "mlp":
+        return MLP(_size(shape), n)
+    if arch in ("lstm", "gru"):
+        window, features = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
+        return Recurrent(arch, window, features, n, list(spec.get("hidden") or [64, 64, 64]),
+                         bool(spec.get("predict_change", False)))
+    if arch.startswith("torchvision:"):
+        return torchvision_model(arch.split(":", 1)[1], shape[0], n)
+    if ":" in arch:
+        model = import_factory(arch)(dict(spec))
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"train.arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    raise ValueError(f"unknown train.arch {arch!r}; use cnn, resnet, mlp, lstm, gru, torchvision:<name> "
+                     f"or module.path:factory")
+
+
+def load_initial_weights(model: nn.Module, uri: str) -> None:
+    """``train.init_weights``: a state dict saved with torch.save, loaded with weights_only=True
+    (tensors only, no code runs). Keys and shapes must match the model."""
+    import io
+
+    from pipeline.core import lake
+
+    try:
+        data = lake.read_bytes(uri)
+    except FileNotFoundError:
+        raise ValueError(f"train.init_weights: no file at {uri}") from None
+    state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a checkpoint of this pipeline
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"train.init_weights {uri} does not fit train.arch: {str(e).splitlines()[0]} ...") from None

@@ -1,0 +1,125 @@
+"""Shared command line of the jobs: --config, --set, checked arguments, one session, exit codes.
+
+Library code raises; this is the only place an exception becomes an exit code. Arguments that
+become lake paths (a date, a model reference, a run id) and the config's names are checked
+before anything starts: a malformed one is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Any, Callable
+
+from pipeline.core.config import ConfigError, load_config
+from pipeline.core.layout import InvalidValue
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2  # invalid config, or a malformed argument (date, model reference, run id, name)
+EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
+
+
+class NoInput(RuntimeError):
+    """Raised when a job finds no input to process (a scheduler may treat this as 'skip')."""
+
+
+class InputError(RuntimeError):
+    """The input named in the config is wrong (a missing path, an unknown table, a failing query):
+    reported as one line naming it, exit code 1, without a traceback, since the user must fix it."""
+
+
+def _quiet_py4j_retries(record: logging.LogRecord) -> bool:
+    # py4j logs a traceback at INFO on the root logger whenever it retries on a stale pooled
+    # connection (horovod.spark.run's background thread triggers it); it is recovered, not an error.
+    return not (record.levelno < logging.WARNING and "py4j" in record.pathname)
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse, plus values checked after parsing by the rules of pipeline/core/layout.py."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.checks: list[tuple[str, str, Callable[[str, str], str]]] = []
+
+    def add_checked(self, *flags: str, check: Callable[[str, str], str], **kwargs: Any) -> argparse.Action:
+        """An option whose value, when given, must pass ``check(value, flag)`` (e.g.
+        layout.validate_date), which raises InvalidValue naming the flag."""
+        action = self.add_argument(*flags, **kwargs)
+        self.checks.append((action.dest, flags[0], check))
+        return action
+
+    def check(self, args: argparse.Namespace) -> None:
+        """Raises InvalidValue for the first malformed value."""
+        for dest, flag, check in self.checks:
+            value = getattr(args, dest)
+            if value is not None:
+                setattr(args, dest, check(value, flag))
+
+
+def parser(description: str) -> JobParser:
+    p = JobParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config, e.g. conf/digits.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    return p
+
+
+def parse(stage: str, p: JobParser, argv: list[str] | None = None) -> tuple[Any, argparse.Namespace] | int:
+    """(config, arguments), or the exit code after one line on stderr naming a malformed
+    argument or config value. Nothing has started yet: no session, no lake I/O."""
+    args = p.parse_args(argv)
+    try:
+        p.check(args)
+    except InvalidValue as e:
+        print(f"{stage}: invalid argument: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        return load_config(args.config, args.overrides), args
+    except (ConfigError, InvalidValue) as e:
+        print(f"{stage}: invalid config: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+
+def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
+            add_args: Callable[[JobParser], None] | None = None,
+            argv: list[str] | None = None,
+            needs_spark: Callable[[argparse.Namespace], bool] = lambda args: True) -> int:
+    p = parser(description)
+    if add_args:
+        add_args(p)
+    parsed = parse(stage, p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    cfg, args = parsed
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    for noisy in ("py4j", "petastorm", "horovod", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_py4j_retries)
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # see session.quiet_warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    spark = None
+    if needs_spark(args):  # a job run without Spark (training under torchrun) never imports pyspark
+        from pipeline.spark.session import get_spark
+
+        spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg)
+    try:
+        body(spark, cfg, args)
+        return EXIT_OK
+    except NoInput as e:
+        print(f"{stage}: no input: {e}", file=sys.stderr)
+        return EXIT_NO_INPUT
+    except InputError as e:
+        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
+        logging.getLogger(stage).exception("failed")
+        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if spark is not None:
+            spark.stop()
