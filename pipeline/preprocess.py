@@ -12,7 +12,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from pipeline import kinds
-from pipeline.kinds.base import SPLITS
+from pipeline.core.layout import LakeLayout, version_dir_name
+from pipeline.kinds.base import SPLITS, Target
 from pipeline.core import lake, manifest, quarantine
 from pipeline.core.config import Config
 from pipeline.ops import tracking
@@ -24,14 +25,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ds = cfg.dataset
     version = lake.new_run_id()
     source = cfg.resolve(ds.source)
-    out = cfg.uri("curated", ds.name, f"v={version}")
-    quarantine_uri = cfg.uri("quarantine", ds.name, version)
+    layout = LakeLayout.of(cfg)
+    target = Target(layout, ds.name, version)
+    out, quarantine_uri = target.uri, target.quarantine
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
     job = tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
                        tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict())
     kind = kinds.for_config(cfg)
     try:
-        c = kind.preprocess(spark, cfg, source, out, quarantine_uri)
+        c = kind.preprocess(spark, cfg, source, target)
     except BaseException as e:
         job.fail()
         lake.remove(out)  # never marked latest, but do not leave a partial version behind
@@ -50,7 +52,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         quarantine_uri=quarantine_uri if by_reason else None,
         splits={s: {"count": c.split_counts.get(s, 0),
                     "class_counts": {n: c.split_class_counts.get((s, n), 0) for n in c.label_names},
-                    "uri": f"{out}/{s}"} for s in SPLITS},
+                    "uri": target.split(s)} for s in SPLITS},
         label_names=c.label_names,
         schema=c.schema,
         **kind.manifest_fields(cfg),
@@ -58,7 +60,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         **job.fields(),
     )
     manifest.write(out, m)
-    lake.set_latest(cfg.uri("curated", ds.name), f"v={version}")
+    lake.set_latest(layout.curated_root(ds.name), version_dir_name(version))
     job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()})
     log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
              m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pipeline import kinds
 from pipeline.core import lake, manifest, quarantine
 from pipeline.core.config import Config
+from pipeline.core.layout import LakeLayout
 from pipeline.ingest import sources
 from pipeline.ops import tracking
 from pipeline.ops.registry import resolve_ref
@@ -43,12 +44,13 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
     kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size)
-    root = cfg.uri("predictions", name)
-    job_dir = f"{root}/_staging/{job_id}"
-    final = f"{root}/dt={score_date}"
-    staging = f"{job_dir}/dt={score_date}"
+    layout = LakeLayout.of(cfg)
+    job_dir = layout.score_job(name, job_id)
+    final = layout.predictions_partition(name, score_date)
+    staging = layout.score_staging(name, job_id, score_date)
     try:
-        s = kinds.get(spec["input"]["kind"]).score(spark, cfg, spec, source, score_date, job_dir, kw)
+        s = kinds.get(spec["input"]["kind"]).score(spark, cfg, spec, source, score_date,
+                                                   layout.score_plan(name, job_id), kw)
     except sources.SourceError as e:
         lake.remove(job_dir)
         raise NoInput(f"nothing to score for {score_date}: {e}") from None
@@ -64,7 +66,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
         input_count = output_count + sum(counts.values())
         if input_count == 0:
             raise NoInput(f"nothing to score for {score_date}: {source} has no records")
-        quarantine_uri = cfg.uri("quarantine", cfg.dataset.name, f"score-{job_id}")
+        quarantine_uri = layout.quarantine_score(cfg.dataset.name, job_id)
         if counts:
             bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
             quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
@@ -94,7 +96,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
         **({"forecast_rows": written} if s.counts_used else {}),
     )
     manifest.write(staging, m)
-    _swap_in(staging, final, f"{root}/_trash/{job_id}")
+    _swap_in(staging, final, layout.predictions_trash(name, job_id))
     lake.remove(job_dir)
     if cfg.score.output_table:
         write_table(spark, final, cfg.score.output_table, score_date)

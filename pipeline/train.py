@@ -26,6 +26,7 @@ from pipeline.training import distributed, feed, schedule
 from pipeline.core import lake, manifest
 from pipeline.ops import tracking
 from pipeline.core.config import Config
+from pipeline.core.layout import LakeLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,12 @@ class TrainingSetupError(ValueError):
 
 def resolve_dataset(cfg: Config) -> tuple[str, dict[str, Any]]:
     """(dataset uri, its preprocess manifest) for train.dataset_version."""
-    parent = cfg.uri("curated", cfg.dataset.name)
+    layout = LakeLayout.of(cfg)
+    parent = layout.curated_root(cfg.dataset.name)
     version = cfg.train.dataset_version
     if version == "latest":
         version = lake.get_latest(parent)
-    elif not version.startswith("v="):
-        version = f"v={version}"
-    uri = f"{parent}/{version}"
+    uri = layout.curated_version(cfg.dataset.name, version)
     if not lake.exists(f"{uri}/{manifest.MANIFEST}"):
         raise TrainingSetupError(f"dataset version {version} not found or incomplete at {uri}; "
                                  f"versions: {[v for v in lake.listdir(parent) if v.startswith('v=')]}")
@@ -71,7 +71,8 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
         model_spec = objectives.model_spec(cfg.train, kind, shape, objective)
     except (objectives.TaskSetupError, ValueError) as e:
         raise TrainingSetupError(str(e)) from None
-    model_uri = artifact.model_dir(cfg.lake.root, cfg.train.model_name, run_id)
+    layout = LakeLayout.of(cfg)
+    model_uri = layout.model_run(cfg.train.model_name, run_id)
     t = vars(cfg.train).copy()
     t["augment"] = dataclasses.asdict(cfg.train.augment) if kind.augmentable else {}
     if t["init_weights"]:  # a local path, or a URI (relative: under lake.root)
@@ -96,7 +97,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
         "test_url": m["splits"]["test"]["uri"],
         "steps_per_epoch": schedule.steps_per_epoch(train_rows, cfg.train.batch_size, world_size),
         "model_uri": model_uri,
-        "checkpoint_dir": f"{model_uri}/checkpoints",
+        "checkpoint_dir": layout.checkpoints(cfg.train.model_name, run_id),
         "resume": resume,
         "artifact_spec": {
             "model": model_spec,
@@ -213,7 +214,7 @@ def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
     uri = params["model_uri"]
     if not lake.exists(f"{uri}/model.pt"):
         raise RuntimeError(f"training finished but no artifact at {uri}")
-    lake.set_latest(f"{cfg.lake.root}/models/{cfg.train.model_name}", params["run_id"])
+    lake.set_latest(LakeLayout.of(cfg).models_root(cfg.train.model_name), params["run_id"])
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
     m = _finish_tracking(job, cfg, params, metrics) if job is not None else {}

@@ -23,6 +23,7 @@ one-line message naming the source, before any task runs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
@@ -30,6 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.core import lake
+from pipeline.core.layout import LakeLayout, validate_date
 from pipeline.spark.cli import InputError
 from pipeline.core.config import TabularConf
 
@@ -54,9 +56,9 @@ def for_date(source: str, date: str) -> str:
     filtered on its ``dt`` column by ``read``)."""
     if kind(source) == "table":
         return source
-    if "{date}" in source:
-        return source.replace("{date}", date)
-    return source if kind(source) == "query" else f"{source.rstrip('/')}/dt={date}"
+    if kind(source) == "query":  # a checked date (YYYY-MM-DD) holds no quote
+        return source.replace("{date}", validate_date(date))
+    return LakeLayout.dated(source, date)
 
 
 def listing(source: str) -> list[tuple[str, int]]:
@@ -69,7 +71,7 @@ def listing(source: str) -> list[tuple[str, int]]:
     return files
 
 
-def fast_path(source: str, tab: TabularConf, files: list[tuple[str, int]], extra: list[str] = ()) -> bool:
+def fast_path(source: str, tab: TabularConf, files: list[tuple[str, int]], extra: Sequence[str] = ()) -> bool:
     """Whether the tasks can read the files themselves with pyarrow: plain CSV (header, comma,
     double quote), JSON lines or Parquet, no reader options, no partition directories, no
     passthrough columns."""
@@ -150,7 +152,7 @@ def load(spark: SparkSession, source: str, tab: TabularConf, date: str | None = 
     return df
 
 
-def declared(df: DataFrame, tab: TabularConf, regression: bool = False, extra: list[str] = ()) -> DataFrame:
+def declared(df: DataFrame, tab: TabularConf, regression: bool = False, extra: Sequence[str] = ()) -> DataFrame:
     """The declared columns (and ``extra`` untouched, named PASSTHROUGH + name): numerics kept as
     numbers where typed, the id, label and categories as Spark's text; the corrupt-record column
     if the reader has one."""

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from pipeline.core.layout import LakeLayout
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -20,6 +22,33 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 Prepared = tuple[list[int], np.ndarray, list, list]  # rows that can be scored, their network inputs, reasons, details
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where preprocess writes one dataset version (every path from the lake layout)."""
+    layout: LakeLayout
+    dataset: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return self.layout.curated_version(self.dataset, self.version)
+
+    @property
+    def quarantine(self) -> str:
+        return self.layout.quarantine_version(self.dataset, self.version)
+
+    @property
+    def staging(self) -> str:
+        return self.layout.curated_staging(self.dataset, self.version)
+
+    def plan(self, step: str) -> str:
+        """The task plans of a preprocess step (``stage`` or ``write``), under staging."""
+        return self.layout.preprocess_plan(self.dataset, self.version, step)
+
+    def split(self, name: str) -> str:
+        return self.layout.curated_split(self.dataset, self.version, name)
 
 
 @dataclass
@@ -60,9 +89,9 @@ class Kind:
         """Raise ValueError for an ML task (classification, regression) this kind cannot train."""
 
     # --- preprocess (driver; Spark tasks do the work) -----------------------------------------
-    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
-        """Plan the read tasks, read, decode and validate each piece (bad records to the
-        quarantine), fit on the train split, encode, and write ``out/<split>/``."""
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
+        """Plan the read tasks, read, decode and validate each piece (bad records to
+        ``target.quarantine``), fit on the train split, encode, and write ``target.split(...)``."""
         raise NotImplementedError
 
     def manifest_fields(self, cfg: Config) -> dict[str, Any]:
@@ -85,9 +114,10 @@ class Kind:
 
     # --- scoring ---------------------------------------------------------------------------------
     def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
-              staging: str, kw: dict[str, Any]) -> Scored:
+              plan_uri: str, kw: dict[str, Any]) -> Scored:
         """The date's input scored by the model of ``spec`` in Spark tasks (``kw``: lake_root,
-        ref, loads, batch_size for ``predict.cached_model``)."""
+        ref, loads, batch_size for ``predict.cached_model``; ``plan_uri``: where the driver may
+        write the tasks' plans)."""
         raise NotImplementedError
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:

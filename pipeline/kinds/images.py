@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline.core import lake
 from pipeline.core.config import ConfigError
-from pipeline.kinds.base import Curated, Kind, Prepared, Scored
+from pipeline.kinds.base import Curated, Kind, Prepared, Scored, Target
 from pipeline.ingest.images import ImageLayout, ImageSpec, Rejected, decode_image, images_to_tensor_layout
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Images(Kind):
             raise ConfigError("score.passthrough: only tabular datasets carry input columns into predictions")
 
     # --- preprocess --------------------------------------------------------------------------
-    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
         """One job of Python tasks (pipeline/ingest/image_tasks.py) that decode the images, write
         the curated files and the quarantine, and return counts and pixel sums."""
         from pipeline.core import quarantine
@@ -46,7 +46,8 @@ class Images(Kind):
 
         ds = cfg.dataset
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-        common = dict(spec=ImageSpec.from_conf(ds.image), out_uri=out, quarantine_uri=quarantine_uri,
+        quarantine_uri = target.quarantine
+        common = dict(spec=ImageSpec.from_conf(ds.image), out_uri=target.uri, quarantine_uri=quarantine_uri,
                       row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, stage="preprocess.validate")
         if sources.kind(source) != "path":  # a table or query with a binary content column
             df = image_table(spark, source, cfg)
@@ -59,7 +60,7 @@ class Images(Kind):
             labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
             plans, label_names = image_tasks.plan(source, labels, cfg.preprocess.split, n_tasks)
             label_names = sort_labels(label_names)
-            plan_uri = f"{out}/_staging"
+            plan_uri = target.staging
             tasks.write_plans(plans, plan_uri)
             body = partial(image_tasks.run_task, plan_uri=plan_uri, label_names=label_names, **common)
             rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_tasks.TASK_DDL).collect()
@@ -91,7 +92,7 @@ class Images(Kind):
 
     # --- scoring ---------------------------------------------------------------------------------
     def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
-              staging: str, kw: dict[str, Any]) -> Scored:
+              plan_uri: str, kw: dict[str, Any]) -> Scored:
         """The tasks read their share of the files themselves (pipeline/spark/tasks.py); a table
         source is read by Spark and its binary column scored as it comes."""
         import pyarrow as pa
@@ -112,7 +113,6 @@ class Images(Kind):
         files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = sources.num_read_tasks(spark, sum(size for _, size in files))
         uris = [u for u, _ in files]
-        plan_uri = f"{staging}/_plan"
         plan = pa.schema([("uri", pa.string()), ("path", pa.string())])
         tasks.write_plans([pa.table({"uri": uris[t::n], "path": [lake.spark_path(u) for u in uris[t::n]]}, schema=plan)
                            for t in range(n)], plan_uri)

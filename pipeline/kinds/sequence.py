@@ -7,7 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.config import ConfigError
-from pipeline.kinds.base import Curated, Kind, Scored
+from pipeline.kinds.base import Curated, Kind, Scored, Target
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -33,10 +33,10 @@ class Sequence(Kind):
         if task != "regression":
             raise ValueError("sequence datasets train with train.task=regression")
 
-    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
         from pipeline.ingest import sequence
 
-        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, out, quarantine_uri)
+        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, target.uri, target.quarantine)
         return Curated(input_count=stats["input_count"], output_count=stats["output_count"],
                        by_reason=stats["by_reason"], split_counts=stats["split_counts"],
                        split_class_counts=stats["split_class_counts"], label_names=label_names, fitted=fitted,
@@ -50,7 +50,7 @@ class Sequence(Kind):
         return int(m["sequence"]["horizon"])
 
     def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
-              staging: str, kw: dict[str, Any]) -> Scored:
+              plan_uri: str, kw: dict[str, Any]) -> Scored:
         """One row per series and future step; ``used`` counts the history rows behind them."""
         from pipeline.ingest import sequence
         from pipeline.kinds import predict

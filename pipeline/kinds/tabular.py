@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.core import lake
 from pipeline.core.config import ConfigError, TabularConf
-from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored
+from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Tabular(Kind):
                               f"declare them, e.g. in dataset.tabular.ignore")
 
     # --- preprocess --------------------------------------------------------------------------
-    def preprocess(self, spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str) -> Curated:
+    def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
         """Two passes of Python tasks (pipeline/ingest/tabular_tasks.py): read, validate and stage,
         then encode and write with the parameters fitted on the train split in between. The first
         pass reads through Spark's reader (pipeline/ingest/sources.py), or, for plain files, with
@@ -50,14 +50,14 @@ class Tabular(Kind):
         tab = cfg.dataset.tabular
         regression = cfg.train.task == "regression"
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
-        staging = f"{out}/_staging"
+        staging, quarantine_uri = target.staging, target.quarantine
         kw = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
                   stage_name="preprocess.validate", regression=regression)
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files):
             pieces = tabular.plan(source, tab, n_tasks, sources.max_piece_bytes(spark), listing=files)
-            tabular_tasks.write_pieces(pieces, f"{staging}/_plan")
-            stage = partial(tabular_tasks.stage, plan_uri=f"{staging}/_plan", **kw)
+            tabular_tasks.write_pieces(pieces, target.plan("stage"))
+            stage = partial(tabular_tasks.stage, plan_uri=target.plan("stage"), **kw)
             rows = tasks.numbers(spark, n_tasks).mapInPandas(stage, tabular_tasks.STAGE_DDL).collect()
         else:
             df = sources.load(spark, source, tab)
@@ -82,9 +82,9 @@ class Tabular(Kind):
         label_names = [] if regression else sort_labels(sorted({label for _, label in split_class}))
         fits = [f for r in results for f in r["fits"]]
         params = tabular.merge_fits(fits, tab)
-        tasks.write_plans(tabular_tasks.deal(results, n_tasks), f"{staging}/_write")
+        tasks.write_plans(tabular_tasks.deal(results, n_tasks), target.plan("write"))
         write = partial(tabular_tasks.write_curated, tab=tab, params=params, label_names=label_names,
-                        staging_uri=staging, plan_uri=f"{staging}/_write", out_uri=out,
+                        staging_uri=staging, plan_uri=target.plan("write"), out_uri=target.uri,
                         row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, regression=regression)
         written = sum(r["n"] for r in
                       tasks.numbers(spark, n_tasks).mapInPandas(write, tabular_tasks.WRITE_DDL).collect())
@@ -106,7 +106,7 @@ class Tabular(Kind):
 
     # --- scoring ---------------------------------------------------------------------------------
     def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
-              staging: str, kw: dict[str, Any]) -> Scored:
+              plan_uri: str, kw: dict[str, Any]) -> Scored:
         """Read, validated and encoded in the scoring tasks themselves (pipeline/ingest/tabular_tasks.py),
         with the parameters fitted when the model's dataset version was preprocessed."""
         import pyarrow as pa
@@ -125,8 +125,8 @@ class Tabular(Kind):
         if sources.fast_path(source, tab, files, passthrough):
             n = sources.num_read_tasks(spark, sum(size for _, size in files))
             tabular_tasks.write_pieces(tabular.plan(source, tab, n, sources.max_piece_bytes(spark),
-                                                    label_required=False, listing=files), f"{staging}/_plan")
-            records = partial(tabular_tasks.score_records, plan_uri=f"{staging}/_plan", tab=tab,
+                                                    label_required=False, listing=files), plan_uri)
+            records = partial(tabular_tasks.score_records, plan_uri=plan_uri, tab=tab,
                               params=spec["input"]["tabular"], batch_size=kw["batch_size"])
             body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", **kw)
             return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), predict.scored_ddl(spec)),
