@@ -33,7 +33,7 @@ def test_training_reaches_accuracy_and_writes_the_artifact(pipeline_run):
     metrics = lake.read_json(f"{d}/metrics.json")
     assert metrics["test_accuracy"] >= 0.97 and metrics["world_size"] == 2, pipeline_run["train"].stdout[-3000:]
     history = lake.read_json(f"{d}/history.json")
-    assert [h["epoch"] for h in history] == list(range(cfg.train.epochs)) and cfg.train.epochs == 15
+    assert [h["epoch"] for h in history] == list(range(cfg.train.epochs))
     # Only rank 0 logs: one line per epoch from 2 ranks (horovod.spark.run prefixes each with its rank).
     epoch_lines = [ln for ln in pipeline_run["train"].stdout.splitlines() if " train: epoch " in ln]
     assert len(epoch_lines) == cfg.train.epochs
