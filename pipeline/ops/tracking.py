@@ -218,13 +218,13 @@ class Tracker:
 
     # --- the model -----------------------------------------------------------------------------
 
-    def register_model(self, name: str, log: Callable[[str, str], str], alias: str = CANDIDATE) -> str | None:
-        """Register a new version of ``name`` with ``log(tracking uri, mlflow run id)``, which logs
-        the model into this run and returns the version, and point alias at it."""
-        if not self.active:
+    def register_model(self, name: str, log_model: Callable[[str, str], str], alias: str = CANDIDATE) -> str | None:
+        """Register a new version of ``name`` with ``log_model(tracking uri, mlflow run id)``, which
+        logs the model into this run and returns the version, and point alias at it."""
+        if self.client is None or self.run_id is None:  # inactive (a client needs a run id)
             return None
         try:
-            version = log(self.s["uri"], self.run_id)
+            version = log_model(self.s["uri"], self.run_id)
             self.client.set_registered_model_alias(name, alias, version)
         except Exception as e:  # noqa: BLE001
             self._failed("logging and registering the model", e)
