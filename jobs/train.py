@@ -9,6 +9,7 @@ Add --resume RUN_ID to continue a run from its latest checkpoint.
 """
 import os
 import sys
+from typing import Any
 
 from pipeline.core.layout import validate_run_id
 from pipeline.spark import cli
@@ -32,6 +33,7 @@ def launcher(args):
 
 def main(spark, cfg, args):
     mode = launcher(args)
+    m: dict[str, Any] | None
     if mode == "spark":
         m = train.run(spark, cfg, run_id=args.resume)
     elif mode == "horovodrun":

@@ -118,7 +118,7 @@ def write_table(spark: SparkSession, partition: str, table: str, score_date: str
         try:
             preds.select(*spark.table(table).columns).write.insertInto(table, overwrite=True)
         finally:
-            spark.conf.set(key, before)
+            spark.conf.unset(key) if before is None else spark.conf.set(key, before)
     log.info("predictions for dt=%s written to table %s", score_date, table)
 
 

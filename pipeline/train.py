@@ -145,6 +145,8 @@ def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     except BaseException:
         job.fail()
         raise
+    if metrics is None:  # TorchDistributor returns rank 0's result
+        raise RuntimeError(f"training run {run_id}: rank 0 returned no metrics")
     return finish(cfg, params, metrics, job)
 
 

@@ -20,12 +20,11 @@ per file. For tens of millions of files, preprocess the input in parts.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark import TaskContext
 
 from pipeline.core import lake, quarantine, splits
 from pipeline.spark import tasks
@@ -53,6 +52,7 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
     root = lake.local_path(source_uri).rstrip("/") + "/"
     ids = [u.split("://", 1)[-1][len(root):] for u in uris]
     paths = [lake.spark_path(u) for u in uris]
+    names: list[str | None]
     if labels is None:
         names = [p.rsplit("/", 2)[-2] for p in paths]
     else:
@@ -118,19 +118,22 @@ def write_shards(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
     ``part`` numbers the output files; in a Spark task it is the partition.
     """
     if part is None:
-        part = TaskContext.get().partitionId()
+        part = tasks.partition()
     index = {n: i for i, n in enumerate(label_names)}
     writers: dict[str, _SplitWriter] = {}
     bad: list[tuple] = []
-    read = None
+    read: Callable[[str], bytes] | None = None
     for pdf in frames:
         inline = "content" in pdf  # images from a table: the bytes are in the frame
         if read is None and len(pdf) and not inline:
             read = lake.file_reader(pdf["uri"].iloc[0])
         for data, path, id_, label_name, split in zip(pdf["content"] if inline else pdf["uri"], pdf["path"], pdf["id"],
                                                       pdf["label_name"], pdf["split"]):
+            if not inline:
+                assert read is not None  # set above from the first frame with rows
+                data = read(data)
             try:
-                arr = decode_image(data if inline else read(data), spec)
+                arr = decode_image(data, spec)
             except Rejected as r:
                 bad.append((split, label_name, r.reason, r.detail[:500], path))
                 continue
@@ -180,7 +183,7 @@ def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: Image
             ids = content_ids(pdf["content"])
             yield pd.DataFrame({"content": pdf["content"], "path": ids, "id": ids, "label_name": pdf["label_name"],
                                 "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
-    part = TaskContext.get().partitionId()
+    part = tasks.partition()
     yield _finish(write_shards(planned(), spec, out_uri, label_names, row_group_bytes, part=part), part,
                   quarantine_uri, stage)
 

@@ -65,7 +65,7 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
         # Opening reads only the header, so the pixel check runs before any pixel is decoded.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         if isinstance(e, UnidentifiedImageError):
             raise Rejected(NOT_AN_IMAGE, "not a recognised image format") from None
@@ -91,11 +91,11 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
     size = (spec.width, spec.height)
     if img.size != size:
         if spec.resize == "crop":
-            img = ImageOps.fit(img, size, method=Image.BILINEAR)
+            img = ImageOps.fit(img, size, method=Image.Resampling.BILINEAR)
         elif spec.resize == "pad":
-            img = ImageOps.pad(img, size, method=Image.BILINEAR, color=0)
+            img = ImageOps.pad(img, size, method=Image.Resampling.BILINEAR, color=0)
         else:
-            img = img.resize(size, Image.BILINEAR)
+            img = img.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr.reshape(spec.height, spec.width, spec.channels)
 

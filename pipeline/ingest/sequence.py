@@ -342,8 +342,9 @@ def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable
     seq_spec = spec["input"]["sequence"]
     seq = SequenceConf(**{k: seq_spec[k] for k in SequenceConf.__dataclass_fields__})
     validated = validate(read(spark, seq, source), seq)
+    tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"  # always set; tz_convert(None) is UTC too
     forecasts = validated.filter(F.col("reason").isNull()).drop("reason", "detail").groupBy("series").applyInPandas(
-        partial(forecast_series, load=load, tz=spark.conf.get("spark.sql.session.timeZone")), FORECAST_DDL)
+        partial(forecast_series, load=load, tz=tz), FORECAST_DDL)
     early = _bad(validated).select(F.lit(None).cast("string").alias("series"), F.lit(0).alias("step"),
                                    F.lit(None).cast("string").alias("time"),
                                    F.lit(None).cast("double").alias("prediction"), F.lit(0).cast("long").alias("used"),

@@ -97,8 +97,8 @@ def reading(spark: SparkSession, arrow_rows: int | None = None):
     try:
         yield
     finally:
-        for k, v in before.items():
-            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
+        for k, old in before.items():
+            spark.conf.unset(k) if old is None else spark.conf.set(k, old)
 
 
 def max_piece_bytes(spark: SparkSession) -> int:

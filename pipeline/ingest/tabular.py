@@ -32,6 +32,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -352,7 +353,7 @@ def record_keys(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categor
 
 
 def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True,
-             regression: bool = False, extra: list[str] = ()) -> Records:
+             regression: bool = False, extra: Sequence[str] = ()) -> Records:
     """Checks every record; the first failing check names the reason. Malformed records come last.
 
     ``t`` holds the declared columns: text, or typed numerics (a typed id, label or category is

@@ -19,7 +19,7 @@ task attempt replaces its files whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import TaskContext
 
 from pipeline.core import lake, quarantine, splits
 from pipeline.ingest import sources, tabular
@@ -157,7 +156,7 @@ def split_corrupt(t: pa.Table) -> tuple[pa.Table, list[str]]:
 def stage_arrow(batches: Iterator[pa.RecordBatch], **kw) -> Iterator[pa.RecordBatch]:
     """The Spark-reader path: mapInArrow body over the source's declared columns
     (pipeline/sources.py) -> STAGE_DDL; the part number is the Spark partition."""
-    stager = Stager(TaskContext.get().partitionId(), **kw)
+    stager = Stager(tasks.partition(), **kw)
     for t in tables(batches):
         stager.add(*split_corrupt(t))
     yield pa.RecordBatch.from_pydict({"part": [stager.part], "stats": [json.dumps(stager.close())]},
@@ -253,7 +252,7 @@ def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]
                             "features": features}), r
 
 
-def score_records(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],
+def score_records(frames: Iterable[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],
                   batch_size: int) -> Iterator[pd.DataFrame]:
     """The fast path: the tasks' records (plans under plan_uri), validated (no label needed) and
     encoded with the dataset version's parameters, in frames of batch_size: id, source, reason,
@@ -266,7 +265,7 @@ def score_records(frames: Iterator[pd.DataFrame], plan_uri: str, tab: TabularCon
 
 
 def score_batches(batches: Iterator[pa.RecordBatch], tab: TabularConf, params: dict[str, Any], batch_size: int,
-                  extra: list[str] = ()) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
+                  extra: Sequence[str] = ()) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
     """The Spark-reader path: (frame as score_records gives, its Records with the ``extra``
     columns) of the source's declared columns (pipeline/sources.py)."""
     for t in tables(batches):

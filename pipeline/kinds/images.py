@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ class Images(Kind):
         ds = cfg.dataset
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         quarantine_uri = target.quarantine
-        common = dict(spec=ImageSpec.from_conf(ds.image), out_uri=target.uri, quarantine_uri=quarantine_uri,
+        common: dict[str, Any] = dict(spec=ImageSpec.from_conf(ds.image), out_uri=target.uri, quarantine_uri=quarantine_uri,
                       row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, stage="preprocess.validate")
         if sources.kind(source) != "path":  # a table or query with a binary content column
             df = image_table(spark, source, cfg)
@@ -109,7 +109,7 @@ class Images(Kind):
             def with_ids(frames):
                 for pdf in frames:
                     yield pdf.assign(path=image_tasks.content_ids(pdf["content"]))
-            return Scored(df.mapInPandas(lambda it: body(with_ids(it)), predict.scored_ddl(spec)), "path", columns)
+            return Scored(df.mapInPandas(lambda it: body(frames=with_ids(it)), predict.scored_ddl(spec)), "path", columns)
         files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = sources.num_read_tasks(spark, sum(size for _, size in files))
         uris = [u for u, _ in files]
@@ -117,7 +117,7 @@ class Images(Kind):
         tasks.write_plans([pa.table({"uri": uris[t::n], "path": [lake.spark_path(u) for u in uris[t::n]]}, schema=plan)
                            for t in range(n)], plan_uri)
         frames = partial(_image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
-        return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames(it)), predict.scored_ddl(spec)),
+        return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=frames(it)), predict.scored_ddl(spec)),
                       "path", columns)
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
@@ -136,7 +136,8 @@ def prepare_images(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
     img = spec["input"]["image"]
     ispec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
     ok, arrays = [], []
-    reasons, details = [None] * len(pdf), [None] * len(pdf)
+    reasons: list[str | None] = [None] * len(pdf)
+    details: list[str | None] = [None] * len(pdf)
     for i, content in enumerate(pdf["content"]):
         try:
             arrays.append(decode_image(content, ispec))
@@ -148,7 +149,7 @@ def prepare_images(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
     return ok, x, reasons, details
 
 
-def _image_frames(frames: Iterator[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
+def _image_frames(frames: Iterable[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
     """The task's files (its plan under plan_uri) as (path, content) frames of batch_size rows,
     read by the task itself: nothing per file passes through the JVM."""
     from pipeline.spark import tasks

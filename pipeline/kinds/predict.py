@@ -2,7 +2,7 @@
 inputs -> prediction rows."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,7 @@ def cached_model(lake_root: str, ref: str, loads=None) -> artifact.LoadedModel:
     return _MODELS[key]
 
 
-def score_frames(frames: Iterator[pd.DataFrame], prepare: Callable[[pd.DataFrame, dict[str, Any]], Prepared],
+def score_frames(frames: Iterable[pd.DataFrame], prepare: Callable[[pd.DataFrame, dict[str, Any]], Prepared],
                  key: str, lake_root: str, ref: str, loads=None, batch_size: int = 256) -> Iterator[pd.DataFrame]:
     """mapInPandas body -> scored_ddl(spec): the objective's prediction columns, or a reason for
     rows that cannot be scored (their prediction columns are null)."""

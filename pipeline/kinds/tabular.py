@@ -51,7 +51,7 @@ class Tabular(Kind):
         regression = cfg.train.task == "regression"
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         staging, quarantine_uri = target.staging, target.quarantine
-        kw = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
+        kw: dict[str, Any] = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
                   stage_name="preprocess.validate", regression=regression)
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files):
@@ -129,7 +129,7 @@ class Tabular(Kind):
             records = partial(tabular_tasks.score_records, plan_uri=plan_uri, tab=tab,
                               params=spec["input"]["tabular"], batch_size=kw["batch_size"])
             body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", **kw)
-            return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(records(it)), predict.scored_ddl(spec)),
+            return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=records(it)), predict.scored_ddl(spec)),
                           "id", columns)
         df = sources.load(spark, source, tab, date)
         tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
@@ -138,18 +138,20 @@ class Tabular(Kind):
             raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
         df = sources.declared(df, tab, extra=passthrough)
         extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
-        out = T.StructType(_parse_datatype_string(predict.scored_ddl(spec)).fields + extra)
+        scored_schema = _parse_datatype_string(predict.scored_ddl(spec))
+        assert isinstance(scored_schema, T.StructType)  # a DDL of several columns is a struct
+        out = T.StructType(scored_schema.fields + extra)
         arrow = to_arrow_schema(out)
         params = spec["input"]["tabular"]
 
-        def body(batches):
+        def scored_batches(batches):
             for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough):
                 (scored,) = predict.score_frames(iter([pdf]), _prepare_encoded, "id", **kw)
                 cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
                                                   preserve_index=False).columns
                 cols += [rec.extra[sources.PASSTHROUGH + f.name].cast(arrow.field(f.name).type) for f in extra]
                 yield pa.RecordBatch.from_arrays(cols, schema=arrow)
-        return Scored(df.mapInArrow(body, out), "id", columns)
+        return Scored(df.mapInArrow(scored_batches, out), "id", columns)
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""

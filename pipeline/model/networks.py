@@ -149,9 +149,10 @@ def torchvision_model(name: str, channels: int, num_outputs: int) -> nn.Module:
         for parent in model.modules():
             for child_name, child in parent.named_children():
                 if isinstance(child, nn.Conv2d):
+                    # torch types these attributes tuple[int, ...]; they are a 2d convolution's pairs
                     setattr(parent, child_name, nn.Conv2d(
-                        channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                        child.dilation, child.groups, child.bias is not None, child.padding_mode))
+                        channels, child.out_channels, child.kernel_size, child.stride, child.padding,  # type: ignore[arg-type]
+                        child.dilation, child.groups, child.bias is not None, child.padding_mode))  # type: ignore[arg-type]
                     return model
     return model
 
@@ -161,9 +162,11 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     the output head), optional "task", "hidden" (recurrent layer sizes) and "predict_change"}."""
     arch, shape, n = spec["arch"], spec["input_shape"], spec["num_classes"]
     if arch == "cnn":
-        return ConvNet(*shape, n)
+        channels, height, width = shape
+        return ConvNet(channels, height, width, n)
     if arch == "resnet":
-        return ResNet(*shape, n)
+        channels, height, width = shape
+        return ResNet(channels, height, width, n)
     if arch == "mlp":
         return MLP(_size(shape), n)
     if arch in ("lstm", "gru"):

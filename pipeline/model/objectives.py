@@ -19,11 +19,14 @@ for classification; ``label_stats`` ({mean, std} of the train split), ``loss`` a
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.model import metrics as M
+
+if TYPE_CHECKING:
+    import torch  # imported where used: this module loads without torch
 
 TASKS = ("classification", "regression")
 LOWER_IS_BETTER = ("loss", "rmse", "mae")
@@ -42,7 +45,7 @@ class Classification:
         self.label_names = list(info["label_names"])
         w = info.get("class_weights")
         self.class_weights = None if w is None else np.asarray(w, np.float64)
-        self._weight_tensor = None
+        self._weight_tensor: torch.Tensor | None = None
 
     train_names = ("accuracy",)
 

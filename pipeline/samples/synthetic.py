@@ -63,7 +63,9 @@ ANCHORS = ((0.3, 0.3), (0.7, 0.7), (0.3, 0.7), (0.7, 0.3))  # (row, column) as f
 MAX_IMAGE_CLASSES = len(SHAPES) * len(ANCHORS)
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 MARKER = "_synthetic.json"
+# What the generator makes for each kind of dataset it can make (pipeline.kinds names).
 DEFAULT_CLASSES = {"images": 10, "tabular": 3}
+MAX_CLASSES = {"images": MAX_IMAGE_CLASSES, "tabular": 100}
 DEFAULT_NOISE = {"images": 0.15, "tabular": 0.35}
 IMAGES_PER_PARTITION = 2_000
 ROWS_PER_PARTITION = 500_000
@@ -174,6 +176,7 @@ def generate_images(spark: SparkSession, cfg: Config, opts: Options, out_uri: st
     written = (spark.range(opts.rows, numPartitions=partitions)
                .mapInPandas(body, "files long, bytes long")
                .agg(F.sum("files").alias("files"), F.sum("bytes").alias("bytes")).first())
+    assert written is not None  # a global aggregate has exactly one row
     files = int(written["files"] or 0)
     if files != opts.rows:
         raise RuntimeError(f"synthetic images: {files} files written for {opts.rows} rows under {out_uri}")
@@ -279,7 +282,7 @@ def run(spark: SparkSession, cfg: Config, opts: Options) -> dict[str, Any]:
                                       f"lake.root / dataset.source")
             lake.remove(uri)
     log.info("synthetic %s (%s): %d rows -> %s", ds.name, ds.kind, opts.rows, out)
-    generate = generate_images if ds.kind == "images" else generate_tabular
+    generate = {"images": generate_images, "tabular": generate_tabular}[ds.kind]
     counts = generate(spark, cfg, opts, out, truth)
     summary = {"uri": out, "truth_uri": truth, "kind": ds.kind, **counts,
                "options": asdict(opts), "config": cfg.to_dict()}
@@ -297,7 +300,9 @@ def _noise(cfg: Config, opts: Options) -> float:
 
 def _check(cfg: Config, opts: Options) -> None:
     kind = cfg.dataset.kind
-    top = MAX_IMAGE_CLASSES if kind == "images" else 100
+    if kind not in MAX_CLASSES:
+        raise ValueError(f"synthetic data is made for dataset.kind {sorted(MAX_CLASSES)}, not {kind!r}")
+    top = MAX_CLASSES[kind]
     if not 2 <= _classes(cfg, opts) <= top:
         raise ValueError(f"--classes must be between 2 and {top} for {kind}, got {opts.classes}")
     if opts.rows < 1 or (opts.partitions is not None and opts.partitions < 1):
@@ -306,7 +311,7 @@ def _check(cfg: Config, opts: Options) -> None:
         raise ValueError(f"--noise must be >= 0, got {opts.noise}")
     if opts.image_format not in EXTENSIONS:
         raise ValueError(f"--image-format must be one of {sorted(EXTENSIONS)}, got {opts.image_format!r}")
-    if kind == "tabular" and not 1 <= opts.categories <= 10_000:
+    if not 1 <= opts.categories <= 10_000:
         raise ValueError(f"--categories must be between 1 and 10000, got {opts.categories}")
 
 

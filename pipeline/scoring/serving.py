@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 import numpy as np
 import pandas as pd
 
@@ -67,7 +68,7 @@ def predict_frame(m, pdf: pd.DataFrame) -> pd.DataFrame:
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
-class RawInputModel(mlflow.pyfunc.PythonModel):
+class RawInputModel(PythonModel):
     """pyfunc wrapper: raw inputs in, predictions out (see the module docstring)."""
 
     def load_context(self, context):

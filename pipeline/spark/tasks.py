@@ -9,7 +9,7 @@ retried or speculative attempt replaces a file whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import fsspec
 import pandas as pd
@@ -31,7 +31,7 @@ def num_tasks(spark: SparkSession, files_per_split: int) -> int:
     return files_per_split * max(1, math.ceil(spark.sparkContext.defaultParallelism / files_per_split))
 
 
-def each(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
+def each(frames: Iterable[pd.DataFrame]) -> Iterator[int]:
     """The task numbers a mapInPandas body over ``numbers`` receives."""
     for pdf in frames:
         yield from (int(t) for t in pdf["id"])
@@ -56,6 +56,14 @@ def attempt() -> int:
     """This task attempt's id (0 outside Spark), to name temporary files."""
     ctx = TaskContext.get()
     return ctx.taskAttemptId() if ctx else 0
+
+
+def partition() -> int:
+    """This Spark task's partition (an error outside a Spark task)."""
+    ctx = TaskContext.get()
+    if ctx is None:
+        raise RuntimeError("not in a Spark task: no partition")
+    return ctx.partitionId()
 
 
 def write_plans(plans: list[pa.Table], plan_uri: str) -> None:

@@ -23,7 +23,7 @@ KEYS = ("crop_padding", "hflip", "rotate_degrees", "brightness", "contrast")
 
 
 def enabled(conf: dict[str, Any] | None) -> bool:
-    return bool(conf) and any(conf.get(k) for k in KEYS)
+    return conf is not None and any(conf.get(k) for k in KEYS)
 
 
 def generator(device: torch.device, *parts: int) -> torch.Generator:

@@ -103,10 +103,11 @@ def _arrow_shard(url, rank, size, *, fields, seed, shuffle):
     # one read in flight.
     with ThreadPoolExecutor(1, thread_name_prefix="feed-arrow") as pool:
         pending = pool.submit(read, groups[0])
-        for nxt in [*groups[1:], None]:
+        for nxt in groups[1:]:
             batch = pending.result()
-            pending = pool.submit(read, nxt) if nxt is not None else None
+            pending = pool.submit(read, nxt)
             yield batch
+        yield pending.result()
 
 
 def _parquet_file(uri: str):
@@ -172,7 +173,7 @@ def endless_row_groups(url: str, rank: int, size: int, *, fields: list[str], rea
 
 
 def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int, buffer: int,
-                     rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Re-batch row-group chunks into fixed-size batches through a shuffle buffer.
 
     The pool fills to ``buffer`` rows, is permuted, and emits all but half a buffer; the rest
@@ -181,6 +182,8 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
     """
     # The pool is conceptually concatenate([kept, chunk]); rows are gathered from the two parts
     # without building it, so each new row is copied once, into its batch.
+    if buffer and rng is None:
+        raise ValueError("shuffled_batches: a shuffle buffer needs an rng")
     kept_x: np.ndarray | None = None
     kept_y: np.ndarray | None = None
     for x, y in chunks:
@@ -192,13 +195,13 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
             kept_x = x if kept_x is None else np.concatenate([kept_x, x])
             kept_y = y if kept_y is None else np.concatenate([kept_y, y])
             continue
-        perm = rng.permutation(n) if buffer else np.arange(n)
+        perm = rng.permutation(n) if buffer and rng is not None else np.arange(n)
         out_x, out_y = _take(kept_x, x, perm[:n_emit]), _take(kept_y, y, perm[:n_emit])
         for i in range(0, n_emit, batch_size):
             yield out_x[i:i + batch_size], out_y[i:i + batch_size]
         kept_x, kept_y = _take(kept_x, x, perm[n_emit:]), _take(kept_y, y, perm[n_emit:])
-    if kept_y is not None and len(kept_y):
-        perm = rng.permutation(len(kept_y)) if buffer else np.arange(len(kept_y))
+    if kept_x is not None and kept_y is not None and len(kept_y):
+        perm = rng.permutation(len(kept_y)) if buffer and rng is not None else np.arange(len(kept_y))
         out_x, out_y = kept_x.take(perm, axis=0), kept_y.take(perm)
         for i in range(0, len(kept_y), batch_size):
             yield out_x[i:i + batch_size], out_y[i:i + batch_size]
@@ -209,7 +212,7 @@ def _take(head: np.ndarray | None, tail: np.ndarray, idx: np.ndarray) -> np.ndar
     tail, then the few rows that come from head put in place."""
     k = 0 if head is None else len(head)
     out = tail.take(np.maximum(idx - k, 0), axis=0)
-    if k:
+    if head is not None and k:
         at = np.flatnonzero(idx < k)
         out[at] = head.take(idx[at], axis=0)
     return out

@@ -105,6 +105,7 @@ def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precisio
             seen += len(y)
     elapsed = time.perf_counter() - t0
     data.account(steps, seen)
+    assert sums is not None  # steps_per_epoch is at least 1
     local = torch.cat([torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
                                     torch.tensor(wait, dtype=torch.float64, device=dist.device),
                                     torch.tensor(elapsed, dtype=torch.float64, device=dist.device)]), sums.double()])
@@ -241,10 +242,11 @@ class RunState:
     def __init__(self, p: dict[str, Any], rank: int):
         self.p, self.rank = p, rank
         self.monitor = p["monitor"]
-        self.next_epoch, self.history = 0, []
-        self.stop = {"best": None, "best_epoch": -1, "bad_epochs": 0}
-        self.best_state = None
-        self.checkpoint_state = None
+        self.next_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.stop: dict[str, Any] = {"best": None, "best_epoch": -1, "bad_epochs": 0}
+        self.best_state: dict[str, Any] | None = None
+        self.checkpoint_state: dict[str, Any] | None = None
         self.t0 = time.perf_counter()
 
     @classmethod
