@@ -40,6 +40,10 @@ def test_numpy_split_is_sparks_xxhash64(spark):
     split = F.when(u < conf.train, "train").when(u < conf.train + conf.val, "val").otherwise("test")
     want = {r.id: r.split for r in spark.createDataFrame([Row(id=i) for i in ids]).select("id", split.alias("split")).collect()}
     assert dict(zip(ids, np.asarray(splits.NAMES)[splits.assign(ids, conf)])) == want
+    df = spark.createDataFrame([Row(id=i) for i in ids])
+    for seed in (0, 23, -7, 2**31 - 1):  # the hashes themselves, negative seeds included
+        spark_hash = [r.h for r in df.select(F.xxhash64(F.lit(seed), F.col("id")).alias("h")).collect()]
+        assert splits.xxhash64(seed, ids).tolist() == spark_hash
 
 
 def test_plan_gives_relative_ids_folder_labels_and_the_same_splits_for_any_task_count(tmp_path):
