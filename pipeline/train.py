@@ -23,6 +23,7 @@ from typing import Any
 from pipeline import kinds
 from pipeline.model import artifact, objectives
 from pipeline.training import distributed, feed, schedule
+from pipeline.training.params import RankParams
 from pipeline.core import lake, manifest
 from pipeline.ops import tracking
 from pipeline.core.config import Config
@@ -49,7 +50,7 @@ def resolve_dataset(cfg: Config) -> tuple[str, dict[str, Any]]:
     return uri, manifest.read(uri)
 
 
-def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dict[str, Any]:
+def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> RankParams:
     """The plain-value parameters every rank receives."""
     data_uri, m = resolve_dataset(cfg)
     kind = kinds.get(m["kind"])
@@ -84,22 +85,22 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
              *(f"val_{k}" for k in objective.metric_names)]
     if monitor not in known:
         raise TrainingSetupError(f"train.monitor={monitor!r} is not a metric of {cfg.train.task}; use one of {known}")
-    return {
-        "run_id": run_id,
-        "train": t,
-        "task_info": task_info,
-        "monitor": monitor,
-        "config": cfg.to_dict(),
-        "model_spec": model_spec,
-        "input": data_input,
-        "train_url": m["splits"]["train"]["uri"],
-        "val_url": m["splits"]["val"]["uri"],
-        "test_url": m["splits"]["test"]["uri"],
-        "steps_per_epoch": schedule.steps_per_epoch(train_rows, cfg.train.batch_size, world_size),
-        "model_uri": model_uri,
-        "checkpoint_dir": layout.checkpoints(cfg.train.model_name, run_id),
-        "resume": resume,
-        "artifact_spec": {
+    return RankParams(
+        run_id=run_id,
+        train=t,
+        task_info=task_info,
+        monitor=monitor,
+        config=cfg.to_dict(),
+        model_spec=model_spec,
+        input=data_input,
+        train_url=m["splits"]["train"]["uri"],
+        val_url=m["splits"]["val"]["uri"],
+        test_url=m["splits"]["test"]["uri"],
+        steps_per_epoch=schedule.steps_per_epoch(train_rows, cfg.train.batch_size, world_size),
+        model_uri=model_uri,
+        checkpoint_dir=layout.checkpoints(cfg.train.model_name, run_id),
+        resume=resume,
+        artifact_spec={
             "model": model_spec,
             "label_names": m["label_names"],
             "task": {"name": objective.name, "info": task_info},
@@ -108,7 +109,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> dic
             "model_name": cfg.train.model_name,
             "run_id": run_id,
         },
-    }
+    )
 
 
 def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -119,9 +120,9 @@ def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     run_id = run_id or lake.new_run_id()
     n = cfg.train.num_proc
     params = plan(cfg, run_id, n, resume=resume)
-    backend = params["train"]["backend"]
+    backend = params.train["backend"]
     log.info("training %s run %s on %d Spark tasks (%s, %s reader), %d steps/epoch", cfg.train.model_name, run_id,
-             n, backend, params["train"]["reader"], params["steps_per_epoch"])
+             n, backend, params.train["reader"], params.steps_per_epoch)
     job = _start_tracking(cfg, spark, params, "spark", n)
     try:
         if backend == "torch":
@@ -162,7 +163,7 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     params = plan(cfg, run_id, hvd.size(), resume=resume)
     if hvd.rank() == 0:
         log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
-                 hvd.size(), params["steps_per_epoch"])
+                 hvd.size(), params.steps_per_epoch)
     job = _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
     metrics = train_rank(params)
     return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
@@ -179,11 +180,11 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
     box = [run_id or lake.new_run_id()]
     td.broadcast_object_list(box, src=0)
     params = plan(cfg, box[0], dist.size, resume=resume)
-    if params["train"]["backend"] != "torch":
+    if params.train["backend"] != "torch":
         raise TrainingSetupError("torchrun starts torch.distributed ranks: use --set train.backend=torch (or auto)")
     if dist.rank == 0:
         log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, box[0],
-                 dist.size, params["steps_per_epoch"])
+                 dist.size, params.steps_per_epoch)
     job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
     metrics = train_rank(params)
     return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
@@ -197,7 +198,7 @@ def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     run_id = run_id or lake.new_run_id()
     params = plan(cfg, run_id, 1, resume=resume)
     log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
-             params["steps_per_epoch"])
+             params.steps_per_epoch)
     job = _start_tracking(cfg, None, params, "local", 1)
     try:
         metrics = train_rank(params)
@@ -207,16 +208,16 @@ def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     return finish(cfg, params, metrics, job)
 
 
-def finish(cfg: Config, params: dict[str, Any], metrics: dict[str, Any],
+def finish(cfg: Config, params: RankParams, metrics: dict[str, Any],
            job: tracking.Job | None = None) -> dict[str, Any]:
     """After training: check every rank ran the same steps, point _latest at the artifact."""
     steps = {r["rank"]: r["steps_run"] for r in metrics["ranks"]}
     if len(set(steps.values())) != 1:
         raise RuntimeError(f"ranks ran different numbers of steps: {steps}")
-    uri = params["model_uri"]
+    uri = params.model_uri
     if not lake.exists(f"{uri}/model.pt"):
         raise RuntimeError(f"training finished but no artifact at {uri}")
-    lake.set_latest(LakeLayout.of(cfg).models_root(cfg.train.model_name), params["run_id"])
+    lake.set_latest(LakeLayout.of(cfg).models_root(cfg.train.model_name), params.run_id)
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
     m = _finish_tracking(job, cfg, params, metrics) if job is not None else {}
@@ -230,22 +231,22 @@ ARTIFACT_FILES = ("training_curve.png", "confusion_matrix.png", "metrics.json", 
                   "config.json")
 
 
-def _start_tracking(cfg: Config, spark, params: dict[str, Any], launcher: str, world_size: int) -> tracking.Job:
+def _start_tracking(cfg: Config, spark, params: RankParams, launcher: str, world_size: int) -> tracking.Job:
     """The training run, started on the driver (or horovodrun's rank 0) before the ranks start;
-    ``params["tracking"]`` lets rank 0 attach to it (``Tracker.attach``) and log every epoch."""
-    ds = params["artifact_spec"]["dataset"]
-    job = tracking.Job(cfg, spark, "train", f"train {cfg.train.model_name} {params['run_id']}", params=cfg.to_dict(), tags={
+    ``params.tracking`` lets rank 0 attach to it (``Tracker.attach``) and log every epoch."""
+    ds = params.artifact_spec["dataset"]
+    job = tracking.Job(cfg, spark, "train", f"train {cfg.train.model_name} {params.run_id}", params=cfg.to_dict(), tags={
         "dataset": ds["name"], "dataset_version": ds["version"], "world_size": world_size, "launcher": launcher,
-        "model_name": cfg.train.model_name, "lake_run_id": params["run_id"]})
-    params["tracking"] = {"settings": job.tracker.s, "run_id": job.run_id}
+        "model_name": cfg.train.model_name, "lake_run_id": params.run_id})
+    params.tracking = {"settings": job.tracker.s, "run_id": job.run_id}
     return job
 
 
-def _finish_tracking(job: tracking.Job, cfg: Config, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics: dict[str, Any]) -> dict[str, Any]:
     """After rank 0 wrote the artifact: the epochs (unless rank 0 logged them as they ran), final
     metrics, artifacts and the model (registered, alias ``candidate``) go to the run; the training
     manifest (``models/<name>/<run id>/_manifest.json``) records the run id and the cost."""
-    uri, t = params["model_uri"], job.tracker
+    uri, t = params.model_uri, job.tracker
     if not metrics.get("epochs_tracked"):
         for rec in lake.read_json(f"{uri}/history.json"):
             t.log_epoch(rec)
@@ -259,15 +260,15 @@ def _finish_tracking(job: tracking.Job, cfg: Config, params: dict[str, Any], met
     for name in ARTIFACT_FILES:
         if lake.exists(f"{uri}/{name}"):
             t.log_file(name, lake.read_bytes(f"{uri}/{name}"))
-    ds = params["artifact_spec"]["dataset"]
+    ds = params.artifact_spec["dataset"]
     dataset_manifest = manifest.read(ds["uri"])
     t.log_json("preprocess_manifest.json", dataset_manifest)
-    version = t.register_model(cfg.train.model_name, partial(_log_model, cfg=cfg, lake_run_id=params["run_id"]))
+    version = t.register_model(cfg.train.model_name, partial(_log_model, cfg=cfg, lake_run_id=params.run_id))
     rows = sum(s["count"] for s in dataset_manifest["splits"].values())
     ranks = metrics.get("ranks") or []
     gpu_s = sum(r.get("wall_s", 0.0) for r in ranks) if str(metrics.get("device", "")).startswith("cuda") else None
     m = manifest.build(
-        "train", params["run_id"], cfg.to_dict(), input_count=rows, output_count=rows, quarantined_by_reason={},
+        "train", params.run_id, cfg.to_dict(), input_count=rows, output_count=rows, quarantined_by_reason={},
         dataset={**ds, "mlflow_run_id": dataset_manifest.get("mlflow_run_id")}, uri=uri,
         metrics={k: v for k, v in metrics.items() if k not in ("ranks",)},
         registry={"name": cfg.train.model_name, "version": version, "alias": tracking.CANDIDATE} if version else None,

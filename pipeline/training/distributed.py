@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 import numpy as np
@@ -77,12 +78,15 @@ class Horovod:
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         _share_cores(self.local_size)
         assigned: list[str] = []
-        try:
-            from horovod.spark.task import get_available_devices
-
-            assigned = get_available_devices()
-        except Exception:  # not under horovod.spark.run
-            pass
+        # Under horovod.spark.run the rank runs in a process horovod's Spark task started, which
+        # has imported horovod.spark.task: ask it for the GPUs Spark assigned. Elsewhere (horovodrun,
+        # a bare GPU node) importing it would pull in pyspark, which a rank must not need.
+        spark_task = sys.modules.get("horovod.spark.task")
+        if spark_task is not None:
+            try:
+                assigned = spark_task.get_available_devices()
+            except Exception:  # noqa: BLE001  (no task service: not a horovod.spark.run rank)
+                pass
         self.device = pick_device(requested_device, self.local_rank, assigned)
 
     def prepare(self, model, opt, *, fp16_allreduce: bool, opt_state: dict | None = None):

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.model.objectives import higher_is_better
+from pipeline.training.params import RankParams
 
 log = logging.getLogger("pipeline.train")
 
 
-def train_rank(p: dict[str, Any]) -> dict[str, Any]:
+def train_rank(p: RankParams) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -29,17 +30,17 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
     from pipeline.training import distributed
     from pipeline.model.networks import build_model, load_initial_weights
 
-    t = p["train"]
+    t = p.train
     dist = distributed.init(t["backend"], t["device"])
     _setup_logging(dist.rank)
     tracker = _tracker(p, dist.rank)  # rank 0 logs to the MLflow run the launcher started
-    objective = objectives.for_task(t["task"], p["task_info"])
+    objective = objectives.for_task(t["task"], p.task_info)
     data = Batches(p, dist, objective.label_dtype)
     precision = Precision(t["mixed_precision"], dist.device)
 
     _seed_all(t["seed"])  # identical init everywhere; prepare() makes it certain
-    model = build_model(p["model_spec"])
-    if t["init_weights"] and not p.get("resume"):
+    model = build_model(p.model_spec)
+    if t["init_weights"] and not p.resume:
         load_initial_weights(model, t["init_weights"])
     model = model.to(dist.device)
     state = RunState.start(p, dist.rank)
@@ -48,7 +49,7 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
 
     for epoch in range(state.next_epoch, t["epochs"]):
         rec = train_epoch(net, opt, data, objective, dist, precision, epoch, p)
-        rec.update(_prefixed("val", evaluate(model, data, p["val_url"], objective, dist, precision)))
+        rec.update(_prefixed("val", evaluate(model, data, p.val_url, objective, dist, precision)))
         state.record(rec, model)
         if dist.rank == 0:
             _log_epoch(rec, t["epochs"])
@@ -60,26 +61,26 @@ def train_rank(p: dict[str, Any]) -> dict[str, Any]:
             break
 
     state.restore_best(model)
-    out, y = split_outputs(model, data, p["test_url"], objective, dist, precision)
+    out, y = split_outputs(model, data, p.test_url, objective, dist, precision)
     test = {**objective.metrics(out, y), "count": len(y)}
     metrics = state.final_metrics(test, dist, data)
     if dist.rank == 0:
         metrics["epochs_tracked"] = tracker.active
-        artifact.save(p["model_uri"], {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      p["artifact_spec"], metrics, state.history, p["config"], report=objective.report(out, y))
-        log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p["model_uri"])
+        artifact.save(p.model_uri, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      p.artifact_spec, metrics, state.history, p.config, report=objective.report(out, y))
+        log.info("test %s on %d records; artifact %s", _fmt(test), test["count"], p.model_uri)
     dist.shutdown()
     return metrics
 
 
 def train_epoch(net, opt, data: "Batches", objective, dist, precision: "Precision", epoch: int,
-                p: dict[str, Any]) -> dict[str, Any]:
+                p: RankParams) -> dict[str, Any]:
     """One epoch of exactly ``steps_per_epoch`` steps on every rank; returns the epoch's record."""
     import torch
 
     from pipeline.training import schedule
 
-    t, steps = p["train"], p["steps_per_epoch"]
+    t, steps = p.train, p.steps_per_epoch
     rng = _seed_all(t["seed"], dist.rank, epoch)
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -143,7 +144,7 @@ def split_outputs(model, data: "Batches", url: str, objective, dist, precision: 
 class Batches:
     """This rank's (features, labels) batches on its device, from the curated splits."""
 
-    def __init__(self, p: dict[str, Any], dist, label_dtype):
+    def __init__(self, p: RankParams, dist, label_dtype):
         import torch
 
         from pipeline import kinds
@@ -151,7 +152,7 @@ class Batches:
         from pipeline.training import feed
 
         self.p, self.dist, self.torch, self.feed = p, dist, torch, feed
-        t, inp = p["train"], p["input"]
+        t, inp = p.train, p.input
         self.reader = t["reader"]
         self.fields = [inp["field"], "label"]
         self.label_dtype = label_dtype
@@ -185,10 +186,10 @@ class Batches:
         (seed, rank, epoch)); a context manager that closes the open reader."""
         from pipeline.training import augment as aug
 
-        t = self.p["train"]
+        t = self.p.train
         gen = (aug.generator(self.dist.device, t["seed"], self.dist.rank, epoch)
                if aug.enabled(self.augment) else None)
-        chunks = self.feed.endless_row_groups(self.p["train_url"], self.dist.rank, self.dist.size,
+        chunks = self.feed.endless_row_groups(self.p.train_url, self.dist.rank, self.dist.size,
                                               fields=self.fields, reader=self.reader,
                                               seed=t["seed"] * 1000 + epoch, decode=self.decode)
         batches = (self.to_device(x, y, gen) for x, y in
@@ -239,9 +240,9 @@ class Precision:
 class RunState:
     """History, the best epoch by ``train.monitor`` and its weights, checkpoints and resume."""
 
-    def __init__(self, p: dict[str, Any], rank: int):
+    def __init__(self, p: RankParams, rank: int):
         self.p, self.rank = p, rank
-        self.monitor = p["monitor"]
+        self.monitor = p.monitor
         self.next_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.stop: dict[str, Any] = {"best": None, "best_epoch": -1, "bad_epochs": 0}
@@ -250,11 +251,11 @@ class RunState:
         self.t0 = time.perf_counter()
 
     @classmethod
-    def start(cls, p: dict[str, Any], rank: int) -> "RunState":
+    def start(cls, p: RankParams, rank: int) -> "RunState":
         from pipeline.training import checkpoints
 
         state = cls(p, rank)
-        uri = checkpoints.latest(p["checkpoint_dir"]) if p.get("resume") else None
+        uri = checkpoints.latest(p.checkpoint_dir) if p.resume else None
         if uri:
             ck = checkpoints.load(uri)
             state.checkpoint_state = ck
@@ -288,11 +289,11 @@ class RunState:
     def checkpoint(self, model, opt, epoch: int) -> None:
         from pipeline.training import checkpoints
 
-        t = self.p["train"]
-        checkpoints.save(self.p["checkpoint_dir"], epoch, {
+        t = self.p.train
+        checkpoints.save(self.p.checkpoint_dir, epoch, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-            "step": (epoch + 1) * self.p["steps_per_epoch"], "history": self.history, "early_stopping": self.stop,
-            "best_model": self.best_state, "model_spec": self.p["model_spec"], "config": self.p["config"],
+            "step": (epoch + 1) * self.p.steps_per_epoch, "history": self.history, "early_stopping": self.stop,
+            "best_model": self.best_state, "model_spec": self.p.model_spec, "config": self.p.config,
         }, keep=t["keep_checkpoints"])
 
     def restore_best(self, model) -> None:
@@ -308,12 +309,12 @@ class RunState:
         ranks = dist.allgather(np.array([[dist.rank, data.steps_run, data.rows_read, *cost]], dtype=np.int64))
         best = next((r for r in h if r["epoch"] == self.stop["best_epoch"]), h[-1] if h else {})
         return {
-            "run_id": self.p["run_id"], "world_size": dist.size, "rank": dist.rank, "backend": dist.name,
+            "run_id": self.p.run_id, "world_size": dist.size, "rank": dist.rank, "backend": dist.name,
             "reader": data.reader, "device": str(dist.device), "steps_run": data.steps_run,
             "rows_read": data.rows_read,
             "ranks": [{**dict(zip(("rank", "steps_run", "rows_read"), map(int, r[:3]))), "cpu_s": r[3] / 1000,
                        "peak_rss_mb": r[4] / 1024, "wall_s": r[5] / 1000} for r in ranks], "epochs_run": len(h), "best_epoch": self.stop["best_epoch"] + 1,
-            "monitor": self.monitor, "steps_per_epoch": self.p["steps_per_epoch"],
+            "monitor": self.monitor, "steps_per_epoch": self.p.steps_per_epoch,
             **{k: v for k, v in best.items() if k.startswith("val_")},
             **_prefixed("test", test),
             **{k: v for k, v in (h[-1] if h else {}).items() if k.startswith("train_")},
@@ -358,11 +359,11 @@ def _seed_all(*parts: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _tracker(p: dict[str, Any], rank: int):
+def _tracker(p: RankParams, rank: int):
     """The launcher's MLflow run on rank 0 (pipeline.ops.tracking); an inactive one elsewhere."""
     from pipeline.ops import tracking
 
-    t = p.get("tracking") or {"settings": {"enabled": False}, "run_id": None}
+    t = p.tracking or {"settings": {"enabled": False}, "run_id": None}
     return tracking.Tracker.attach(t["settings"], t["run_id"] if rank == 0 else None)
 
 
