@@ -1,0 +1,53 @@
+"""The registered MLflow model of a table: mlflow.pyfunc.load_model("models:/NAME@ALIAS") predicts
+raw rows as the score job does, and gives bad rows a reason instead of a prediction."""
+import csv
+import io
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from conftest import BAD_DATE
+from pipeline import score, train
+from pipeline.core import lake
+from pipeline.core.config import load_config
+from pipeline.core.layout import LakeLayout
+from pipeline.ops import tracking
+
+
+def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, cancer_curated):
+    import mlflow
+
+    cfg, _ = cancer_curated
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", "train.model_name=cancer-pyfunc",
+                                                  "train.epochs=3"])
+    result = train.run_local(cfg)
+    assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
+
+    settings = tracking.settings(cfg)
+    mlflow.set_tracking_uri(settings["uri"])
+    mlflow.set_registry_uri(settings["uri"])
+    model = mlflow.pyfunc.load_model("models:/cancer-pyfunc@candidate")
+
+    incoming = LakeLayout.dated(cfg.resolve(cfg.dataset.score_source), BAD_DATE)
+    header, *lines = csv.reader(io.StringIO(lake.read_bytes(f"{incoming}/cases.csv").decode()))
+    malformed = sum(len(r) != len(header) for r in lines)  # a frame cannot hold these; the job quarantines them
+    raw = pd.DataFrame([r for r in lines if len(r) == len(header)], columns=header)
+    tab = cfg.dataset.tabular
+    # The signature types numeric columns as double: MLflow refuses text there ("twelve"), so the
+    # caller turns it into NaN, which the model's validation then quarantines as the job does.
+    frame = raw[[tab.id_column, *tab.numeric, *tab.categorical]].copy()
+    frame[tab.numeric] = frame[tab.numeric].apply(pd.to_numeric, errors="coerce")
+    out = model.predict(frame)
+    assert len(out) == len(raw)
+
+    m = score.run(spark, cfg, BAD_DATE, "cancer-pyfunc@latest")
+    scored = pq.read_table(lake.local_path(m["uri"])).to_pandas().set_index("id")
+    good = out[out["reason"].isna()].assign(id=raw.loc[out["reason"].isna(), tab.id_column].values).set_index("id")
+    assert len(good) == m["output_count"]
+    assert len(out) - len(good) + malformed == sum(m["quarantined_by_reason"].values())
+    scored = scored.loc[good.index]
+    assert list(good["prediction"]) == list(scored["prediction"])
+    np.testing.assert_allclose(good["probability"].astype(float), scored["probability"], rtol=1e-5)
+    bad = out[out["reason"].notna()]
+    assert len(bad) and bad["prediction"].isna().all() and (bad["label_index"] == -1).all()
