@@ -21,7 +21,7 @@ writes of the three splits, the manifest and ``_latest``.
 
 Loop: one Python process, pyarrow limited to one thread, doing the same work on the same
 files with the job's own code, without Spark. Images: the job's task function
-(``pipeline.ingest.image_tasks.write_shards``) over ``files_per_split`` chunks. Tabular: every file read
+(``pipeline.ingest.image_tasks.write_splits``) over ``files_per_split`` chunks. Tabular: every file read
 whole with the job's reader and validated, split, fitted and encoded in memory with the job's
 functions (``pipeline.ingest.tabular``); it does not stage records between two passes as the
 distributed job must. Both write the same columns to the same number of Parquet files per split,
@@ -91,7 +91,7 @@ def _split_counts(splits: np.ndarray, labels: np.ndarray) -> dict:
 
 def images_loop(cfg: Config, out_dir: str) -> dict:
     """The job's plan (pipeline.ingest.image_tasks.plan: list, label, split, deal), then the job's task code
-    (pipeline.ingest.image_tasks.write_shards: read, decode, write Parquet, count, pixel sums) over
+    (pipeline.ingest.image_tasks.write_splits: read, decode, write Parquet, count, pixel sums) over
     files_per_split chunks in this one process; statistics and manifest as the job does."""
     spec = ImageSpec.from_conf(cfg.dataset.image)
     plans, names = image_tasks.plan(cfg.resolve(cfg.dataset.source), None, cfg.preprocess.split,
@@ -101,7 +101,7 @@ def images_loop(cfg: Config, out_dir: str) -> dict:
     for k, table in enumerate(plans):
         chunk = table.to_pandas()
         batches = (chunk.iloc[i:i + BATCH] for i in range(0, len(chunk), BATCH))
-        results += list(image_tasks.write_shards(batches, spec, f"file://{out_dir}", names,
+        results += list(image_tasks.write_splits(batches, spec, f"file://{out_dir}", names,
                                                   cfg.preprocess.row_group_mb * 1024 * 1024, part=k))
     res = pd.concat(results, ignore_index=True)
     good = res[res["reason"].isna()]

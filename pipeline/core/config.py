@@ -123,11 +123,11 @@ class PreprocessConf:
     split: SplitConf = field(default_factory=SplitConf)
     # Parquet files per split. Each file holds one or more row groups (of at most
     # row_group_mb) and Petastorm shards by row group, so use at least train.num_proc files,
-    # ideally a multiple, to keep the shards near-equal.
+    # ideally a multiple, to keep the ranks' Petastorm shards near-equal.
     files_per_split: int = 4
     # Upper bound on a Parquet row group. Above ~32 MB every row group's temporary arrays are
-    # fresh mmaps that the reader faults in again each time: the petastorm feed measured at
-    # 0.20 of a raw pyarrow scan with 59 MB groups vs ~0.5 with 4-31 MB (docs/data-layout.md).
+    # fresh mmaps that the reader faults in again each time, and the Petastorm feed slows down
+    # by more than half (measured in docs/data-layout.md).
     row_group_mb: int = 8
     # Fail the run if more than this fraction of the input is quarantined.
     max_bad_fraction: float = 0.05

@@ -35,7 +35,7 @@ def read_bytes(uri: str) -> bytes:
 
 def file_reader(uri: str) -> Callable[[str], bytes]:
     """A function reading whole files on uri's filesystem, resolved once: for many small files
-    (images) the lookup read_bytes does per call costs more than the read (60 against 12 us)."""
+    (images) the lookup read_bytes does per call costs more than the read (bench/README.md)."""
     fs, _ = _fs(uri)
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
     if "file" in protocols:
@@ -101,8 +101,8 @@ def list_files(uri: str) -> list[tuple[str, int]]:
 
 
 def _walk_local(root: str) -> list[tuple[str, int]]:
-    """list_files for a local directory with os.scandir: half of fsspec's time (4 against 9 us
-    a file, warm), and the listing is most of the driver's planning for many small files."""
+    """list_files for a local directory with os.scandir: about half of fsspec's time a file
+    (bench/README.md), and the listing is most of the driver's planning for many small files."""
     out, stack = [], [root]
     while stack:
         with os.scandir(stack.pop()) as entries:

@@ -2,7 +2,7 @@
 
 Each function takes the predictions and labels of a complete split (the trainer gathers every
 rank's rows first, so each val/test row counts once) and returns what scikit-learn's function of
-the same name returns on the same input; tests/test_metrics.py holds them to it. They live here
+the same name returns on the same input; tests/test_objectives.py holds them to it. They live here
 rather than as calls into scikit-learn so that a training rank imports nothing but numpy.
 """
 from __future__ import annotations

@@ -15,11 +15,10 @@ from pipeline.core.config import Config
 DEFAULTS = {
     # Arrow batches feed the pandas UDFs; keep them modest so worker memory stays flat.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
-    # File sources pack files into tasks as if opening each cost this many bytes (4 MB by
-    # default): 32 small images or CSV parts per task, and every task costs 0.1-0.5 s of
-    # scheduling and Python worker set-up. At 8 KB a task holds thousands of small files; big
-    # files still split at spark.sql.files.maxPartitionBytes, and there is still at least one
-    # task per core. Measured 20-40x faster scoring of small images (docs/scoring-performance.md).
+    # Spark's file sources (tables, and CSV/JSON/Parquet read through spark.read) pack files into
+    # tasks as if opening each cost this many bytes (4 MB by default), so many small parts make
+    # many tasks, each paying scheduling and Python worker set-up. At 8 KB a task holds many
+    # small files; big files still split at spark.sql.files.maxPartitionBytes.
     "spark.sql.files.openCostInBytes": "8192",
     # Whole-stage codegen of the wide validation and encoding expressions makes methods larger
     # than the 8000-byte limit the JVM will JIT-compile, and they then run interpreted. Above
