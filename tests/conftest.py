@@ -60,6 +60,42 @@ def hive_conf(directory) -> list[str]:
             "--driver-java-options", f"-Dderby.system.home={directory}"]
 
 
+# --- sample data preprocessed in-process, once per session ----------------------------------
+
+# Held-out dates of the in-process lakes: the first with one bad record of each kind (in the
+# labelled set too, where preprocess quarantines them), the second clean.
+BAD_DATE, CLEAN_DATE = "2026-04-01", "2026-04-02"
+
+
+@pytest.fixture(scope="session")
+def digits_curated(spark, tmp_path_factory):
+    """The digits preprocessed in-process on the session's Spark: (config, manifest). Tests
+    train models under names of their own in this lake and score its dates; none preprocesses
+    it again (its curated _latest never moves)."""
+    from pipeline import preprocess
+    from pipeline.core.config import load_config
+    from pipeline.samples import sample_data
+
+    cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path_factory.mktemp('digits-curated')}"])
+    sample_data.write_digits(cfg, BAD_DATE, bad_records=True)
+    sample_data.write_digits(cfg, CLEAN_DATE)
+    return cfg, preprocess.run(spark, cfg)
+
+
+@pytest.fixture(scope="session")
+def cancer_curated(spark, tmp_path_factory):
+    """The breast-cancer table preprocessed in-process, with one bad row of each kind in the
+    labelled set and in the held-out rows for BAD_DATE: (config, manifest), shared as
+    digits_curated is."""
+    from pipeline import preprocess
+    from pipeline.core.config import load_config
+    from pipeline.samples import sample_data
+
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={tmp_path_factory.mktemp('cancer-curated')}"])
+    sample_data.write_breast_cancer(cfg, BAD_DATE, bad_records=True)
+    return cfg, preprocess.run(spark, cfg)
+
+
 # --- running the jobs the way a user does ---------------------------------------------------
 
 def sets(*overrides: str) -> list[str]:

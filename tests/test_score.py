@@ -5,35 +5,31 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import spark_submit
+from conftest import BAD_DATE, CLEAN_DATE, spark_submit
 from pipeline.model import artifact
 from pipeline.spark import cli
 from pipeline.core import lake, manifest
-from pipeline import preprocess, score, train
-from pipeline.samples import sample_data
+from pipeline import score, train
 from pipeline.ingest import tabular
 from pipeline.core.config import load_config
 
-D1, D2 = "2026-04-01", "2026-04-02"
+D1, D2 = BAD_DATE, CLEAN_DATE  # conftest: held-out files with bad records for D1, clean for D2
+CANCER = "cancer-scored"
 
 
 @pytest.fixture(scope="module")
-def digits(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    cfg = load_config("conf/digits.yaml", [f"lake.root={root}", "train.epochs=3"])
-    sample_data.write_digits(cfg, D1, bad_records=True)
-    sample_data.write_digits(cfg, D2)
-    preprocess.run(spark, cfg)
+def digits(digits_curated):
+    cfg, _ = digits_curated
+    cfg = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "train.epochs=3"])
     train.run_local(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
-def cancer(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={root}", "train.epochs=5"])
-    sample_data.write_breast_cancer(cfg, D1, bad_records=True)
-    preprocess.run(spark, cfg)
+def cancer(cancer_curated):
+    cfg, _ = cancer_curated
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", "train.epochs=5",
+                                                  f"train.model_name={CANCER}", f"score.model={CANCER}@latest"])
     train.run_local(cfg)
     return cfg
 
@@ -141,7 +137,7 @@ def test_tabular_scoring_reuses_fitted_parameters_and_handles_unseen_values(spar
         f.write("\n".join([header, first, unseen, missing]) + "\n")
     m = score.run(spark, cancer, D2)
     assert m["output_count"] == 3 and m["quarantined_count"] == 0
-    t = _table(_partition(cancer, D2, "breast-cancer-mlp")).set_index("id")
+    t = _table(_partition(cancer, D2, CANCER)).set_index("id")
     assert set(t["prediction"]) <= {"benign", "malignant"}
     assert t.loc["new-category", "probabilities"] is not None
 

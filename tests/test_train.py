@@ -13,7 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, job_env
+from conftest import CLEAN_DATE, ROOT, job_env
 from pipeline.model import artifact
 from pipeline.training import distributed
 from pipeline.core import lake
@@ -25,12 +25,9 @@ DATE = "2026-03-01"
 
 
 @pytest.fixture(scope="module")
-def digits(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    cfg = load_config("conf/digits.yaml", [f"lake.root={root}"])
-    sample_data.write_digits(cfg, DATE)
-    m = preprocess.run(spark, cfg)
-    return root, m
+def digits(digits_curated):
+    cfg, m = digits_curated  # conftest: the session's preprocessed digits; models here have names of their own
+    return lake.local_path(cfg.lake.root), m
 
 
 def _cfg(root, *overrides):
@@ -145,7 +142,7 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
 def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path):
     """With image augmentation on: its random draws must replay exactly after the resume."""
     root, _ = digits
-    over = ["train.epochs=6", "train.batch_size=8", "train.model_name=resume-cnn",
+    over = ["train.epochs=4", "train.batch_size=8", "train.model_name=resume-cnn",
             "train.augment.crop_padding=1", "train.augment.hflip=true", "train.augment.rotate_degrees=8",
             "train.augment.brightness=0.2", "train.augment.contrast=0.2"]
     ck_dir = f"{root}/models/resume-cnn"
@@ -193,7 +190,7 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path
     resumed = lake.read_json(f"file://{ck_dir}/{run_id}/history.json")
     ref_id = lake.get_latest(f"file://{root}/models/reference-cnn")
     reference = lake.read_json(f"file://{root}/models/reference-cnn/{ref_id}/history.json")
-    assert len(resumed) == len(reference) == 6
+    assert len(resumed) == len(reference) == 4
     for a, b in zip(resumed, reference):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
@@ -222,13 +219,11 @@ def test_load_model_returns_everything_scoring_needs(digits):
         artifact.load_model(cfg.lake.root, "ghost@latest")
 
 
-def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, tmp_path_factory):
+def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, cancer_curated):
     from sklearn.linear_model import LogisticRegression
 
-    root = tmp_path_factory.mktemp("cancer")
-    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={root}"])
-    sample_data.write_breast_cancer(cfg, DATE)
-    m = preprocess.run(spark, cfg)
+    cfg, m = cancer_curated  # conftest: the session's preprocessed table
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", "train.model_name=cancer-spark"])
     result = train.run(spark, cfg)  # 2 ranks on Spark, the bundled config
 
     def split(name):
@@ -249,7 +244,7 @@ def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, tmp_p
           f"LogisticRegression accuracy {baseline:.4f}, ROC AUC {lr_auc:.4f}, macro-F1 {lr_f1:.4f}")
     assert result["test_roc_auc"] >= lr_auc - 0.02 and result["test_macro_f1"] >= lr_f1 - 0.02
     # The reported metrics are scikit-learn's on the saved model's predictions for the test rows.
-    probs = artifact.load_model(cfg.lake.root, "breast-cancer-mlp@latest").predict_proba(x_test.astype(np.float32))
+    probs = artifact.load_model(cfg.lake.root, "cancer-spark@latest").predict_proba(x_test.astype(np.float32))
     assert result["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y_test, probs[:, 1]), abs=1e-6)
     assert result["test_pr_auc"] == pytest.approx(skm.average_precision_score(y_test, probs[:, 1]), abs=1e-6)
     assert result["test_macro_f1"] == pytest.approx(skm.f1_score(y_test, probs.argmax(1), average="macro"), abs=1e-9)
@@ -281,5 +276,5 @@ def test_model_from_a_module_path_is_trained_and_scored(spark, digits, tmp_path,
     assert result["test_accuracy"] > 0.85
     spec = lake.read_json(f"{result['model_uri']}/model.json")
     assert spec["model"]["factory"]["path"] == "team_models:build" and spec["model"]["factory"]["version"] == "0.3"
-    out = score.run(spark, cfg, DATE, "team-model@latest")
+    out = score.run(spark, cfg, CLEAN_DATE, "team-model@latest")
     assert out["output_count"] == 179 and out["quarantined_count"] == 0
