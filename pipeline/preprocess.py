@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from pipeline import kinds
 from pipeline.core.layout import LakeLayout, version_dir_name
 from pipeline.kinds.base import SPLITS, Target
-from pipeline.core import lake, manifest, quarantine
+from pipeline.core import lake, locks, manifest, quarantine
 from pipeline.core.config import Config
 from pipeline.ops import tracking
 
@@ -22,10 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """One preprocess run of the dataset at a time (pipeline/core/locks.py)."""
+    layout = LakeLayout.of(cfg)
+    with locks.output_lock(layout.preprocess_lock(cfg.dataset.name), f"dataset {cfg.dataset.name}",
+                           cfg.lake.lock_wait_s):
+        return _run(spark, cfg, layout)
+
+
+def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]:
     ds = cfg.dataset
     version = lake.new_run_id()
     source = cfg.resolve(ds.source)
-    layout = LakeLayout.of(cfg)
     target = Target(layout, ds.name, version)
     out, quarantine_uri = target.uri, target.quarantine
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)

@@ -17,10 +17,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import kinds
-from pipeline.core import lake, manifest, quarantine
+from pipeline.core import lake, locks, manifest, quarantine
 from pipeline.core.config import Config
 from pipeline.core.layout import LakeLayout
 from pipeline.ingest import sources
+from pipeline.model import artifact
 from pipeline.ops import tracking
 from pipeline.ops.registry import resolve_ref
 from pipeline.spark.cli import NoInput
@@ -29,9 +30,19 @@ log = logging.getLogger(__name__)
 
 
 def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
+    """One score job per model and date at a time (pipeline/core/locks.py)."""
     name, run_id, model_uri, registry = resolve_ref(cfg.lake.root, model_ref or cfg.score.model,
-                                                             tracking.settings(cfg))
-    spec = lake.read_json(f"{model_uri}/model.json")
+                                                    tracking.settings(cfg))
+    # Loaded once here: a corrupt or mismatched model is one line naming its file, before any task.
+    spec = artifact.load_model(cfg.lake.root, f"{name}@{run_id}", device="cpu").spec
+    with locks.output_lock(LakeLayout.of(cfg).score_lock(name, score_date), f"predictions of {name} for {score_date}",
+                           cfg.lake.lock_wait_s):
+        return _run(spark, cfg, score_date, model_ref, (name, run_id, model_uri, registry), spec)
+
+
+def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None,
+         resolved: tuple[str, str, str, dict[str, str] | None], spec: dict[str, Any]) -> dict[str, Any]:
+    name, run_id, model_uri, registry = resolved
     source = sources.for_date(cfg.resolve(cfg.dataset.score_source), score_date)
     job_id = lake.new_run_id()
     scored_at = datetime.now(timezone.utc)

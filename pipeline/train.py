@@ -24,7 +24,7 @@ from pipeline import kinds
 from pipeline.model import artifact, objectives
 from pipeline.training import distributed, feed, schedule
 from pipeline.training.params import RankParams
-from pipeline.core import lake, manifest
+from pipeline.core import lake, locks, manifest
 from pipeline.ops import tracking
 from pipeline.core.config import Config
 from pipeline.core.layout import LakeLayout
@@ -112,8 +112,19 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> Ran
     )
 
 
+def _one_at_a_time(cfg: Config):
+    """One training run of the model at a time (pipeline/core/locks.py)."""
+    return locks.output_lock(LakeLayout.of(cfg).train_lock(cfg.train.model_name), f"model {cfg.train.model_name}",
+                             cfg.lake.lock_wait_s)
+
+
 def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
+    with _one_at_a_time(cfg):
+        return _run_on_spark(spark, cfg, run_id)
+
+
+def _run_on_spark(spark, cfg: Config, run_id: str | None) -> dict[str, Any]:
     from pipeline.training.trainer import train_rank
 
     resume = run_id is not None
@@ -192,6 +203,11 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 4: one process, world size 1, for debugging (pdb and print work)."""
+    with _one_at_a_time(cfg):
+        return _run_local(cfg, run_id)
+
+
+def _run_local(cfg: Config, run_id: str | None) -> dict[str, Any]:
     from pipeline.training.trainer import train_rank
 
     resume = run_id is not None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
+from yaml.reader import ReaderError
 
 from pipeline.core.layout import InvalidValue, LakeLayout, validate_model_ref, validate_name, validate_version
 
@@ -26,6 +27,9 @@ class LakeConf:
     # URI under which the jobs write raw/, curated/, models/, predictions/, quarantine/.
     # A relative path is taken relative to the working directory and made a file:// URI.
     root: str = "lake"
+    # How long a job waits for another job writing the same output (same model and date for
+    # score, same dataset for preprocess, same model for train) before it exits 5.
+    lock_wait_s: float = 60.0
 
 
 @dataclass
@@ -301,16 +305,64 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+            raise ConfigError(f"'{p}' is not a section")
     node[leaf] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    # YAML parsing gives 3 -> int, 0.1 -> float, true -> bool, [1,2] -> list.
-    return key.strip(), yaml.safe_load(raw) if raw != "" else ""
+    """``dotted.key=value`` -> (key, value), the value parsed as YAML (3 -> int, 0.1 -> float,
+    true -> bool, [1,2] -> list). The caller names the ``--set`` argument in errors."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key or "" in key.split("."):
+        raise ConfigError("expects dotted.key=value, e.g. --set train.epochs=5")
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"the value is not valid YAML ({_yaml_problem(e)}); quote a string value") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error's problem on one line, without the file excerpt yaml appends."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        return ", ".join(str(t) for t in (e.context, e.problem) if t) or type(e).__name__
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """The config file's top-level mapping; every way it can fail is a ConfigError naming the path."""
+    if not path:
+        raise ConfigError("the config path is empty; name a YAML file such as conf/digits.yaml")
+    try:
+        # Bytes, so yaml detects the encoding (UTF-8, or UTF-16 with a BOM) whatever the locale.
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
+    except ReaderError as e:  # undecodable bytes or control characters: not a text file
+        char = ord(e.character) if isinstance(e.character, str) else e.character
+        what = (f"character #x{char:04x} at position {e.position} is not allowed in YAML"
+                if e.encoding == "unicode" else f"byte {e.position} is not {e.encoding} ({e.reason})")
+        raise ConfigError(f"{path}: not a YAML text file: {what}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML error{where}: {_yaml_problem(e)}") from None
+    if data is None:  # an empty file (or only comments): the defaults
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (lake, dataset, train, ...), "
+                          f"got {type(data).__name__} {_short(data)}")
+    return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _normalise_root(root: str) -> str:
@@ -320,19 +372,24 @@ def _normalise_root(root: str) -> str:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML file (or the defaults), apply ``dotted.key=value`` overrides, validate."""
+    """Load a YAML file (or the defaults), apply ``dotted.key=value`` overrides, validate.
+
+    Each error names where it came from: the file (a YAML error with its line and column), or the
+    ``--set`` argument as given. Nothing here touches Spark or the lake."""
     data: dict[str, Any] = {}
-    if path:
+    if path is not None:
+        data = _read_yaml(path)
         try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+            _build(Config, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        try:
+            key, value = parse_override(text)
+            _set_dotted(data, key, value)
+            _build(Config, data)  # an unknown key or a wrong type is this argument's fault
+        except ConfigError as e:
+            raise ConfigError(f"--set {text!r}: {e}") from None
     cfg = _build(Config, data)
     cfg.lake.root = _normalise_root(cfg.lake.root)
     _check(cfg)

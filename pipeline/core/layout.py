@@ -29,6 +29,7 @@ from typing import Any
 LATEST = "_latest"
 STAGING = "_staging"
 TRASH = "_trash"
+LOCKS = "_locks"
 MLFLOW = "mlflow"
 REGISTRY_PREFIX = "models:/"
 SPLITS = ("train", "val", "test")
@@ -225,6 +226,20 @@ class LakeLayout:
     def predictions_trash(self, model: str, job_id: str) -> str:
         """predictions/<model>/_trash/<job id>: the partition a score job replaced."""
         return f"{self.predictions_root(model)}/{TRASH}/{validate_run_id(job_id, 'score job id')}"
+
+    # --- output locks (pipeline.core.locks) -------------------------------------------------------
+
+    def score_lock(self, model: str, day: str) -> str:
+        """predictions/<model>/_locks/dt=<date>.lock: one score job per model and date."""
+        return f"{self.predictions_root(model)}/{LOCKS}/dt={validate_date(day)}.lock"
+
+    def preprocess_lock(self, dataset: str) -> str:
+        """curated/<dataset>/_locks/preprocess.lock: one preprocess run per dataset."""
+        return f"{self.curated_root(dataset)}/{LOCKS}/preprocess.lock"
+
+    def train_lock(self, model: str) -> str:
+        """models/<model>/_locks/train.lock: one training run per model."""
+        return f"{self.models_root(model)}/{LOCKS}/train.lock"
 
     # --- raw sample data --------------------------------------------------------------------------
 

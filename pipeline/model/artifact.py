@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import lake
+from pipeline.spark.cli import InputError
 from pipeline.core.layout import LakeLayout, is_run_id
 
 
@@ -114,6 +115,10 @@ class ModelNotFound(FileNotFoundError):
     pass
 
 
+class BadModel(InputError):
+    """The model's files are there but do not load (truncated, corrupt, or not this network)."""
+
+
 def resolve(lake_root: str, ref: str) -> tuple[str, str, str]:
     """'NAME@RUN_ID' or 'NAME@latest' -> (name, run_id, uri). Raises ModelNotFound."""
     if "@" not in ref:
@@ -201,12 +206,21 @@ def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedMod
     from pipeline.model.networks import build_model
 
     name, run_id, uri = resolve(lake_root, ref)
-    spec = lake.read_json(f"{uri}/model.json")
+    try:
+        spec = lake.read_json(f"{uri}/model.json")
+    except ValueError as e:
+        raise BadModel(f"{uri}/model.json does not parse: {e}") from None
     _check_factory(spec["model"], name, run_id)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(spec["model"])
-    state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
-    model.load_state_dict(state)
+    try:
+        state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's errors for a truncated or foreign file vary
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadModel(f"{uri}/model.pt does not load into {spec['model'].get('arch')}: {first}") from None
     model.to(dev).eval()
     return LoadedModel(model=model, spec=spec, name=name, run_id=run_id, device=dev)
 

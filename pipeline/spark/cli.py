@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 from pipeline.core.config import ConfigError, load_config
 from pipeline.core.layout import InvalidValue
+from pipeline.core.locks import OutputBusy
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2  # invalid config, or a malformed argument (date, model reference, run id, name)
 EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
+EXIT_BUSY = 5  # another job is writing the same output (pipeline.core.locks)
 
 
 class NoInput(RuntimeError):
@@ -73,13 +75,19 @@ def parse(stage: str, p: JobParser, argv: list[str] | None = None) -> tuple[Any,
     try:
         p.check(args)
     except InvalidValue as e:
-        print(f"{stage}: invalid argument: {e}", file=sys.stderr)
+        print(f"{stage}: invalid argument: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
         return load_config(args.config, args.overrides), args
     except (ConfigError, InvalidValue) as e:
-        print(f"{stage}: invalid config: {e}", file=sys.stderr)
+        print(f"{stage}: invalid config: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+
+
+def one_line(e: BaseException) -> str:
+    """The message with its line breaks escaped: a value from the user (a path, a key) may hold
+    one, and the reason must stay one line."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
@@ -113,9 +121,15 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
     except NoInput as e:
         print(f"{stage}: no input: {e}", file=sys.stderr)
         return EXIT_NO_INPUT
+    except ConfigError as e:  # a check that needs the stage (a kind's own settings)
+        print(f"{stage}: invalid config: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except InputError as e:
         print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OutputBusy as e:
+        print(f"{stage}: output busy: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
         logging.getLogger(stage).exception("failed")
         print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
