@@ -45,16 +45,19 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
     mix of the classes), and the class names.
 
     id is the path relative to the source root; path is the file as Spark names it, so curated
-    and quarantined rows match the other jobs'. label_name is the folder holding the file, or
-    with ``labels`` (relative path -> label) the file's label, None where it has none.
+    and quarantined rows match the other jobs'. label_name is the folder holding the file (None
+    for a file directly in the source folder, which has no class folder), or with ``labels``
+    (relative path -> label) the file's label, None where it has none. A file without a label
+    is quarantined as missing_label.
     """
     uris = [u for u, _ in lake.list_files(source_uri)]
     root = lake.local_path(source_uri).rstrip("/") + "/"
     ids = [u.split("://", 1)[-1][len(root):] for u in uris]
     paths = [lake.spark_path(u) for u in uris]
     names: list[str | None]
-    if labels is None:
-        names = [p.rsplit("/", 2)[-2] for p in paths]
+    if labels is None:  # a file directly in the source folder has no class folder: no label
+        top = lake.spark_path(source_uri.rstrip("/"))
+        names = [None if p.rsplit("/", 1)[0] == top else p.rsplit("/", 2)[-2] for p in paths]
     else:
         names = [labels.get(i) for i in ids]
     table = pa.table({"uri": uris, "path": paths, "id": ids, "label_name": pa.array(names, pa.string()),
