@@ -35,10 +35,11 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
     source = cfg.resolve(ds.source)
     target = Target(layout, ds.name, version)
     out, quarantine_uri = target.uri, target.quarantine
+    kind = kinds.for_config(cfg)  # the kind's own settings, before a run is opened or anything written
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
     job = tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
-                       tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict())
-    kind = kinds.for_config(cfg)
+                       tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict(),
+                       output={"dataset": ds.name})
     try:
         c = kind.preprocess(spark, cfg, source, target)
     except BaseException as e:

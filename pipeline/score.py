@@ -50,7 +50,8 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
     log.info("scoring %s with %s", source, ref)
     job = tracking.Job(cfg, spark, "score", f"score {name} dt={score_date}", params=cfg.to_dict(), tags={
         "date": score_date, "model_name": name, "model_run_id": run_id, "model_ref": model_ref or cfg.score.model,
-        "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]})
+        "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]},
+        output={"model_name": name, "date": score_date})
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)

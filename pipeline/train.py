@@ -251,9 +251,14 @@ def _start_tracking(cfg: Config, spark, params: RankParams, launcher: str, world
     """The training run, started on the driver (or horovodrun's rank 0) before the ranks start;
     ``params.tracking`` lets rank 0 attach to it (``Tracker.attach``) and log every epoch."""
     ds = params.artifact_spec["dataset"]
+    # The spark and local launchers hold the model's lock (run, run_local): a RUNNING run of the
+    # model left by a killed job is marked FAILED. A resumed run continues its MLflow run.
+    locked = launcher in ("spark", "local")
     job = tracking.Job(cfg, spark, "train", f"train {cfg.train.model_name} {params.run_id}", params=cfg.to_dict(), tags={
         "dataset": ds["name"], "dataset_version": ds["version"], "world_size": world_size, "launcher": launcher,
-        "model_name": cfg.train.model_name, "lake_run_id": params.run_id})
+        "model_name": cfg.train.model_name, "lake_run_id": params.run_id},
+        output={"model_name": cfg.train.model_name} if locked else None,
+        resume={"lake_run_id": params.run_id} if params.resume else None)
     params.tracking = {"settings": job.tracker.s, "run_id": job.run_id}
     return job
 

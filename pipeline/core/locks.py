@@ -26,6 +26,11 @@ class OutputBusy(RuntimeError):
     """Another live job holds the output's lock (exit 5)."""
 
 
+class Terminated(BaseException):
+    """The job got SIGTERM (a scheduler or a person stopping it): raised in the main thread so the
+    job cleans up its partial output and ends its MLflow run as KILLED on the way out."""
+
+
 def is_held(lock_uri: str) -> bool:
     """Whether a live job holds the lock now (False where locks are not supported)."""
     if not lock_uri.startswith("file://"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -159,6 +160,30 @@ class Tracker:
         return t
 
     @classmethod
+    def reopen(cls, s: dict[str, Any], tags: dict[str, str]) -> "Tracker | None":
+        """The latest run in the experiment with these tags, set RUNNING again (a resumed
+        training continues its run, so its metric history stays whole); None if there is none."""
+        found = _runs(s, tags)
+        if not found:
+            return None
+        t = cls(s, found[0].info.run_id)
+        t._call("reopening the run", "update_run", t.run_id, status="RUNNING")
+        log.info("MLflow run %s continues", t.run_id)
+        return t
+
+    @classmethod
+    def fail_stale(cls, s: dict[str, Any], tags: dict[str, str]) -> list[str]:
+        """Mark FAILED the runs with these tags still RUNNING. Call only while holding the
+        output's lock (pipeline.core.locks): then no live job owns them; their job was killed."""
+        stale = [r.info.run_id for r in _runs(s, tags, status="RUNNING")]
+        for run_id in stale:
+            t = cls(s, run_id)
+            t.set_tags({"ended_by": "the next run of the same output: its job died without ending it"})
+            t.end("FAILED")
+            log.warning("MLflow run %s was still RUNNING but its job is gone: marked FAILED", run_id)
+        return stale
+
+    @classmethod
     def attach(cls, s: dict[str, Any], run_id: str | None) -> "Tracker":
         """The run another process started (training rank 0 on an executor)."""
         return cls(s, run_id if s["enabled"] else None)
@@ -233,6 +258,27 @@ class Tracker:
         return version
 
 
+def _runs(s: dict[str, Any], tags: dict[str, str], status: str | None = None) -> list:
+    """Runs of the experiment with these tags (and status), newest first; [] where tracking is
+    off or unreachable (nothing to find then)."""
+    if not s["enabled"] or s["problem"] or _reachable(s["uri"]):
+        return []
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=s["uri"], registry_uri=s["uri"])
+        exp = client.get_experiment_by_name(s["experiment"])
+        if exp is None:
+            return []
+        where = [f"tags.{k} = '{v}'" for k, v in tags.items()]  # values are checked names and run ids
+        if status:
+            where.append(f"attributes.status = '{status}'")
+        return list(client.search_runs([exp.experiment_id], " and ".join(where), order_by=["attributes.start_time DESC"]))
+    except Exception as e:  # noqa: BLE001 - a lookup that fails finds nothing; the job goes on
+        log.warning("MLflow at %s: looking up runs %s failed: %s", s["uri"], tags, e)
+        return []
+
+
 # --- the registry ----------------------------------------------------------------------------------
 
 def registry_client(s: dict[str, Any]):
@@ -281,7 +327,11 @@ class Job:
     """
 
     def __init__(self, cfg, spark, stage: str, run_name: str, tags: dict[str, Any] | None = None,
-                 params: dict[str, Any] | None = None):
+                 params: dict[str, Any] | None = None, output: dict[str, str] | None = None,
+                 resume: dict[str, str] | None = None):
+        """``output``: tags naming the output this job writes, whose lock the caller holds: a run
+        with them still RUNNING belongs to a killed job and is marked FAILED. ``resume``: tags of
+        the run to continue instead of starting one."""
         from pipeline.spark import cost
         from pipeline.core import manifest
 
@@ -291,7 +341,11 @@ class Job:
         base = {"stage": stage, "code_version": manifest.code_version()}
         if spark is not None:
             base["spark_application_id"] = spark.sparkContext.applicationId
-        self.tracker = Tracker.start(settings(cfg), run_name, params=params, tags={**base, **(tags or {})})
+        s = settings(cfg)
+        if output:
+            Tracker.fail_stale(s, {"stage": stage, **output})
+        self.tracker = (resume and Tracker.reopen(s, {"stage": stage, **resume})) or \
+            Tracker.start(s, run_name, params=params, tags={**base, **(tags or {})})
 
     @property
     def run_id(self) -> str | None:
@@ -318,7 +372,10 @@ class Job:
         t.end()
 
     def fail(self) -> None:
-        self.tracker.end("FAILED")
+        """End the run FAILED, or KILLED when the job is being stopped (SIGTERM)."""
+        from pipeline.core.locks import Terminated
+
+        self.tracker.end("KILLED" if isinstance(sys.exc_info()[1], Terminated) else "FAILED")
 
 
 # --- training --------------------------------------------------------------------------------------

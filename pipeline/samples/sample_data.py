@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import sys
 from datetime import date
 
 import numpy as np
 
 from pipeline.core import lake
-from pipeline.core.config import Config, load_config
+from pipeline.core.config import Config, ConfigError, load_config
+from pipeline.spark.cli import EXIT_BAD_CONFIG
 from pipeline.core.layout import InvalidValue, LakeLayout, validate_date
 
 log = logging.getLogger(__name__)
@@ -260,7 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bad-records", action="store_true", help="add one record of every kind that must be quarantined")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:  # one line and exit 2, as every job (pipeline/spark/cli.py)
+        print(f"sample_data: invalid config: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
     write = {"images": write_digits, "sequence": write_series}.get(cfg.dataset.kind) or \
         WRITERS.get(cfg.dataset.name, write_breast_cancer)
     counts = write(cfg, args.date, args.bad_records)

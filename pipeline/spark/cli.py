@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from typing import Any, Callable
 
 from pipeline.core.config import ConfigError, load_config
 from pipeline.core.layout import InvalidValue
-from pipeline.core.locks import OutputBusy
+from pipeline.core.locks import OutputBusy, Terminated
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2  # invalid config, or a malformed argument (date, model reference, run id, name)
 EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
 EXIT_BUSY = 5  # another job is writing the same output (pipeline.core.locks)
+EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), after cleaning up
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"stopped by signal {signum}")
 
 
 class NoInput(RuntimeError):
@@ -110,6 +116,7 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # see session.quiet_warnings
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    signal.signal(signal.SIGTERM, _terminate)
     spark = None
     if needs_spark(args):  # a job run without Spark (training under torchrun) never imports pyspark
         from pipeline.spark.session import get_spark
@@ -130,6 +137,9 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
     except OutputBusy as e:
         print(f"{stage}: output busy: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except Terminated as e:
+        print(f"{stage}: terminated: {e}; partial output removed, nothing published", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
         logging.getLogger(stage).exception("failed")
         print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)

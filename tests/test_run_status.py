@@ -1,0 +1,82 @@
+"""MLflow runs end with the true status: KILLED on SIGTERM; a run left RUNNING by a SIGKILLed job
+is marked FAILED by the next run of the same model; --resume continues the same MLflow run, so
+its metric history is whole. Training in one process (--launcher local) on the session's digits."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, job_env, sets
+from pipeline.core.config import load_config
+from pipeline.ops import tracking
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _train(cfg, *args, model="status-cnn", epochs=4):
+    return subprocess.Popen([sys.executable, "jobs/train.py", "--config", "conf/digits.yaml", "--launcher", "local",
+                             *sets(f"lake.root={cfg.lake.root}", f"train.model_name={model}", f"train.epochs={epochs}",
+                                   "train.batch_size=8"), *args],
+                            cwd=ROOT, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _runs(cfg, model):
+    return tracking._runs(tracking.settings(cfg), {"stage": "train", "model_name": model})
+
+
+def _wait_for(check, what, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := check()):
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_when_running(cfg, p, model, sig, after_checkpoint=False):
+    def ready():
+        runs = _runs(cfg, model)
+        if not runs or runs[0].info.status != "RUNNING":
+            return None
+        ck = f"{cfg.lake.root}/models/{model}/{runs[0].data.tags['lake_run_id']}/checkpoints/epoch=0001.pt"
+        return runs[0] if not after_checkpoint or __import__("os").path.exists(ck.removeprefix("file://")) else None
+    run = _wait_for(ready, f"a RUNNING run of {model}")
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    return run, out, err
+
+
+def test_sigterm_sigkill_and_resume_leave_true_run_statuses(digits_curated):
+    cfg, _ = digits_curated
+    cfg = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}"])
+    client = mlflow.MlflowClient(tracking.settings(cfg)["uri"])
+
+    # SIGTERM: the run ends KILLED, the job exits 143 with one line.
+    run, _, err = _kill_when_running(cfg, _train(cfg, model="term-cnn"), "term-cnn", signal.SIGTERM)
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    said = [ln for ln in err.splitlines() if ln.startswith("train: ")]
+    assert len(said) == 1 and said[0].startswith("train: terminated"), err[-2000:]
+
+    # SIGKILL after a checkpoint: the run stays RUNNING; --resume continues it to the end.
+    killed, _, _ = _kill_when_running(cfg, _train(cfg), "status-cnn", signal.SIGKILL, after_checkpoint=True)
+    assert client.get_run(killed.info.run_id).info.status == "RUNNING"
+    lake_run = killed.data.tags["lake_run_id"]
+    resumed = _train(cfg, "--resume", lake_run)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    runs = _runs(cfg, "status-cnn")
+    assert [r.info.run_id for r in runs] == [killed.info.run_id]  # no second run for the resumed training
+    assert runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(killed.info.run_id, "val_loss")
+    assert sorted({h.step for h in history}) == [0, 1, 2, 3], history  # every epoch, before and after the kill
+
+    # SIGKILL, then a new run of the model: the orphan is marked FAILED.
+    orphan, _, _ = _kill_when_running(cfg, _train(cfg, model="orphan-cnn"), "orphan-cnn", signal.SIGKILL)
+    nxt = _train(cfg, model="orphan-cnn", epochs=1)
+    out, err = nxt.communicate(timeout=600)
+    assert nxt.returncode == 0, err[-3000:]
+    gone = client.get_run(orphan.info.run_id)
+    assert gone.info.status == "FAILED" and "died" in gone.data.tags.get("ended_by", ""), gone.data.tags
+    assert [r.info.status for r in _runs(cfg, "orphan-cnn")] == ["FINISHED", "FAILED"]
