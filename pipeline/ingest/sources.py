@@ -8,7 +8,9 @@
   ``dataset.tabular.options`` passed through unchanged. Partition directories (``dt=.../``) give
   columns that are declared like any other;
 - ``table:<db.name>``, a table of the session's catalog;
-- ``query:<SQL>``, a query; ``{date}`` in it is the date being scored.
+- ``query:<SQL>``, one read-only query (checked on its parsed plan before it runs:
+  ``QueryRefused`` otherwise); ``{date}`` in it is the date being scored, bound as a string
+  parameter.
 
 Every adapter gives a DataFrame of the declared columns, typed columns kept typed (a double
 stays a double; ids, labels and categories are cast to text by Spark), plus Spark's
@@ -23,6 +25,7 @@ one-line message naming the source, before any task runs.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -33,7 +36,7 @@ from pyspark.sql import types as T
 from pipeline.core import lake
 from pipeline.core.layout import LakeLayout, validate_date
 from pipeline.spark.cli import InputError
-from pipeline.core.config import TabularConf
+from pipeline.core.config import ConfigError, TabularConf
 
 TABLE, QUERY = "table:", "query:"
 CORRUPT = "_corrupt_record"
@@ -46,19 +49,24 @@ class SourceError(InputError):
     """The source does not exist, is empty, or cannot be read; the message names it."""
 
 
+class QueryRefused(ConfigError):
+    """A ``query:`` source that is not one read-only query (an INSERT, a CREATE, a SET, ...):
+    refused before it runs, as an invalid config (exit code 2)."""
+
+
 def kind(source: str) -> str:
     return "table" if source.startswith(TABLE) else "query" if source.startswith(QUERY) else "path"
 
 
 def for_date(source: str, date: str) -> str:
-    """The score side's source for one date: ``{date}`` substituted in a query or path; a path
-    without it gets ``/dt=<date>`` (the partition layout), a table is read as it is (and
-    filtered on its ``dt`` column by ``read``)."""
-    if kind(source) == "table":
-        return source
-    if kind(source) == "query":  # a checked date (YYYY-MM-DD) holds no quote
-        return source.replace("{date}", validate_date(date))
-    return LakeLayout.dated(source, date)
+    """The score side's source for one date: ``{date}`` substituted in a path; a path without it
+    gets ``/dt=<date>`` (the partition layout). A query keeps its ``{date}``, which ``load``
+    binds as a parameter; a table is read as it is (and filtered on its ``dt`` column by
+    ``load``). The date is checked (YYYY-MM-DD) whatever the source."""
+    if kind(source) == "path":
+        return LakeLayout.dated(source, date)
+    validate_date(date)
+    return source
 
 
 def listing(source: str) -> list[tuple[str, int]]:
@@ -116,6 +124,91 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+# A string literal, a comment or a quoted identifier (left as they are, but for a ``{date}`` in a
+# literal), or a bare ``{date}``: scanned left to right, so a ``{date}`` matches on its own only
+# outside literals and comments.
+_SQL_TOKENS = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/|\{date\}""",
+                         re.DOTALL)
+DATE_MARKER = ":date"
+
+
+def bind_date(sql: str) -> str:
+    """The query with each ``{date}`` turned into the named parameter marker ``:date``, bound as
+    a string by ``spark.sql(sql, args={"date": ...})``: ``'{date}'``, ``"{date}"`` and a bare
+    ``{date}`` become ``:date``; a literal with more around it, ``'dt={date}'``, becomes
+    ``concat('dt=', :date)``. The date's text never enters the SQL."""
+    def sub(m: re.Match[str]) -> str:
+        t = m.group()
+        if t == "{date}":
+            return DATE_MARKER
+        if t[0] not in "'\"" or "{date}" not in t:
+            return t
+        q, parts = t[0], t[1:-1].split("{date}")
+        pieces = [p for part in parts for p in (f"{q}{part}{q}", DATE_MARKER)][:-1]
+        pieces = [p for p in pieces if p != q + q]
+        return pieces[0] if len(pieces) == 1 else f"concat({', '.join(pieces)})"
+    return _SQL_TOKENS.sub(sub, sql)
+
+
+_COMMAND = "org.apache.spark.sql.catalyst.plans.logical.Command"
+# Statements the parser gives as plain plan nodes rather than Commands (INSERT INTO, INSERT
+# OVERWRITE DIRECTORY), and any other statement named like one.
+_STATEMENT = re.compile(r"(Insert|Create|Drop|Alter|Delete|Update|Merge|Replace|Truncate|Cache|Uncache|Set|Use|"
+                        r"Refresh|Load|Analyze|Msck|Repair|Rename|Comment|Overwrite|Append|Write)(?=[A-Z]|$)")
+_KINDS = {"InsertIntoStatement": "INSERT", "InsertIntoDir": "INSERT OVERWRITE DIRECTORY",
+          "SetCatalogAndNamespace": "USE", "CompoundBody": "BEGIN ... END script"}
+
+
+def _statement_kind(simple_name: str) -> str:
+    """A plan node's class name as the statement it parses from: DropTable -> DROP TABLE."""
+    if simple_name in _KINDS:
+        return _KINDS[simple_name]
+    base = re.sub(r"(Command|Statement)$", "", simple_name) or simple_name
+    return " ".join(re.findall(r"[A-Z][a-z0-9]*|[a-z0-9]+", base)).upper()
+
+
+def _is_command(cls) -> bool:  # a py4j java.lang.Class
+    todo, seen = [cls], set()
+    while todo:
+        c = todo.pop()
+        if c is None or (name := c.getName()) in seen:
+            continue
+        if name == _COMMAND:
+            return True
+        seen.add(name)
+        todo += [c.getSuperclass(), *c.getInterfaces()]
+    return False
+
+
+def check_read_only(spark: SparkSession, sql: str, source: str) -> None:
+    """Parse ``sql`` with the session's parser and walk every node of the plan (children, CTE
+    definitions, subqueries): QueryRefused naming the statement if one is a Command (CREATE,
+    DROP, ALTER, SET, USE, CACHE, EXPLAIN, a script, ...) or an INSERT, before anything runs.
+    A text that does not parse as one statement (``SELECT 1; DROP TABLE t``) is a SourceError."""
+    try:
+        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
+    except Exception as e:  # noqa: BLE001 - Spark's ParseException
+        raise SourceError(f"query failed: {_first_line(e)} (source {_one_line(source)})") from None
+    todo, checked = [plan], {}  # class name -> the statement it is, or None
+    while todo:
+        node = todo.pop()
+        cls = node.getClass()
+        name = cls.getName()
+        if name not in checked:
+            simple = cls.getSimpleName()
+            checked[name] = _statement_kind(simple) if _STATEMENT.match(simple) or _is_command(cls) else None
+        if checked[name]:
+            raise QueryRefused(f"query refused: {checked[name]} is not a read-only query; only read-only SELECT "
+                               f"queries are allowed (source {_one_line(source)})")
+        for seq in (node.children(), node.innerChildren(), node.subqueries()):
+            todo += [seq.apply(i) for i in range(seq.size())]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load(spark: SparkSession, source: str, tab: TabularConf, date: str | None = None) -> DataFrame:
     """The source as a DataFrame with every column it has (nothing is validated yet)."""
     k = kind(source)
@@ -130,8 +223,12 @@ def load(spark: SparkSession, source: str, tab: TabularConf, date: str | None = 
         return df
     if k == "query":
         sql = source[len(QUERY):].strip()
+        args = None
+        if date is not None and "{date}" in sql:
+            sql, args = bind_date(sql), {"date": validate_date(date)}
+        check_read_only(spark, sql, source)
         try:
-            df = spark.sql(sql)
+            df = spark.sql(sql, args=args)
             df.schema  # analysed now: an unknown table or column fails here, not in a task
         except Exception as e:  # noqa: BLE001 - Spark's parse and analysis errors
             raise SourceError(f"query failed: {_first_line(e)} (source {source})") from None

@@ -1,0 +1,124 @@
+"""``query:`` sources: one read-only query, checked on its parsed plan before it runs, and the
+score date bound as a parameter, never pasted into the SQL."""
+import pytest
+
+from pipeline.core.config import ConfigError, load_config
+from pipeline.core.layout import InvalidValue
+from pipeline.ingest import sources
+from conftest import spark_submit
+
+TAB = load_config("conf/wine.yaml").dataset.tabular
+
+
+@pytest.fixture(scope="module")
+def tables(spark):
+    """qs.events: rows of two dates; qs.keep: a table the refused statements would change."""
+    spark.sql("CREATE DATABASE IF NOT EXISTS qs")
+    spark.createDataFrame([("2026-01-01", 1, "a"), ("2026-01-01", 2, "b"), ("2026-01-02", 3, "a")],
+                          "dt string, v int, k string").write.mode("overwrite").saveAsTable("qs.events")
+    spark.createDataFrame([("a", "left"), ("b", "right")], "k string, side string") \
+        .write.mode("overwrite").saveAsTable("qs.keep")
+    yield spark
+    spark.sql("DROP DATABASE IF EXISTS qs CASCADE")
+
+
+def _load(spark, sql, date=None):
+    return sources.load(spark, "query:" + sql, TAB, date)
+
+
+REFUSED = {
+    "create table as select": ("CREATE TABLE qs.made AS SELECT 1 AS a", "CREATE TABLE AS SELECT"),
+    "insert into": ("INSERT INTO qs.keep SELECT 'c', 'new'", "INSERT"),
+    "insert from a cte": ("WITH x AS (SELECT 'c' k, 'new' side) INSERT INTO qs.keep SELECT * FROM x", "INSERT"),
+    "insert overwrite directory": ("INSERT OVERWRITE DIRECTORY '{tmp}/x' SELECT 1", "INSERT OVERWRITE DIRECTORY"),
+    "drop table": ("DROP TABLE qs.keep", "DROP TABLE"),
+    "set": ("SET spark.sql.shuffle.partitions=7", "SET"),
+    "cache table": ("CACHE TABLE qs.keep", "CACHE TABLE"),
+    "use": ("USE qs", "USE"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_a_statement_that_is_not_a_read_only_query_is_refused_before_it_runs(tables, tmp_path, case):
+    spark = tables
+    sql, statement = REFUSED[case]
+    sql = sql.format(tmp=tmp_path)
+    before = dict(partitions=spark.conf.get("spark.sql.shuffle.partitions"), db=spark.catalog.currentDatabase(),
+                  keep=sorted(map(tuple, spark.table("qs.keep").collect())))
+    with pytest.raises(sources.QueryRefused) as e:
+        _load(spark, sql)
+    msg = str(e.value)
+    assert msg == (f"query refused: {statement} is not a read-only query; only read-only SELECT queries are "
+                   f"allowed (source query:{sql})")
+    assert isinstance(e.value, ConfigError) and not isinstance(e.value, sources.SourceError)  # exit 2, not 1 or 3
+    # Nothing ran: no table, directory, setting, cache entry or current database changed.
+    assert not (tmp_path / "x").exists() and not spark.catalog.tableExists("qs.made")
+    assert sorted(map(tuple, spark.table("qs.keep").collect())) == before["keep"]
+    assert spark.conf.get("spark.sql.shuffle.partitions") == before["partitions"]
+    assert spark.catalog.currentDatabase() == before["db"] and not spark.catalog.isCached("qs.keep")
+
+
+def test_a_second_statement_does_not_parse_and_does_not_run(tables):
+    with pytest.raises(sources.SourceError, match="PARSE_SYNTAX_ERROR"):
+        _load(tables, "SELECT 1; DROP TABLE qs.keep")
+    assert tables.table("qs.keep").count() == 2
+
+
+def test_a_refusal_is_one_line_whatever_the_query_looks_like(tables):
+    with pytest.raises(sources.QueryRefused) as e:
+        _load(tables, "DROP TABLE\n  qs.keep")
+    assert str(e.value).splitlines() == [str(e.value)] and "source query:DROP TABLE qs.keep)" in str(e.value)
+
+
+ACCEPTED = {
+    "cte": ("WITH x AS (SELECT k, v FROM qs.events WHERE v > 1) SELECT k, v FROM x", [("a", 3), ("b", 2)]),
+    "join": ("SELECT e.k, k.side FROM qs.events e JOIN qs.keep k ON e.k = k.k WHERE e.v = 2", [("b", "right")]),
+    "subquery": ("SELECT v FROM qs.events WHERE k IN (SELECT k FROM qs.keep WHERE side = 'left') "
+                 "AND EXISTS (SELECT 1 FROM qs.keep)", [(1,), (3,)]),
+    "union": ("SELECT k FROM qs.keep UNION SELECT 'z' AS k", [("a",), ("b",), ("z",)]),
+    "window": ("SELECT v, row_number() OVER (PARTITION BY k ORDER BY v DESC) AS n FROM qs.events",
+               [(1, 2), (2, 1), (3, 1)]),
+}
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_read_only_queries_are_accepted(tables, case):
+    sql, rows = ACCEPTED[case]
+    assert sorted(map(tuple, _load(tables, sql).collect())) == rows
+
+
+def test_the_date_is_bound_as_a_string_parameter(tables):
+    spark = tables
+    for sql in ("SELECT v FROM qs.events WHERE dt = '{date}'", 'SELECT v FROM qs.events WHERE dt = "{date}"',
+                "SELECT v FROM qs.events WHERE dt = {date}", "SELECT v FROM qs.events WHERE concat('dt=', dt) = 'dt={date}'"):
+        assert sorted(r["v"] for r in _load(spark, sql, "2026-01-01").collect()) == [1, 2], sql
+        assert [r["v"] for r in _load(spark, sql, "2026-01-02").collect()] == [3], sql
+    # The date never enters the SQL text: a quote in it is a value compared, not SQL.
+    bound = sources.bind_date("SELECT v FROM qs.events WHERE dt = '{date}' -- {date}")
+    assert bound == "SELECT v FROM qs.events WHERE dt = :date -- {date}"
+    assert spark.sql(bound, args={"date": "x' OR '1'='1"}).count() == 0
+    assert sources.bind_date("SELECT 'a{date}b', `{date}`") == "SELECT concat('a', :date, 'b'), `{date}`"
+    # ... and the date is checked first anyway; so is it through for_date, which keeps the query.
+    with pytest.raises(InvalidValue):
+        _load(spark, "SELECT v FROM qs.events WHERE dt = '{date}'", "2026-01-01' OR '1'='1")
+    q = "query:SELECT v FROM qs.events WHERE dt = '{date}'"
+    assert sources.for_date(q, "2026-01-02") == q
+    with pytest.raises(InvalidValue):
+        sources.for_date(q, "2026-01-02'--")
+
+
+def test_a_failing_read_only_query_is_still_a_source_error(tables):
+    with pytest.raises(sources.SourceError, match="TABLE_OR_VIEW_NOT_FOUND"):
+        _load(tables, "SELECT * FROM qs.nope")
+
+
+def test_preprocess_job_refuses_a_writing_query_with_exit_code_2(tmp_path):
+    out = tmp_path / "x"
+    p = spark_submit("jobs/preprocess.py", "--config", "conf/breast_cancer.yaml", "--set", f"lake.root={tmp_path}/lake",
+                     "--set", f"dataset.source=query:INSERT OVERWRITE DIRECTORY '{out}' SELECT 1", check=False)
+    reasons = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("preprocess: ")]
+    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
+    assert reasons == [f"preprocess: invalid config: query refused: INSERT OVERWRITE DIRECTORY is not a read-only "
+                       f"query; only read-only SELECT queries are allowed (source query:INSERT OVERWRITE DIRECTORY "
+                       f"'{out}' SELECT 1)"]
+    assert not out.exists()
