@@ -51,3 +51,29 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
     np.testing.assert_allclose(good["probability"].astype(float), scored["probability"], rtol=1e-5)
     bad = out[out["reason"].notna()]
     assert len(bad) and bad["prediction"].isna().all() and (bad["label_index"] == -1).all()
+
+
+def test_sequence_model_registers_as_the_network_on_prepared_windows(spark, tmp_path):
+    """Sequences are validated and windowed in Spark only: the registered model is the PyTorch
+    network, which MLflow's pyfunc runs on prepared windows exactly as the artifact does."""
+    import mlflow
+
+    from pipeline import preprocess
+    from pipeline.model import artifact
+    from pipeline.samples import sample_data
+
+    cfg = load_config("conf/sunspots.yaml", [f"lake.root={tmp_path}", "train.epochs=2", "train.model_name=spots"])
+    sample_data.write_series(cfg, BAD_DATE)
+    m = preprocess.run(spark, cfg)
+    result = train.run_local(cfg)
+    assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
+
+    settings = tracking.settings(cfg)
+    mlflow.set_tracking_uri(settings["uri"])
+    mlflow.set_registry_uri(settings["uri"])
+    model = mlflow.pyfunc.load_model("models:/spots@candidate")
+    windows = np.stack(pq.read_table(lake.local_path(m["splits"]["test"]["uri"]))
+                       .column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    windows = windows.reshape(len(windows), cfg.dataset.sequence.window, -1)
+    want = artifact.load_model(cfg.lake.root, "spots@latest", device="cpu").predict_raw(windows)
+    np.testing.assert_allclose(np.asarray(model.predict(windows)), want, rtol=1e-4, atol=1e-5)

@@ -80,6 +80,7 @@ class Kind:
     archs: ClassVar[tuple[str, ...]]      # the built-in architectures that take this input
     takes_torchvision: ClassVar[bool] = False
     augmentable: ClassVar[bool] = False
+    scores_raw_frames: ClassVar[bool] = True  # prepare_frame/input_example: the MLflow pyfunc takes raw rows
 
     # --- configuration -------------------------------------------------------------------------
     def check_config(self, cfg: Config) -> None:

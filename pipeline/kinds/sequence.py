@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 class Sequence(Kind):
     name = "sequence"
     archs = ("lstm", "gru")
+    # Validation, gap filling and windowing run in Spark only; the registered MLflow model is the
+    # network on prepared windows (pipeline/scoring/serving.py).
+    scores_raw_frames = False
 
     def check_config(self, cfg: Config) -> None:
         seq = cfg.dataset.sequence

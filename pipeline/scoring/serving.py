@@ -145,17 +145,47 @@ def log_model(tracking_uri: str, mlflow_run_id: str, lake_root: str, name: str, 
     """Log the lake artifact name@lake_run_id into the MLflow run as ``model`` and register it as a
     new version of ``name``. Returns the version."""
     import mlflow
-    import mlflow.pytorch
     from mlflow import MlflowClient
 
     from pipeline import kinds
     from pipeline.model import artifact
 
     m = artifact.load_model(lake_root, f"{name}@{lake_run_id}", device="cpu")
-    example = kinds.get(m.spec["input"]["kind"]).input_example(m.spec)
-    signature = _signature(example, predict_frame(m, example), _task(m.spec))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    kind = kinds.get(m.spec["input"]["kind"])
+    if not kind.scores_raw_frames:
+        info = _log_network(m, name, mlflow_run_id)
+    else:
+        info = _log_raw_input_model(m, name, mlflow_run_id, kind.input_example(m.spec))
+    version_ = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    for k, v in {"lake_run_id": lake_run_id, "dataset": m.spec["dataset"]["name"],
+                 "dataset_version": m.spec["dataset"]["version"]}.items():
+        client.set_model_version_tag(name, version_, k, v)
+    return version_
+
+
+def _log_network(m, name: str, mlflow_run_id: str):
+    """The PyTorch flavor alone, registered: prepared inputs in (for sequences, float32 windows of
+    (window, features) standardised with model.json's normalization), the network's outputs out
+    (regression: standardised; times label_stats std plus mean gives the target's units)."""
+    import mlflow
+    import mlflow.pytorch
+
+    example = np.zeros([2, *m.spec["model"]["input_shape"]], np.float32)
+    with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_dict(m.spec, "model.json")
+        return mlflow.pytorch.log_model(m.model, name="model", serialization_format="pt2", input_example=example,
+                                        pip_requirements=_requirements(), registered_model_name=name)
+
+
+def _log_raw_input_model(m, name: str, mlflow_run_id: str, example: pd.DataFrame):
+    """The pyfunc that takes raw rows (RawInputModel) around the PyTorch flavor."""
+    import mlflow
+    import mlflow.pytorch
+
+    signature = _signature(example, predict_frame(m, example), _task(m.spec))
     with tempfile.TemporaryDirectory() as d:
         # The network alone, as the PyTorch flavor sees it: the prepared, normalised tensor in.
         # (pt2: a torch.export graph, traced in eval mode; no pickled classes)
@@ -170,9 +200,4 @@ def log_model(tracking_uri: str, mlflow_run_id: str, lake_root: str, name: str, 
                 code_paths=[str(package)],
                 signature=signature, input_example=example, pip_requirements=_requirements(),
                 registered_model_name=name)
-    version_ = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    for k, v in {"lake_run_id": lake_run_id, "dataset": m.spec["dataset"]["name"],
-                 "dataset_version": m.spec["dataset"]["version"]}.items():
-        client.set_model_version_tag(name, version_, k, v)
-    return version_
+    return info
