@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from pipeline import kinds
 from pipeline.core.layout import LakeLayout, version_dir_name
-from pipeline.kinds.base import SPLITS, Target
+from pipeline.kinds.base import SPLITS, Curated, Target
 from pipeline.core import lake, locks, manifest, quarantine
 from pipeline.core.config import Config
 from pipeline.ops import tracking
@@ -52,6 +52,9 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
         if n := lake.remove_temporaries(uri):
             log.warning("removed %d temporary files of failed task attempts under %s", n, uri)
     by_reason = c.by_reason
+    warnings = c.warnings + _classes_without_training_rows(c)
+    for w in warnings:
+        log.warning("preprocess %s: %s (%s): %s", ds.name, w["code"], w["column"], w["detail"])
     m = manifest.build(
         "preprocess", version, cfg.to_dict(),
         input_count=c.input_count, output_count=c.output_count,
@@ -63,13 +66,24 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
                     "uri": target.split(s)} for s in SPLITS},
         label_names=c.label_names,
         schema=c.schema,
+        warnings=warnings,
         **kind.manifest_fields(cfg),
         **c.fitted,
         **job.fields(),
     )
     manifest.write(out, m)
     lake.set_latest(layout.curated_root(ds.name), version_dir_name(version))
-    job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()})
+    if warnings:
+        job.tracker.log_json("warnings.json", warnings)
+    job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()} | {"warnings": len(warnings)})
     log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
              m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
     return m
+
+
+def _classes_without_training_rows(c: Curated) -> list[dict[str, str]]:
+    """A class seen only in val or test: the model cannot learn it (class_weights: auto gives it 0)."""
+    return [{"code": "class_without_training_rows", "column": "label",
+             "detail": f"class {name!r} has no train rows (val {c.split_class_counts.get(('val', name), 0)}, "
+                       f"test {c.split_class_counts.get(('test', name), 0)})"}
+            for name in c.label_names if not c.split_class_counts.get(("train", name))]

@@ -453,6 +453,13 @@ def label_stats(parts: list[dict[str, Any]]) -> dict[str, float]:
     return {"mean": mean, "std": std}
 
 
+def empty_features(parts: list[dict[str, Any]], tab: TabularConf) -> list[str]:
+    """The declared features with no value at all in the train split (every row null or NaN):
+    the model then sees a constant (0, or only the unknown category)."""
+    numeric = [c for c in tab.numeric if sum(p["numeric"][c][0] for p in parts) == 0]
+    return numeric + [c for c in tab.categorical if not any(p["categorical"][c] for p in parts)]
+
+
 def merge_fits(parts: list[dict[str, Any]], tab: TabularConf) -> dict[str, Any]:
     """The fitted parameters from every task's partial_fit (Chan et al.'s pairwise update)."""
     params: dict[str, Any] = {"numeric": {}, "categorical": {}}

@@ -7,7 +7,7 @@ training rank imports this package without pyspark.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
@@ -63,6 +63,8 @@ class Curated:
     label_names: list[str]
     fitted: dict[str, Any]
     schema: dict[str, str]
+    # What the run accepted but a user should hear about: {code, column, detail} each.
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

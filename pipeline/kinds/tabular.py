@@ -97,7 +97,10 @@ class Tabular(Kind):
             split_class_counts=split_class, label_names=label_names,
             fitted={"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {})},
             schema={"id": "string", "label": "float32" if regression else "int32",
-                    "features": f"array<float>[{params['num_features']}]"})
+                    "features": f"array<float>[{params['num_features']}]"},
+            warnings=[{"code": "all_null_feature", "column": c,
+                       "detail": "no value in the train split: the model sees a constant"}
+                      for c in tabular.empty_features(fits, tab)])
 
     # --- model -----------------------------------------------------------------------------------
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
