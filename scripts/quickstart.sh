@@ -33,16 +33,18 @@ step "promote" python jobs/promote.py "${CONF[@]}" --model digits-cnn --from can
 step "score" spark-submit --master 'local[2]' jobs/score.py "${CONF[@]}" --date "$DATE" --model digits-cnn@champion
 python - "$LAKE" "$DATE" <<'PY'
 import sys
-from pipeline import cost, lineage, tracking
 from pipeline.core.config import load_config
+from pipeline.core.layout import LakeLayout
+from pipeline.ops import lineage, tracking
+from pipeline.spark import cost
 cfg = load_config("conf/digits.yaml", [f"lake.root={sys.argv[1]}"])
-pred = cfg.uri("predictions", "digits-cnn", f"dt={sys.argv[2]}")
+pred = LakeLayout.of(cfg).predictions_partition("digits-cnn", sys.argv[2])
 chain = lineage.trace(pred)
 model, train, data = chain["model"], chain["training"], chain["dataset"]
 print(f"\ntest accuracy: {train['metrics']['test_accuracy']:.4f}  (model {model['name']}@{model['run_id']}, "
       f"registered version {model['registered_version']}, @champion)")
 print(f"predictions:   {pred}")
-print(f"lineage:       python -m pipeline.ops.lineage --config conf/digits.yaml --set lake.root={sys.argv[1]} --date {sys.argv[2]}")
+print(f"lineage:       python -m pipeline.lineage --config conf/digits.yaml --set lake.root={sys.argv[1]} --date {sys.argv[2]}")
 print(f"               dataset {data['name']} v={data['version']} -> training run {train['mlflow_run_id']} -> "
       f"scoring run {chain['score']['mlflow_run_id']}")
 print("cost:          job        wall s  driver CPU s  task run s  task CPU s  records  core-h/1k records")
