@@ -1,4 +1,4 @@
-"""Stage 1: raw files in the lake -> curated, versioned, Petastorm-ready Parquet.
+"""The preprocess job: raw files in the lake -> curated, versioned, Petastorm-ready Parquet.
 
 Output: ``<lake>/curated/<dataset>/v=<version>/{train,val,test}/`` plus ``_manifest.json``;
 bad records under ``<lake>/quarantine/<dataset>/<version>/``. ``curated/<dataset>/_latest``

@@ -1,4 +1,4 @@
-"""Stage 3: new raw data + a trained model -> predictions in the lake.
+"""The score job: new raw data + a trained model -> predictions in the lake.
 
 Reads ``<dataset.score_source>/dt=<date>/``, prepares it with the same code and fitted
 parameters the model was trained with (image decoding, or the tabular encoder of the model's

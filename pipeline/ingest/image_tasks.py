@@ -159,7 +159,7 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
 
 
 def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out_uri: str, label_names: list[str],
-             row_group_bytes: int, quarantine_uri: str, stage: str) -> Iterator[pd.DataFrame]:
+             row_group_bytes: int, quarantine_uri: str, step: str) -> Iterator[pd.DataFrame]:
     """mapInPandas body over task numbers (pipeline/tasks.py) -> TASK_DDL: each task reads its
     plan (``<plan_uri>/part-<task>.parquet``), runs write_splits over it and writes its bad
     records to the quarantine; what comes back is counts and pixel sums, and counts of the bad
@@ -168,7 +168,7 @@ def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out
         planned = tasks.read_plan(plan_uri, t)
         batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
         yield _finish(write_splits(batches, spec, out_uri, label_names, row_group_bytes, part=t), t, quarantine_uri,
-                      stage)
+                      step)
 
 
 def content_ids(content: pd.Series) -> list[str]:
@@ -177,7 +177,7 @@ def content_ids(content: pd.Series) -> list[str]:
 
 
 def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: ImageSpec, out_uri: str,
-                   label_names: list[str], row_group_bytes: int, quarantine_uri: str, stage: str
+                   label_names: list[str], row_group_bytes: int, quarantine_uri: str, step: str
                    ) -> Iterator[pd.DataFrame]:
     """mapInPandas body over a table's (content, label_name) rows -> TASK_DDL, as run_task; the
     part number is the Spark partition."""
@@ -188,16 +188,16 @@ def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: Image
                                 "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
     part = tasks.partition()
     yield _finish(write_splits(planned(), spec, out_uri, label_names, row_group_bytes, part=part), part,
-                  quarantine_uri, stage)
+                  quarantine_uri, step)
 
 
-def _finish(results: Iterator[pd.DataFrame], part: int, quarantine_uri: str, stage: str) -> pd.DataFrame:
+def _finish(results: Iterator[pd.DataFrame], part: int, quarantine_uri: str, step: str) -> pd.DataFrame:
     """write_splits' results with the bad records written to the quarantine and counted by reason."""
     res = pd.concat([*results, pd.DataFrame(columns=RESULT_COLUMNS)], ignore_index=True)
     bad = res[res["reason"].notna()]
     if len(bad):
         quarantine.write_part(quarantine_uri, part, tasks.attempt(), bad["source"].to_numpy(),
-                              bad["reason"].to_numpy(), bad["detail"].to_numpy(), stage)
+                              bad["reason"].to_numpy(), bad["detail"].to_numpy(), step)
         counts = bad.groupby(["split", "label_name", "reason"], dropna=False)["n"].sum().reset_index()
         res = pd.concat([res[res["reason"].isna()], counts], ignore_index=True)
     for c in ("px_sum", "px_sumsq"):  # lists, or None (not NaN) where the row has none

@@ -48,7 +48,7 @@ class Images(Kind):
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         quarantine_uri = target.quarantine
         common: dict[str, Any] = dict(spec=ImageSpec.from_conf(ds.image), out_uri=target.uri, quarantine_uri=quarantine_uri,
-                      row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, stage="preprocess.validate")
+                      row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, step="preprocess.validate")
         if sources.kind(source) != "path":  # a table or query with a binary content column
             df = image_table(spark, source, cfg)
             label_names = sort_labels([r[0] for r in df.select("label_name").distinct().collect() if r[0] is not None])

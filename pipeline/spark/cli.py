@@ -74,19 +74,19 @@ def parser(description: str) -> JobParser:
     return p
 
 
-def parse(stage: str, p: JobParser, argv: list[str] | None = None) -> tuple[Any, argparse.Namespace] | int:
+def parse(job: str, p: JobParser, argv: list[str] | None = None) -> tuple[Any, argparse.Namespace] | int:
     """(config, arguments), or the exit code after one line on stderr naming a malformed
     argument or config value. Nothing has started yet: no session, no lake I/O."""
     args = p.parse_args(argv)
     try:
         p.check(args)
     except InvalidValue as e:
-        print(f"{stage}: invalid argument: {one_line(e)}", file=sys.stderr)
+        print(f"{job}: invalid argument: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
         return load_config(args.config, args.overrides), args
     except (ConfigError, InvalidValue) as e:
-        print(f"{stage}: invalid config: {one_line(e)}", file=sys.stderr)
+        print(f"{job}: invalid config: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
 
@@ -96,14 +96,14 @@ def one_line(e: BaseException) -> str:
     return str(e).replace("\r", "\\r").replace("\n", "\\n")
 
 
-def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
+def run_job(job: str, description: str, body: Callable[[Any, Any, argparse.Namespace], Any],
             add_args: Callable[[JobParser], None] | None = None,
             argv: list[str] | None = None,
             needs_spark: Callable[[argparse.Namespace], bool] = lambda args: True) -> int:
     p = parser(description)
     if add_args:
         add_args(p)
-    parsed = parse(stage, p, argv)
+    parsed = parse(job, p, argv)
     if isinstance(parsed, int):
         return parsed
     cfg, args = parsed
@@ -121,28 +121,28 @@ def run_job(stage: str, description: str, body: Callable[[Any, Any, argparse.Nam
     if needs_spark(args):  # a job run without Spark (training under torchrun) never imports pyspark
         from pipeline.spark.session import get_spark
 
-        spark = get_spark(f"{stage}:{cfg.dataset.name}", cfg)
+        spark = get_spark(f"{job}:{cfg.dataset.name}", cfg)
     try:
         body(spark, cfg, args)
         return EXIT_OK
     except NoInput as e:
-        print(f"{stage}: no input: {e}", file=sys.stderr)
+        print(f"{job}: no input: {e}", file=sys.stderr)
         return EXIT_NO_INPUT
-    except ConfigError as e:  # a check that needs the stage (a kind's own settings)
-        print(f"{stage}: invalid config: {one_line(e)}", file=sys.stderr)
+    except ConfigError as e:  # a check made once the job runs (a kind's own settings)
+        print(f"{job}: invalid config: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except InputError as e:
-        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{job}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except OutputBusy as e:
-        print(f"{stage}: output busy: {e}", file=sys.stderr)
+        print(f"{job}: output busy: {e}", file=sys.stderr)
         return EXIT_BUSY
     except Terminated as e:
-        print(f"{stage}: terminated: {e}; partial output removed, nothing published", file=sys.stderr)
+        print(f"{job}: terminated: {e}; partial output removed, nothing published", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
-        logging.getLogger(stage).exception("failed")
-        print(f"{stage}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        logging.getLogger(job).exception("failed")
+        print(f"{job}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if spark is not None:

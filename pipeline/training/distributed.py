@@ -10,7 +10,7 @@ training loop needs from its peers goes through the returned backend:
 - ``allreduce_sum(tensor)`` and ``allgather(array)`` for the metrics;
 - ``shutdown()``.
 
-horovod and torch.distributed are imported here, inside the rank, never by a stage module.
+horovod and torch.distributed are imported here, inside the rank, never by a job's driver module.
 """
 from __future__ import annotations
 
