@@ -51,7 +51,8 @@ def test_predictions_carry_the_business_keys_and_land_in_a_catalog_table(run):
     cfg = run["cfg"]
     m, t = run["predictions"]  # read right after the run: test_formats_e2e replaces the partition
     assert len(t) == 17 and set(t["dt"]) == {DATE} and t["lot"].str.startswith("lot-").all()
-    assert m["source"] == QUERY.replace("{date}", DATE) and m["input_count"] == 17 == m["output_count"]
+    # The query as written: its {date} is bound as a parameter when it runs (the manifest's date).
+    assert m["source"] == QUERY and m["date"] == DATE and m["input_count"] == 17 == m["output_count"]
     truth = dict(ln.split(",") for ln in lake.read_bytes(
         cfg.uri("raw", "wine", "holdout_labels", f"dt={DATE}.csv")).decode().splitlines()[1:])
     assert sum(truth[k] == p for k, p in zip(t["lot"], t["prediction"])) >= 12
