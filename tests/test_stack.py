@@ -42,7 +42,9 @@ def test_frames_reach_spark_on_either_pandas(spark):
 BARE = "pyspark,py4j,horovod,petastorm,sklearn,scipy,matplotlib,PIL,cv2,pandas"
 SPARKLESS_MODULES = ["pipeline.core.config", "pipeline.core.lake", "pipeline.core.manifest", "pipeline.model.artifact",
                      "pipeline.training.checkpoints", "pipeline.ingest.images", "pipeline.core.splits",
-                     "pipeline.training.schedule", "pipeline.model.networks", "pipeline.spark.cli"]
+                     "pipeline.training.schedule", "pipeline.model.networks", "pipeline.spark.cli",
+                     "pipeline.kinds", "pipeline.training.trainer", "pipeline.training.params",
+                     "pipeline.core.layout", "pipeline.core.locks"]
 # Imports the modules given on the command line, each on its own; prints, as JSON, the errors
 # and the forbidden top-level modules in sys.modules, before and after importing CONTROL (a
 # module that must show up: proof that the check sees an import).

@@ -2,8 +2,9 @@
 
 What differs between kinds is how records are read, validated, fitted, encoded, fed to a model
 and scored. ``pipeline.preprocess``, ``pipeline.train`` and ``pipeline.score`` call these methods
-and nothing else kind-specific. Methods that run on the driver import Spark themselves: a
-training rank imports this package without pyspark.
+and nothing else kind-specific. Methods that run on the driver import Spark and pandas
+themselves: a training rank imports this package with neither (a bare GPU node has only torch,
+numpy and pyarrow).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from pipeline.core.layout import LakeLayout
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
     from pipeline.core.config import Config

@@ -8,7 +8,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
-import pandas as pd
 
 from pipeline.core import lake
 from pipeline.core.config import ConfigError
@@ -16,6 +15,7 @@ from pipeline.kinds.base import Curated, Kind, Prepared, Scored, Target
 from pipeline.ingest.images import ImageLayout, ImageSpec, Rejected, decode_image, images_to_tensor_layout
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
     from pipeline.core.config import Config
@@ -124,6 +124,8 @@ class Images(Kind):
         return prepare_images(pdf, spec)
 
     def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        import pandas as pd
+
         from pipeline.core import manifest
 
         source = manifest.read(spec["dataset"]["uri"])["source"]
@@ -152,6 +154,8 @@ def prepare_images(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
 def _image_frames(frames: Iterable[pd.DataFrame], plan_uri: str, batch_size: int) -> Iterator[pd.DataFrame]:
     """The task's files (its plan under plan_uri) as (path, content) frames of batch_size rows,
     read by the task itself: nothing per file passes through the JVM."""
+    import pandas as pd
+
     from pipeline.spark import tasks
 
     for t in tasks.each(frames):
@@ -183,6 +187,8 @@ def image_table(spark: SparkSession, source: str, cfg: Config, date: str | None 
 
 def _labels_file(uri: str) -> dict[str, str]:
     """A ``path,label`` CSV (path relative to the source root) as a dict."""
+    import pandas as pd
+
     t = pd.read_csv(io.BytesIO(lake.read_bytes(uri)), dtype=str, keep_default_na=False)
     if list(t.columns[:2]) != ["path", "label"]:
         raise ValueError(f"{uri}: a labels file needs the header path,label; found {list(t.columns)}")

@@ -7,7 +7,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.core import lake
 from pipeline.core.config import ConfigError, TabularConf
@@ -15,6 +14,7 @@ from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import SparkSession
 
     from pipeline.core.config import Config
@@ -158,6 +158,7 @@ class Tabular(Kind):
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
+        import pandas as pd
         import pyarrow as pa
 
         from pipeline.ingest import tabular
@@ -182,6 +183,8 @@ class Tabular(Kind):
         return _prepare_encoded(pd.DataFrame({"reason": rec.reason, "detail": rec.detail, "features": features}), spec)
 
     def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        import pandas as pd
+
         from pipeline.core import manifest
         from pipeline.ingest import tabular
 
