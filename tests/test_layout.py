@@ -48,7 +48,7 @@ L = LakeLayout(R)
     (L.mlflow_db(), f"{R}/mlflow/mlflow.db"),
     (L.mlflow_artifacts(), f"{R}/mlflow/artifacts"),
     (LakeLayout("s3a://bucket/lake/").models_root("m"), "s3a://bucket/lake/models/m"),
-    (artifact.model_dir(R + "/", "digits-cnn", RUN), f"{R}/models/digits-cnn/{RUN}"),
+    (LakeLayout(R + "/").model_run("digits-cnn", RUN), f"{R}/models/digits-cnn/{RUN}"),
 ])
 def test_each_path_has_todays_shape(built, literal):
     assert built == literal

@@ -24,11 +24,6 @@ from pipeline.spark.cli import InputError
 from pipeline.core.layout import LakeLayout, is_run_id
 
 
-def model_dir(lake_root: str, name: str, run_id: str) -> str:
-    """models/<name>/<run id> (LakeLayout.model_run), for callers that hold only the root."""
-    return LakeLayout(lake_root).model_run(name, run_id)
-
-
 def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, history: list[dict],
          config: dict, report: dict[str, Any] | None = None) -> None:
     import torch
