@@ -15,16 +15,17 @@ PREDICTION_DDL = {"classification": "prediction string, label_index int, probabi
                   "regression": "prediction double"}
 
 
-def _task(spec: dict[str, Any]) -> str:
+def task_name(spec: dict[str, Any]) -> str:
+    """The model's ML task (classification or regression) from its artifact spec."""
     return (spec.get("task") or {}).get("name", "classification")
 
 
 def scored_ddl(spec: dict[str, Any]) -> str:
-    return f"key string, {PREDICTION_DDL[_task(spec)]}, reason string, detail string, source string"
+    return f"key string, {PREDICTION_DDL[task_name(spec)]}, reason string, detail string, source string"
 
 
 def prediction_columns(spec: dict[str, Any]) -> list[str]:
-    return [c.split()[0] for c in PREDICTION_DDL[_task(spec)].split(", ")]
+    return [c.split()[0] for c in PREDICTION_DDL[task_name(spec)].split(", ")]
 
 
 # One model per Python worker process, kept across batches and tasks (Spark reuses workers).

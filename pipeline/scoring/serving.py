@@ -31,13 +31,7 @@ from mlflow.pyfunc import PythonModel
 import numpy as np
 import pandas as pd
 
-OUTPUT_COLUMNS = {"classification": ["prediction", "label_index", "probability", "probabilities"],
-                  "regression": ["prediction"]}
-
-
-def _task(spec: dict[str, Any]) -> str:
-    return (spec.get("task") or {}).get("name", "classification")
-
+from pipeline.kinds import predict
 
 def predict_frame(m, pdf: pd.DataFrame) -> pd.DataFrame:
     """Score raw inputs with a LoadedModel (pipeline.model.artifact), prepared by the model's
@@ -49,10 +43,10 @@ def predict_frame(m, pdf: pd.DataFrame) -> pd.DataFrame:
     ok, x, reasons, details = kinds.get(m.spec["input"]["kind"]).prepare_frame(pdf, m.spec)
     preds = m.objective.predictions(m.predict_raw(x)) if ok else {}
     empty = {"prediction": None, "label_index": -1, "probability": np.nan, "probabilities": None}
-    if _task(m.spec) == "regression":
+    if predict.task_name(m.spec) == "regression":
         empty["prediction"] = np.nan
     out: dict[str, Any] = {}
-    for name in OUTPUT_COLUMNS[_task(m.spec)]:
+    for name in predict.prediction_columns(m.spec):
         column = [empty[name]] * len(pdf)
         for j, i in enumerate(ok):
             v = preds[name][j]
@@ -108,7 +102,7 @@ def _signature(example: pd.DataFrame, output: pd.DataFrame, task: str):
                "regression": [ColSpec("double", "prediction")]}[task]
     outputs = Schema([*columns, ColSpec("string", "reason", required=False),
                       ColSpec("string", "detail", required=False)])
-    assert list(output.columns) == [*OUTPUT_COLUMNS[task], "reason", "detail"]
+    assert list(output.columns) == [c.name for c in columns] + ["reason", "detail"]
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -185,7 +179,7 @@ def _log_raw_input_model(m, name: str, mlflow_run_id: str, example: pd.DataFrame
     import mlflow
     import mlflow.pytorch
 
-    signature = _signature(example, predict_frame(m, example), _task(m.spec))
+    signature = _signature(example, predict_frame(m, example), predict.task_name(m.spec))
     with tempfile.TemporaryDirectory() as d:
         # The network alone, as the PyTorch flavor sees it: the prepared, normalised tensor in.
         # (pt2: a torch.export graph, traced in eval mode; no pickled classes)
