@@ -15,19 +15,24 @@ from pipeline.core.layout import LakeLayout
 from pipeline.ops import tracking
 
 
-def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, cancer_curated):
+def _candidate(cfg, name):
+    """The model's @candidate version through MLflow's own loader, from the config's store."""
     import mlflow
 
+    uri = tracking.settings(cfg)["uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+
+
+def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, cancer_curated):
     cfg, _ = cancer_curated
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", "train.model_name=cancer-pyfunc",
                                                   "train.epochs=3"])
     result = train.run_local(cfg)
     assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
 
-    settings = tracking.settings(cfg)
-    mlflow.set_tracking_uri(settings["uri"])
-    mlflow.set_registry_uri(settings["uri"])
-    model = mlflow.pyfunc.load_model("models:/cancer-pyfunc@candidate")
+    model = _candidate(cfg, "cancer-pyfunc")
 
     incoming = LakeLayout.dated(cfg.resolve(cfg.dataset.score_source), BAD_DATE)
     header, *lines = csv.reader(io.StringIO(lake.read_bytes(f"{incoming}/cases.csv").decode()))
@@ -56,8 +61,6 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
 def test_sequence_model_registers_as_the_network_on_prepared_windows(spark, tmp_path):
     """Sequences are validated and windowed in Spark only: the registered model is the PyTorch
     network, which MLflow's pyfunc runs on prepared windows exactly as the artifact does."""
-    import mlflow
-
     from pipeline import preprocess
     from pipeline.model import artifact
     from pipeline.samples import sample_data
@@ -68,10 +71,7 @@ def test_sequence_model_registers_as_the_network_on_prepared_windows(spark, tmp_
     result = train.run_local(cfg)
     assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
 
-    settings = tracking.settings(cfg)
-    mlflow.set_tracking_uri(settings["uri"])
-    mlflow.set_registry_uri(settings["uri"])
-    model = mlflow.pyfunc.load_model("models:/spots@candidate")
+    model = _candidate(cfg, "spots")
     windows = np.stack(pq.read_table(lake.local_path(m["splits"]["test"]["uri"]))
                        .column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
     windows = windows.reshape(len(windows), cfg.dataset.sequence.window, -1)
