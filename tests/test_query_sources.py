@@ -58,6 +58,44 @@ def test_a_statement_that_is_not_a_read_only_query_is_refused_before_it_runs(tab
     assert spark.catalog.currentDatabase() == before["db"] and not spark.catalog.isCached("qs.keep")
 
 
+# Each would set a JVM system property if it ran.
+CALL = "'java.lang.System', 'setProperty', 'qs.reflected', '{case}'"
+REFLECTING = {
+    "reflect": ("SELECT reflect({call}) AS r", "reflect"),
+    "java_method in a filter": ("SELECT k FROM qs.keep WHERE java_method({call}) IS NULL", "java_method"),
+    "upper case in a subquery": ("SELECT k FROM qs.keep WHERE k IN (SELECT REFLECT({call}))", "REFLECT"),
+    "in a cte": ("WITH x AS (SELECT `java_method`({call}) AS r) SELECT * FROM x", "java_method"),
+    "inside a lambda": ("SELECT transform(array(1), i -> reflect({call})) AS r", "reflect"),
+    "try_reflect": ("SELECT try_reflect({call}) AS r", "try_reflect"),
+}
+
+
+@pytest.mark.parametrize("case", REFLECTING)
+def test_a_query_calling_java_methods_is_refused_before_it_runs(tables, case):
+    spark = tables
+    sql, function = REFLECTING[case]
+    sql = sql.format(call=CALL.format(case=case))
+    with pytest.raises(sources.QueryRefused) as e:
+        _load(spark, sql)
+    assert str(e.value) == (f"query refused: {function} calls a Java method by reflection; reflect, java_method and "
+                            f"try_reflect are not allowed in a query source (source query:{sql})")
+    assert isinstance(e.value, ConfigError)  # exit 2
+    assert spark._jvm.java.lang.System.getProperty("qs.reflected") is None  # nothing was called
+
+
+def test_a_view_that_calls_java_methods_is_refused_on_the_analysed_plan(tables):
+    """The parsed query names only the view; the analyser expands its text, and the reflection
+    in it is refused there, before anything runs."""
+    spark = tables
+    spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW qs_reflecting AS SELECT reflect({CALL.format(case='view')}) AS r")
+    try:
+        with pytest.raises(sources.QueryRefused, match=r"^query refused: reflect calls a Java method by reflection"):
+            _load(spark, "SELECT r FROM qs_reflecting")
+    finally:
+        spark.catalog.dropTempView("qs_reflecting")
+    assert spark._jvm.java.lang.System.getProperty("qs.reflected") is None
+
+
 def test_a_second_statement_does_not_parse_and_does_not_run(tables):
     with pytest.raises(sources.SourceError, match="PARSE_SYNTAX_ERROR"):
         _load(tables, "SELECT 1; DROP TABLE qs.keep")
@@ -76,6 +114,8 @@ ACCEPTED = {
     "subquery": ("SELECT v FROM qs.events WHERE k IN (SELECT k FROM qs.keep WHERE side = 'left') "
                  "AND EXISTS (SELECT 1 FROM qs.keep)", [(1,), (3,)]),
     "union": ("SELECT k FROM qs.keep UNION SELECT 'z' AS k", [("a",), ("b",), ("z",)]),
+    "names that are not calls": ("SELECT k AS reflect FROM qs.keep WHERE side = 'java_method' OR k = 'a'",
+                                 [("a",)]),
     "window": ("SELECT v, row_number() OVER (PARTITION BY k ORDER BY v DESC) AS n FROM qs.events",
                [(1, 2), (2, 1), (3, 1)]),
 }

@@ -8,9 +8,9 @@
   ``dataset.tabular.options`` passed through unchanged. Partition directories (``dt=.../``) give
   columns that are declared like any other;
 - ``table:<db.name>``, a table of the session's catalog;
-- ``query:<SQL>``, one read-only query (checked on its parsed plan before it runs:
-  ``QueryRefused`` otherwise); ``{date}`` in it is the date being scored, bound as a string
-  parameter.
+- ``query:<SQL>``, one read-only query that calls no Java method by reflection (checked on
+  its parsed and analysed plans before it runs: ``QueryRefused`` otherwise); ``{date}`` in it
+  is the date being scored, bound as a string parameter.
 
 Every adapter gives a DataFrame of the declared columns, typed columns kept typed (a double
 stays a double; ids, labels and categories are cast to text by Spark), plus Spark's
@@ -180,18 +180,29 @@ def _is_command(cls) -> bool:  # a py4j java.lang.Class
     return False
 
 
+# The expressions that call a Java method named in the query (reflect, java_method; try_reflect
+# since Spark 4.0, which wraps the first): a query could run any static method on the classpath.
+# A function is refused if the catalog implements it with one of these classes, whatever its name,
+# or if it has one of their names, whatever this Spark version has under it.
+_REFLECTION = {f"org.apache.spark.sql.catalyst.expressions.{c}" for c in ("CallMethodViaReflection", "TryReflect")}
+_REFLECTION_NAMES = {"reflect", "java_method", "try_reflect"}
+_UNRESOLVED_FUNCTION = "org.apache.spark.sql.catalyst.analysis.UnresolvedFunction"
+
+
 def check_read_only(spark: SparkSession, sql: str, source: str) -> None:
     """Parse ``sql`` with the session's parser and walk every node of the plan (children, CTE
     definitions, subqueries): QueryRefused naming the statement if one is a Command (CREATE,
-    DROP, ALTER, SET, USE, CACHE, EXPLAIN, a script, ...) or an INSERT, before anything runs.
-    A text that does not parse as one statement (``SELECT 1; DROP TABLE t``) is a SourceError."""
+    DROP, ALTER, SET, USE, CACHE, EXPLAIN, a script, ...) or an INSERT, or naming the function
+    if an expression calls one that the session's catalog implements by Java reflection
+    (``reflect``, ``java_method``, ``try_reflect``), before anything runs. A text that does not
+    parse as one statement (``SELECT 1; DROP TABLE t``) is a SourceError."""
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
     except Exception as e:  # noqa: BLE001 - Spark's ParseException
         raise SourceError(f"query failed: {_first_line(e)} (source {_one_line(source)})") from None
-    todo, checked = [plan], {}  # class name -> the statement it is, or None
-    while todo:
-        node = todo.pop()
+    checked: dict[str, str | None] = {}  # class name -> the statement it is, or None
+    functions: dict[str, str | None] = {}  # function name as written -> the class implementing it
+    for node in _plan_nodes(plan):
         cls = node.getClass()
         name = cls.getName()
         if name not in checked:
@@ -200,8 +211,60 @@ def check_read_only(spark: SparkSession, sql: str, source: str) -> None:
         if checked[name]:
             raise QueryRefused(f"query refused: {checked[name]} is not a read-only query; only read-only SELECT "
                                f"queries are allowed (source {_one_line(source)})")
+        for expr in _expressions(node):
+            if expr.getClass().getName() != _UNRESOLVED_FUNCTION:
+                continue
+            parts = [expr.nameParts().apply(i) for i in range(expr.nameParts().size())]
+            written = ".".join(parts)
+            if written not in functions:
+                functions[written] = _function_class(spark, parts)
+            if functions[written] in _REFLECTION or parts[-1].lower() in _REFLECTION_NAMES:
+                _refuse_reflection(written, source)
+
+
+def check_no_reflection(plan, source: str) -> None:
+    """QueryRefused if an expression of the analysed ``plan`` calls a Java method by reflection:
+    the parsed plan's check cannot see into a view, whose text the analyser expands."""
+    for node in _plan_nodes(plan):
+        for expr in _expressions(node):
+            if expr.getClass().getName() in _REFLECTION:
+                _refuse_reflection(expr.prettyName(), source)
+
+
+def _refuse_reflection(function: str, source: str) -> None:
+    raise QueryRefused(f"query refused: {function} calls a Java method by reflection; reflect, java_method and "
+                       f"try_reflect are not allowed in a query source (source {_one_line(source)})")
+
+
+def _plan_nodes(plan):
+    """Every node of a Catalyst plan (py4j): children, CTE definitions, subqueries' plans."""
+    todo = [plan]
+    while todo:
+        node = todo.pop()
+        yield node
         for seq in (node.children(), node.innerChildren(), node.subqueries()):
             todo += [seq.apply(i) for i in range(seq.size())]
+
+
+def _expressions(node):
+    """Every expression of one plan node (py4j), nested ones included."""
+    seq = node.expressions()
+    todo = [seq.apply(i) for i in range(seq.size())]
+    while todo:
+        e = todo.pop()
+        yield e
+        children = e.children()
+        todo += [children.apply(i) for i in range(children.size())]
+
+
+def _function_class(spark: SparkSession, parts: list[str]) -> str | None:
+    """The class the session's catalog implements a function with (None for an unknown function,
+    which the analyser then refuses)."""
+    name = ".".join("`" + p.replace("`", "``") + "`" for p in parts)
+    try:
+        return spark.catalog.getFunction(name).className
+    except Exception:  # noqa: BLE001 - AnalysisException: no such function
+        return None
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -232,6 +295,7 @@ def load(spark: SparkSession, source: str, tab: TabularConf, date: str | None = 
             df.schema  # analysed now: an unknown table or column fails here, not in a task
         except Exception as e:  # noqa: BLE001 - Spark's parse and analysis errors
             raise SourceError(f"query failed: {_first_line(e)} (source {source})") from None
+        check_no_reflection(df._jdf.queryExecution().analyzed(), source)
         return df
     listing(source)
     fmt = tab.format.lower()
