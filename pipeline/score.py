@@ -68,6 +68,8 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
         raise NoInput(f"nothing to score for {score_date}: {e}") from None
     scored = s.frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        if s.check is not None:
+            s.check(scored)
         # Where outputs are not one per input row (forecasts), ``used`` counts the input rows.
         used = [F.sum("used").alias("used")] if s.counts_used else []
         with sources.reading(spark):  # the cache holds what this reads

@@ -10,7 +10,7 @@ from pipeline.model import artifact
 from pipeline.spark import cli
 from pipeline.core import lake, manifest
 from pipeline import score, train
-from pipeline.ingest import tabular
+from pipeline.ingest import tabular, tabular_tasks
 from pipeline.core.config import load_config
 
 D1, D2 = BAD_DATE, CLEAN_DATE  # conftest: held-out files with bad records for D1, clean for D2
@@ -181,3 +181,42 @@ def test_exit_codes_through_spark_submit(digits):
     bad_config = submit("--date", D1, "--set", "score.batch_size=many")
     assert bad_config.returncode == cli.EXIT_BAD_CONFIG
     assert "score.batch_size: expected an integer" in bad_config.stdout + bad_config.stderr
+
+
+@pytest.mark.parametrize("mode, date, by_reason, kept", [
+    ("quarantine", "2026-06-01", {"duplicate_id": 2, "duplicate_row": 1, "value_too_long": 1}, [0, 2]),
+    ("keep_first", "2026-06-02", {"duplicate_id": 1, "duplicate_row": 1, "value_too_long": 1}, [0, 1, 2]),
+    ("error", "2026-06-03", None, None),
+])
+def test_tabular_duplicate_ids_and_long_values_when_scoring(spark, cancer, mode, date, by_reason, kept):
+    """One prediction per id: a copy of a row is scored once, rows of one id that differ follow
+    dataset.tabular.duplicates; a 1 MB category is quarantined, never scored."""
+    src = cancer.resolve(cancer.dataset.score_source)
+    with open(lake.local_path(f"{src}/dt={D1}/cases.csv")) as f:
+        header, *lines = f.read().splitlines()
+    rows = [ln for ln in lines if not ln.startswith("bad-")][:3]
+    fields = rows[1].split(",")
+    conflicting = ",".join([fields[0], repr(float(fields[1]) + 1.0), *fields[2:]])  # another mean_radius
+    long = ",".join(["long-category", *rows[2].split(",")[1:-1], "x" * 1_000_000])
+    path = lake.local_path(f"{src}/dt={date}")
+    os.makedirs(path)
+    with open(f"{path}/cases.csv", "w") as f:
+        f.write("\n".join([header, rows[0], rows[1], rows[0], rows[2], conflicting, long]) + "\n")
+    cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cancer.lake.root}", f"train.model_name={CANCER}",
+                                                  f"score.model={CANCER}@latest", f"dataset.tabular.duplicates={mode}"])
+    ids = [r.split(",")[0] for r in rows]
+    if mode == "error":
+        with pytest.raises(tabular_tasks.DuplicateId, match=f"id='{ids[0]}' is on 2 rows .*cases.csv"):
+            score.run(spark, cfg, date)
+        assert not lake.exists(_partition(cfg, date, CANCER))
+        return
+    m = score.run(spark, cfg, date)
+    assert m["input_count"] == 6 == m["output_count"] + m["quarantined_count"]
+    assert m["quarantined_by_reason"] == by_reason
+    t = _table(_partition(cfg, date, CANCER))
+    assert sorted(t["id"]) == sorted(ids[i] for i in kept)  # one prediction per id
+    q = pq.read_table(lake.local_path(m["quarantine_uri"])).to_pandas()
+    assert q.loc[q["reason"] == "value_too_long", "detail"].tolist() == ["size_band: 1000000 bytes, over 1024"]
+    assert set(q.loc[q["reason"] == "duplicate_row", "detail"]) == {f"id={ids[0]}"}
+    assert set(q.loc[q["reason"] == "duplicate_id", "detail"]) == {f"id={ids[1]}"}
+    assert all(s.endswith("/cases.csv") for s in q.loc[q["reason"].str.startswith("duplicate"), "source"])

@@ -18,6 +18,9 @@ from yaml.reader import ReaderError
 from pipeline.core.layout import InvalidValue, LakeLayout, validate_model_ref, validate_name, validate_version
 
 
+MAX_CATEGORY_BYTES = 1024
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
@@ -73,6 +76,11 @@ class TabularConf:
     # Per categorical column, the most frequent values (train split) get their own slot;
     # the rest, unseen values and nulls share the unknown slot.
     max_categories: int = 50
+    # Rows sharing an id (preprocess and score): "quarantine" quarantines every row of an id whose
+    # rows differ (duplicate_id) and keeps one of identical rows (the copies: duplicate_row);
+    # "keep_first" keeps the first row by (file, position in the file); "error" stops the job.
+    # Without an id column only identical rows share an id: one is kept whatever this says.
+    duplicates: Literal["quarantine", "keep_first", "error"] = "quarantine"
 
     def columns(self) -> list[str]:
         return [*([self.id_column] if self.id_column else []), self.label_column, *self.numeric,
@@ -135,6 +143,9 @@ class PreprocessConf:
     row_group_mb: int = 8
     # Fail the run if more than this fraction of the input is quarantined.
     max_bad_fraction: float = 0.05
+    # An id, label or categorical value longer than this many UTF-8 bytes quarantines its row
+    # (value_too_long), in preprocess and in score.
+    max_category_bytes: int = MAX_CATEGORY_BYTES
 
 
 @dataclass
@@ -410,6 +421,7 @@ def _check(cfg: Config) -> None:
     for key, v in [("train.num_proc", cfg.train.num_proc), ("train.epochs", cfg.train.epochs),
                    ("train.batch_size", cfg.train.batch_size), ("score.batch_size", cfg.score.batch_size),
                    ("preprocess.files_per_split", cfg.preprocess.files_per_split),
+                   ("preprocess.max_category_bytes", cfg.preprocess.max_category_bytes),
                    ("dataset.image.height", cfg.dataset.image.height),
                    ("dataset.image.width", cfg.dataset.image.width)]:
         if v < 1:

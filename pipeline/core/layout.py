@@ -170,10 +170,11 @@ class LakeLayout:
         return f"{self.curated_version(dataset, version)}/{STAGING}"
 
     def preprocess_plan(self, dataset: str, version: str, step: str) -> str:
-        """curated/<dataset>/v=<run id>/_staging/_plan (step 'stage') or _write (step 'write')."""
-        sub = {"stage": "_plan", "write": "_write"}.get(step)
+        """curated/<dataset>/v=<run id>/_staging/_plan (step 'stage'), _keys (step 'keys') or _write
+        (step 'write')."""
+        sub = {"stage": "_plan", "keys": "_keys", "write": "_write"}.get(step)
         if sub is None:
-            raise InvalidValue(step, "preprocess plan step", "expected 'stage' or 'write'")
+            raise InvalidValue(step, "preprocess plan step", "expected 'stage', 'keys' or 'write'")
         return f"{self.curated_staging(dataset, version)}/{sub}"
 
     # --- quarantine -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core import lake, splits
-from pipeline.core.config import TabularConf
+from pipeline.core.config import MAX_CATEGORY_BYTES, TabularConf
 
 # Reason codes.
 MALFORMED = "malformed_record"
@@ -52,6 +52,9 @@ MISSING_ID = "missing_id"
 MISSING_LABEL = "missing_label"
 WRONG_TYPE = "wrong_type"
 NON_FINITE = "non_finite"
+VALUE_TOO_LONG = "value_too_long"
+DUPLICATE_ID = "duplicate_id"  # rows of one id that differ (or, keep_first, that differ from the kept row)
+DUPLICATE_ROW = "duplicate_row"  # a copy of a kept row
 
 # The strings pyarrow's cast to double accepts (and Spark's cast does too); tested against it.
 _NUMBER = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$"
@@ -340,24 +343,42 @@ def java_double_text(v: float) -> str:
     return f"{mantissa}E{int(exponent)}"
 
 
-def record_keys(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categorical: dict[str, pa.ChunkedArray],
-                ) -> np.ndarray:
-    """Split keys of records without an id: a hash of the declared values as validated (label,
-    numerics as parsed, categories as text), so identical records share a key and a split."""
+def value_hash(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categorical: dict[str, pa.ChunkedArray],
+               ) -> np.ndarray:
+    """An int64 hash of each record's declared values as validated (label, numerics as parsed,
+    categories as text): equal for identical records."""
     parts = [pc.cast(labels, pa.string()) if not pa.types.is_string(labels.type) else labels]
     parts += [pc.cast(pa.array(v, pa.float64()), pa.string()) for v in numeric.values()]
     parts += list(categorical.values())
     joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
-    h = splits.xxhash64(0, joined.to_pylist()).view(np.uint64)
+    return splits.xxhash64(0, joined.to_pylist())
+
+
+def record_keys(labels: pa.ChunkedArray, numeric: dict[str, np.ndarray], categorical: dict[str, pa.ChunkedArray],
+                ) -> np.ndarray:
+    """Split keys of records without an id: ``value_hash`` as hex, so identical records share a
+    key and a split."""
+    h = value_hash(labels, numeric, categorical).view(np.uint64)
     return np.array([f"{x:016x}" for x in h.tolist()], dtype=object)
 
 
+def records_hash(rec: Records) -> np.ndarray:
+    """``value_hash`` of validated Records (good ones: the label may be null when scoring)."""
+    return value_hash(pa.chunked_array([pa.array(rec.labels)]), rec.numeric,
+                      {c: pa.chunked_array([pa.array(v, pa.string())]) for c, v in rec.categorical.items()})
+
+
+def _too_long(col: pa.ChunkedArray, max_bytes: int) -> np.ndarray:
+    return pc.fill_null(pc.greater(pc.binary_length(col), max_bytes), False).to_numpy(zero_copy_only=False)
+
+
 def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True,
-             regression: bool = False, extra: Sequence[str] = ()) -> Records:
+             regression: bool = False, extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES) -> Records:
     """Checks every record; the first failing check names the reason. Malformed records come last.
 
     ``t`` holds the declared columns: text, or typed numerics (a typed id, label or category is
-    turned into text first). Without an id column the ids are ``record_keys``."""
+    turned into text first). Without an id column the ids are ``record_keys``. An id, label or
+    category longer than ``max_bytes`` UTF-8 bytes is value_too_long (preprocess.max_category_bytes)."""
     n = t.num_rows
     cols = {c: t[c] for c in t.column_names}
     if tab.label_column not in cols:
@@ -369,7 +390,8 @@ def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required
     numeric = {c: v for c, (v, _, _) in parsed.items()}
     checks: list[tuple[np.ndarray, str, Any]] = []
     if tab.id_column:
-        checks.append((_blank(cols[tab.id_column]), MISSING_ID, tab.id_column))
+        checks += [(_blank(cols[tab.id_column]), MISSING_ID, tab.id_column),
+                   (_too_long(cols[tab.id_column], max_bytes), VALUE_TOO_LONG, tab.id_column)]
     labels: np.ndarray
     if regression:
         lv, lwrong, lnonfin = parse_number(cols[tab.label_column])
@@ -380,9 +402,11 @@ def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required
     else:
         if label_required:
             checks.append((_blank(cols[tab.label_column]), MISSING_LABEL, tab.label_column))
+        checks.append((_too_long(cols[tab.label_column], max_bytes), VALUE_TOO_LONG, tab.label_column))
         labels = cols[tab.label_column].to_numpy(zero_copy_only=False)
     checks += [(wrong, WRONG_TYPE, c) for c, (_, wrong, _) in parsed.items()]
     checks += [(nonfin, NON_FINITE, c) for c, (_, _, nonfin) in parsed.items()]
+    checks += [(_too_long(cols[c], max_bytes), VALUE_TOO_LONG, c) for c in tab.categorical]
     first = np.full(n, -1)
     for i in reversed(range(len(checks))):
         first[checks[i][0]] = i
@@ -395,7 +419,9 @@ def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required
         for j, i in enumerate(bad):
             _, code, col = checks[first[i]]
             reason[i] = code
-            detail[i] = col if code in (MISSING_ID, MISSING_LABEL) else f"{col}={raw[j][col]}"
+            detail[i] = (col if code in (MISSING_ID, MISSING_LABEL) else
+                         f"{col}: {len(raw[j][col].encode())} bytes, over {max_bytes}" if code == VALUE_TOO_LONG else
+                         f"{col}={raw[j][col]}")
             source[i] = json.dumps({k: v for k, v in raw[j].items() if v is not None}, ensure_ascii=False,
                                    default=str)
     if tab.id_column:

@@ -8,7 +8,13 @@ Preprocess runs two Spark jobs:
    a ``mapInArrow`` over the source read by Spark (pipeline/sources.py; n is the partition), or,
    on the fast path, ``stage`` over task numbers, each task reading its pieces of the files
    with pyarrow (pipeline/tabular.py; n is the task). Both hand Arrow tables to ``Stager``.
-2. ``write_curated``, once the driver has merged the statistics into the fitted parameters:
+   Each staged row keeps where it came from (its file and position in the file) and a hash of
+   its values.
+2. ``deduplicate``: a Spark shuffle over the staged ids (``staged_keys``, ``mark_duplicates``)
+   finds rows that share an id (dataset.tabular.duplicates); a task per staging file that has
+   some (``restage``) quarantines them and stages the rest again with fresh statistics, under a
+   new part number. Nothing more runs when no id repeats.
+3. ``write_curated``, once the driver has merged the statistics into the fitted parameters:
    encode the range of staged rows ``deal`` gave each task and write ``<out>/<split>/part-<task>.parquet``
    (preprocess.files_per_split files per split, however many input partitions there were).
 
@@ -20,18 +26,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import replace
+from functools import partial
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from pipeline.core import lake, quarantine, splits
 from pipeline.ingest import sources, tabular
 from pipeline.spark import tasks
-from pipeline.core.config import SplitConf, TabularConf
+from pipeline.spark.cli import InputError
+from pipeline.core.config import MAX_CATEGORY_BYTES, SplitConf, TabularConf
 
 STAGE_DDL = "part int, stats string"
 STAGE_SCHEMA = pa.schema([("part", pa.int32()), ("stats", pa.string())])
@@ -39,6 +50,17 @@ WRITE_DDL = "part int, split string, n long"
 PIECES = pa.schema([("uri", pa.string()), ("start", pa.int64()), ("length", pa.int64())])
 BATCHES = pa.schema([("part", pa.int64()), ("batch", pa.int64()), ("offset", pa.int64()), ("length", pa.int64())])
 ENCODE_ROWS = 65_536  # rows encoded at once: a dense float32 matrix of rows x features
+# Where a row came from and what it holds, for finding duplicates: its file, its position in the
+# file (rows of a file in order; fast path: the piece's first byte + the row in the piece; Spark's
+# reader: monotonically_increasing_id), a hash of its values.
+FILE, POS, HASH = "_file", "_pos", "_hash"
+KEYS_DDL = f"id string, {HASH} long, {FILE} string, {POS} long, part int, batch int, row int"
+CARRY_DDL = f"{HASH} long, {FILE} string, {POS} long"  # what scoring carries next to its predictions
+DUPLICATE = "_duplicate"
+
+
+class DuplicateId(InputError):
+    """dataset.tabular.duplicates: error, and an id repeats: one line naming the first."""
 
 
 def curated_schema(regression: bool) -> pa.Schema:
@@ -49,7 +71,21 @@ def curated_schema(regression: bool) -> pa.Schema:
 def _staging_schema(tab: TabularConf, regression: bool) -> pa.Schema:
     return pa.schema([("id", pa.string()), ("label", pa.float64() if regression else pa.string()),
                       ("split", pa.int8()), *[(c, pa.float64()) for c in tab.numeric],
-                      *[(c, pa.string()) for c in tab.categorical]])
+                      *[(c, pa.string()) for c in tab.categorical],
+                      (HASH, pa.int64()), (FILE, pa.int32()), (POS, pa.int64())])
+
+
+def with_position(t: pa.Table, uri: str, start: int) -> pa.Table:
+    """A piece's records with their file (one dictionary entry) and position (``start`` + row)."""
+    n = t.num_rows
+    return t.append_column(FILE, pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([uri]))) \
+            .append_column(POS, pa.array(start + np.arange(n, dtype=np.int64)))
+
+
+def with_positions(df: DataFrame) -> DataFrame:
+    """Spark's reader: each record's file and an id that grows with its position in the file
+    (the splits of a file are read in order)."""
+    return df.withColumns({FILE: F.input_file_name(), POS: F.monotonically_increasing_id()})
 
 
 # --- preprocess, job 1: validate, split, stage ------------------------------------------------
@@ -57,34 +93,46 @@ def _staging_schema(tab: TabularConf, regression: bool) -> pa.Schema:
 class Stager:
     """One task's staging file (``<staging>/part-<part>.arrow``), its quarantine part and its
     statistics: counts per (split, label) and bad counts by reason, partial fits of the train
-    split, the rows of each batch staged."""
+    split, the rows of each batch staged, the files the rows came from."""
 
     def __init__(self, part: int, tab: TabularConf, split: SplitConf, staging_uri: str, quarantine_uri: str,
-                 stage_name: str, regression: bool):
+                 stage_name: str, regression: bool, max_bytes: int = MAX_CATEGORY_BYTES):
         self.part, self.tab, self.split, self.regression = part, tab, split, regression
-        self.quarantine_uri, self.stage_name = quarantine_uri, stage_name
+        self.quarantine_uri, self.stage_name, self.max_bytes = quarantine_uri, stage_name, max_bytes
         self.schema = _staging_schema(tab, regression)
         self.counts: dict[tuple[int, str], int] = {}
         self.bad_counts: dict[str, int] = {}
         self.bad: list[tabular.Records] = []
         self.fits: list[dict[str, Any]] = []
         self.batch_rows: list[int] = []
+        self.files: dict[str, int] = {}
         self.fs, self.path, self.tmp = lake.temporary_name(f"{staging_uri}/part-{part:05d}.arrow", tasks.attempt())
         self.file = self.fs.open(self.tmp, "wb")
         self.writer = pa.ipc.new_file(self.file, self.schema)
 
     def add(self, t: pa.Table, malformed: list[str]) -> None:
-        rec = tabular.validate(t, malformed, self.tab, regression=self.regression)
+        """Records with their FILE and POS columns (``with_position``, ``with_positions``)."""
+        files, pos = self._file_ids(t[FILE]), t[POS].to_numpy()
+        rec = tabular.validate(t.drop([FILE, POS]), malformed, self.tab, regression=self.regression,
+                               max_bytes=self.max_bytes)
         ok = rec.good()
         if not ok.all():
-            b = rec.take(np.flatnonzero(~ok))
-            for r, n in zip(*np.unique(b.reason.astype(str), return_counts=True)):
-                self.bad_counts[r] = self.bad_counts.get(r, 0) + int(n)
-            self.bad.append(b)
-        good = rec.take(np.flatnonzero(ok))
-        if not len(good):
-            return
-        which = splits.assign(list(good.ids), self.split)
+            self.quarantine(rec.take(np.flatnonzero(~ok)))
+        idx = np.flatnonzero(ok)  # good records are parsed ones, never the malformed after them
+        if len(idx):
+            good = rec.take(idx)
+            self.keep(good, splits.assign(list(good.ids), self.split), files[idx], pos[idx])
+
+    def quarantine(self, b: tabular.Records) -> None:
+        for r, n in zip(*np.unique(b.reason.astype(str), return_counts=True)):
+            self.bad_counts[r] = self.bad_counts.get(r, 0) + int(n)
+        self.bad.append(b)
+
+    def keep(self, good: tabular.Records, which: np.ndarray, files: np.ndarray, pos: np.ndarray,
+             hashes: np.ndarray | None = None) -> None:
+        """Stage good records: counted, fitted (train split) and written as one batch."""
+        if hashes is None:  # without an id column the id is the hash of the values already
+            hashes = tabular.records_hash(good) if self.tab.id_column else np.zeros(len(good), np.int64)
         key = np.full(len(good), "", dtype=object) if self.regression else good.labels
         for (s, label), n in pd.DataFrame({"s": which, "l": key}).value_counts().items():
             self.counts[(int(s), label)] = self.counts.get((int(s), label), 0) + int(n)
@@ -93,8 +141,20 @@ class Stager:
             {"id": pa.array(good.ids, pa.string()), "label": pa.array(good.labels, self.schema.field("label").type),
              "split": pa.array(which, pa.int8()),
              **{c: pa.array(good.numeric[c], pa.float64()) for c in self.tab.numeric},
-             **{c: pa.array(good.categorical[c], pa.string()) for c in self.tab.categorical}}, schema=self.schema))
+             **{c: pa.array(good.categorical[c], pa.string()) for c in self.tab.categorical},
+             HASH: pa.array(hashes, pa.int64()), FILE: pa.array(files, pa.int32()), POS: pa.array(pos, pa.int64())},
+            schema=self.schema))
         self.batch_rows.append(len(good))
+
+    def _file_ids(self, col: pa.ChunkedArray) -> np.ndarray:
+        """Each row's file as an index into this stager's files."""
+        enc = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
+        out = [np.zeros(0, np.int32)]
+        for chunk in enc.chunks:
+            ids = np.array([self.files.setdefault(str(u), len(self.files)) for u in chunk.dictionary.to_pylist()],
+                           np.int32)
+            out.append(ids[chunk.indices.to_numpy(zero_copy_only=False)])
+        return np.concatenate(out)
 
     def close(self) -> dict[str, Any]:
         self.writer.close()
@@ -106,7 +166,8 @@ class Stager:
                                   np.concatenate([b.reason for b in self.bad]),
                                   np.concatenate([b.detail for b in self.bad]), self.stage_name)
         return {"part": self.part, "batch_rows": self.batch_rows, "bad": self.bad_counts, "fits": self.fits,
-                "counts": [[splits.NAMES[s], label, n] for (s, label), n in self.counts.items()]}
+                "counts": [[splits.NAMES[s], label, n] for (s, label), n in self.counts.items()],
+                "files": list(self.files)}
 
 
 def write_pieces(pieces: list[list[tabular.Piece]], plan_uri: str) -> None:
@@ -126,7 +187,8 @@ def stage(frames: Iterator[pd.DataFrame], plan_uri: str, **kw) -> Iterator[pd.Da
     for t in tasks.each(frames):
         stager = Stager(t, **kw)
         for piece in read_pieces(plan_uri, t):
-            stager.add(*tabular.read_piece(piece, kw["tab"]))
+            records, malformed = tabular.read_piece(piece, kw["tab"])
+            stager.add(with_position(records, piece[0], piece[1]), malformed)
         yield tasks.to_spark(pd.DataFrame({"part": [t], "stats": [json.dumps(stager.close())]}))
 
 
@@ -155,7 +217,8 @@ def split_corrupt(t: pa.Table) -> tuple[pa.Table, list[str]]:
 
 def stage_arrow(batches: Iterator[pa.RecordBatch], **kw) -> Iterator[pa.RecordBatch]:
     """The Spark-reader path: mapInArrow body over the source's declared columns
-    (pipeline/sources.py) -> STAGE_DDL; the part number is the Spark partition."""
+    (pipeline/sources.py) and ``with_positions`` -> STAGE_DDL; the part number is the Spark
+    partition."""
     stager = Stager(tasks.partition(), **kw)
     for t in tables(batches):
         stager.add(*split_corrupt(t))
@@ -180,6 +243,129 @@ def deal(stats: list[dict[str, Any]], n_tasks: int) -> list[pa.Table]:
         start += n
     return [pa.table({k: [row[i] for row in rows] for i, k in enumerate(BATCHES.names)}, schema=BATCHES)
             for rows in out]
+
+
+# --- preprocess, job 2: rows that share an id --------------------------------------------------
+
+def mark_duplicates(df: DataFrame, key: str, mode: str, has_id: bool, eligible: Column | None = None) -> DataFrame:
+    """``df`` (``key``, HASH, FILE, POS, ...) plus DUPLICATE: the reason each row is quarantined as
+    a duplicate, or null. Rows of a key are compared among the ``eligible`` ones (default: all),
+    in order of (FILE, POS). ``mode`` is dataset.tabular.duplicates: quarantine (rows that differ:
+    all duplicate_id; identical rows: the first kept, the others duplicate_row) or keep_first (the
+    first kept; the others duplicate_row where identical to it, else duplicate_id). Without an id
+    (``has_id`` false) rows share a key only when identical: the first is kept."""
+    df = df.withColumn("_eligible", F.lit(True) if eligible is None else eligible)
+    rows = Window.partitionBy(key, "_eligible")
+    ordered = rows.orderBy(FILE, POS)
+    later = F.row_number().over(ordered) > 1
+    if not has_id:
+        reason = F.when(later, tabular.DUPLICATE_ROW)
+    elif mode == "keep_first":
+        same = F.col(HASH) == F.first(HASH).over(ordered)
+        reason = F.when(later, F.when(same, tabular.DUPLICATE_ROW).otherwise(tabular.DUPLICATE_ID))
+    else:
+        differ = F.min(HASH).over(rows) != F.max(HASH).over(rows)
+        reason = F.when(differ, tabular.DUPLICATE_ID).when(later, tabular.DUPLICATE_ROW)
+    return df.withColumn(DUPLICATE, F.when(F.col("_eligible"), reason)).drop("_eligible")
+
+
+def check_unique(df: DataFrame, key: str, id_column: str) -> None:
+    """DuplicateId naming the id whose first row comes first (by FILE, POS), if any repeats."""
+    first = (df.groupBy(key).agg(F.count(F.lit(1)).alias("n"), F.min(F.struct(FILE, POS)).alias("at"))
+             .where("n > 1").orderBy("at").limit(1).collect())
+    if first:
+        r = first[0]
+        where = " ".join((r["at"][FILE] or "the source").split())  # one line
+        raise DuplicateId(f"{id_column}={r[key]!r} is on {r['n']} rows (the first in {where}) "
+                          f"and dataset.tabular.duplicates is error; fix the input, or set it to quarantine or "
+                          f"keep_first to quarantine the extra rows")
+
+
+def staged_keys(frames: Iterator[pd.DataFrame], staging_uri: str, plan_uri: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over task numbers -> KEYS_DDL: each staged row's id, hash, file, position
+    and place in the staging file; task t reads the part its plan names (with the part's files)."""
+    for t in tasks.each(frames):
+        plan = tasks.read_plan(plan_uri, t)
+        part, uris = int(plan["part"].iloc[0]), plan["uri"].to_numpy(object)
+        for b, batch in _staged_batches(staging_uri, part):
+            n = batch.num_rows
+            yield tasks.to_spark(pd.DataFrame({
+                "id": batch.column("id").to_numpy(zero_copy_only=False), HASH: batch.column(HASH).to_numpy(),
+                FILE: uris[batch.column(FILE).to_numpy()], POS: batch.column(POS).to_numpy(),
+                "part": np.full(n, part, np.int32), "batch": np.full(n, b, np.int32),
+                "row": np.arange(n, dtype=np.int32)}))
+
+
+def _staged_batches(staging_uri: str, part: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
+    with fs.open(path, "rb") as f:
+        reader = pa.ipc.open_file(f)
+        for b in range(reader.num_record_batches):
+            yield b, reader.get_batch(b)
+
+
+def restage(drops: pd.DataFrame, base: int, tab: TabularConf, split: SplitConf, staging_uri: str,
+            quarantine_uri: str, regression: bool) -> pd.DataFrame:
+    """applyInPandas body per staging part with duplicates (part, batch, row, DUPLICATE) ->
+    STAGE_DDL: the dropped rows to the quarantine (the record as JSON), the others staged again
+    as part ``base + part`` with their statistics; the stats name the part they replace."""
+    part = int(drops["part"].iloc[0])
+    stager = Stager(base + part, tab, split, staging_uri, quarantine_uri, "preprocess.deduplicate", regression)
+    where = {int(b): g for b, g in drops.groupby("batch")}
+    names = [*([("id", tab.id_column)] if tab.id_column else []), ("label", tab.label_column),
+             *[(c, c) for c in [*tab.numeric, *tab.categorical]]]
+    for b, batch in _staged_batches(staging_uri, part):
+        rec = _records(batch, tab)
+        reason = np.full(batch.num_rows, None, dtype=object)
+        if b in where:
+            reason[where[b]["row"].to_numpy()] = where[b][DUPLICATE].to_numpy(object)
+        gone = np.flatnonzero(pd.notna(reason))
+        if len(gone):
+            raw = pa.Table.from_batches([batch]).take(pa.array(gone)).to_pylist()
+            stager.quarantine(replace(
+                rec.take(gone), reason=reason[gone],
+                detail=np.array([f"{tab.id_column or 'id'}={r['id']}" for r in raw], dtype=object),
+                source=np.array([json.dumps({name: r[c] for c, name in names if r[c] is not None and r[c] == r[c]},
+                                            ensure_ascii=False) for r in raw], dtype=object)))
+        kept = np.flatnonzero(pd.isna(reason))
+        if len(kept):
+            stager.keep(rec.take(kept), batch.column("split").to_numpy()[kept], batch.column(FILE).to_numpy()[kept],
+                        batch.column(POS).to_numpy()[kept], batch.column(HASH).to_numpy()[kept])
+    stats = stager.close()
+    return pd.DataFrame({"part": [stats["part"]], "stats": [json.dumps({**stats, "replaces": part})]})
+
+
+def deduplicate(spark: SparkSession, stats: list[dict[str, Any]], tab: TabularConf, split: SplitConf,
+                staging_uri: str, quarantine_uri: str, plan_uri: str, regression: bool) -> list[dict[str, Any]]:
+    """The staging tasks' stats with rows that share an id dealt with (dataset.tabular.duplicates):
+    a shuffle of the staged ids finds them (nothing is collected but the first id, for
+    ``error``); ``restage`` replaces each staging part that has some."""
+    staged = [s for s in stats if s["batch_rows"]]
+    if sum(n for s in staged for n in s["batch_rows"]) < 2:
+        return stats
+    tasks.write_plans([pa.table({"part": pa.array([s["part"]] * len(s["files"]), pa.int32()),
+                                 "uri": pa.array(s["files"], pa.string())}) for s in staged], plan_uri)
+    keys = tasks.numbers(spark, len(staged)).mapInPandas(
+        partial(staged_keys, staging_uri=staging_uri, plan_uri=plan_uri), KEYS_DDL)
+    if tab.duplicates == "error" and tab.id_column:
+        check_unique(keys, "id", tab.id_column)
+        return stats
+    drops = (mark_duplicates(keys, "id", tab.duplicates, bool(tab.id_column))
+             .where(F.col(DUPLICATE).isNotNull()).select("part", "batch", "row", DUPLICATE))
+    body = partial(restage, base=max(s["part"] for s in stats) + 1, tab=tab, split=split, staging_uri=staging_uri,
+                   quarantine_uri=quarantine_uri, regression=regression)
+    fixed = {s["replaces"]: s for s in (json.loads(r["stats"]) for r in
+                                        drops.groupBy("part").applyInPandas(body, STAGE_DDL).collect())}
+    out = []
+    for s in stats:
+        if s["part"] in fixed:
+            new = fixed[s["part"]]
+            bad = dict(s["bad"])
+            for reason, n in new["bad"].items():
+                bad[reason] = bad.get(reason, 0) + n
+            s = {**new, "bad": bad, "files": s["files"]}
+        out.append(s)
+    return out
 
 
 def _staged(staging_uri: str, plan: pd.DataFrame, tab: TabularConf
@@ -248,27 +434,52 @@ def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]
             x = tabular.encode(r.take(ok), tab, params)
             for j, i in enumerate(ok):
                 features[i] = x[j]
+        hashes = np.zeros(len(r), np.int64)
+        if len(ok) and tab.id_column:  # without one the id is the hash of the values already
+            hashes[ok] = tabular.records_hash(r.take(ok))
         yield pd.DataFrame({"id": r.ids, "source": r.source, "reason": r.reason, "detail": r.detail,
-                            "features": features}), r
+                            "features": features, HASH: hashes,
+                            FILE: r.extra[FILE].to_numpy(zero_copy_only=False),
+                            POS: pc.fill_null(r.extra[POS], -1).to_numpy(zero_copy_only=False)}), r
 
 
 def score_records(frames: Iterable[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],
-                  batch_size: int) -> Iterator[pd.DataFrame]:
+                  batch_size: int, max_bytes: int = MAX_CATEGORY_BYTES) -> Iterator[pd.DataFrame]:
     """The fast path: the tasks' records (plans under plan_uri), validated (no label needed) and
     encoded with the dataset version's parameters, in frames of batch_size: id, source, reason,
-    detail, features (None if bad)."""
+    detail, features (None if bad), and HASH, FILE, POS for finding duplicates."""
     for t in tasks.each(frames):
         for piece in read_pieces(plan_uri, t):
-            rec = tabular.validate(*tabular.read_piece(piece, tab, label_required=False), tab, label_required=False)
+            records, malformed = tabular.read_piece(piece, tab, label_required=False)
+            rec = tabular.validate(with_position(records, piece[0], piece[1]), malformed, tab, label_required=False,
+                                   extra=[FILE, POS], max_bytes=max_bytes)
             for pdf, _ in _score_frames(rec, tab, params, batch_size):
                 yield pdf
 
 
 def score_batches(batches: Iterator[pa.RecordBatch], tab: TabularConf, params: dict[str, Any], batch_size: int,
-                  extra: Sequence[str] = ()) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
+                  extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES
+                  ) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
     """The Spark-reader path: (frame as score_records gives, its Records with the ``extra``
-    columns) of the source's declared columns (pipeline/sources.py)."""
+    columns) of the source's declared columns (pipeline/sources.py) and ``with_positions``."""
     for t in tables(batches):
         t, malformed = split_corrupt(t)
-        rec = tabular.validate(t, malformed, tab, label_required=False, extra=[sources.PASSTHROUGH + c for c in extra])
+        rec = tabular.validate(t, malformed, tab, label_required=False, max_bytes=max_bytes,
+                               extra=[sources.PASSTHROUGH + c for c in extra] + [FILE, POS])
         yield from _score_frames(rec, tab, params, batch_size)
+
+
+def scored_duplicates(frame: DataFrame, tab: TabularConf) -> tuple[DataFrame, Callable[[DataFrame], None] | None]:
+    """Scoring: (the scored frame with rows that share an id quarantined, as preprocess does; or,
+    for dataset.tabular.duplicates: error, the frame as it is and the check that raises
+    DuplicateId on the scored rows). A quarantined duplicate's source is its file."""
+    good = F.col("reason").isNull()
+    if tab.duplicates == "error" and tab.id_column:
+        return frame, lambda scored: check_unique(scored.where(good), "key", tab.id_column)
+    dup = F.col(DUPLICATE)
+    marked = mark_duplicates(frame, "key", tab.duplicates, bool(tab.id_column), eligible=good)
+    return marked.withColumns({
+        "reason": F.coalesce("reason", dup),
+        "detail": F.when(dup.isNotNull(), F.concat(F.lit(f"{tab.id_column or 'id'}="), "key")).otherwise(F.col("detail")),
+        "source": F.when(dup.isNotNull(), F.coalesce(F.nullif(F.col(FILE), F.lit("")), "key")).otherwise(F.col("source")),
+    }).drop(DUPLICATE), None

@@ -76,6 +76,8 @@ class Scored:
     key: str                # the key column's name in the predictions
     columns: list[str]      # the prediction columns
     counts_used: bool = False
+    # Run on the scored frame (persisted) before anything is written; raises to stop the job.
+    check: Callable[[DataFrame], None] | None = None
 
 
 class Kind:

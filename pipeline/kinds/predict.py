@@ -2,7 +2,7 @@
 inputs -> prediction rows."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,9 +53,11 @@ def cached_model(lake_root: str, ref: str, loads=None) -> artifact.LoadedModel:
 
 
 def score_frames(frames: Iterable[pd.DataFrame], prepare: Callable[[pd.DataFrame, dict[str, Any]], Prepared],
-                 key: str, lake_root: str, ref: str, loads=None, batch_size: int = 256) -> Iterator[pd.DataFrame]:
+                 key: str, lake_root: str, ref: str, loads=None, batch_size: int = 256,
+                 carry: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
     """mapInPandas body -> scored_ddl(spec): the objective's prediction columns, or a reason for
-    rows that cannot be scored (their prediction columns are null)."""
+    rows that cannot be scored (their prediction columns are null); then the input's ``carry``
+    columns."""
     from pipeline.spark import tasks
 
     m = cached_model(lake_root, ref, loads)
@@ -71,4 +73,5 @@ def score_frames(frames: Iterable[pd.DataFrame], prepare: Callable[[pd.DataFrame
                 full[ok] = [v.tolist() for v in values] if values.ndim > 1 else values
             columns[name] = full
         yield pd.DataFrame({**columns, "reason": reasons, "detail": details,
-                            "source": (pdf["source"] if "source" in pdf else pdf[key]).values}).pipe(tasks.to_spark)
+                            "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
+                            **{c: pdf[c].values for c in carry}}).pipe(tasks.to_spark)

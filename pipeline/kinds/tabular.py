@@ -52,7 +52,8 @@ class Tabular(Kind):
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         staging, quarantine_uri = target.staging, target.quarantine
         kw: dict[str, Any] = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
-                  stage_name="preprocess.validate", regression=regression)
+                  stage_name="preprocess.validate", regression=regression,
+                  max_bytes=cfg.preprocess.max_category_bytes)
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files):
             pieces = tabular.plan(source, tab, n_tasks, sources.max_piece_bytes(spark), listing=files)
@@ -62,10 +63,12 @@ class Tabular(Kind):
         else:
             df = sources.load(spark, source, tab)
             tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source)
-            df = sources.declared(df, tab, regression)
+            df = tabular_tasks.with_positions(sources.declared(df, tab, regression))
             with sources.reading(spark, 16_384):
                 rows = df.mapInArrow(partial(tabular_tasks.stage_arrow, **kw), tabular_tasks.STAGE_DDL).collect()
-        results = [json.loads(r["stats"]) for r in rows]
+        # Rows that share an id, before the statistics are merged: a shuffle of the staged ids.
+        results = tabular_tasks.deduplicate(spark, [json.loads(r["stats"]) for r in rows], tab, cfg.preprocess.split,
+                                            staging, quarantine_uri, target.plan("keys"), regression)
         by_reason: dict[str, int] = {}
         split_class: dict[tuple[str, str], int] = {}
         for r in results:
@@ -124,37 +127,42 @@ class Tabular(Kind):
         tab = _score_columns(spec, cfg)
         passthrough = cfg.score.passthrough
         columns = predict.prediction_columns(spec)
+        max_bytes = cfg.preprocess.max_category_bytes
+        carry = [tabular_tasks.HASH, tabular_tasks.FILE, tabular_tasks.POS]
+        ddl = f"{predict.scored_ddl(spec)}, {tabular_tasks.CARRY_DDL}"
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files, passthrough):
             n = sources.num_read_tasks(spark, sum(size for _, size in files))
             tabular_tasks.write_pieces(tabular.plan(source, tab, n, sources.max_piece_bytes(spark),
                                                     label_required=False, listing=files), plan_uri)
             records = partial(tabular_tasks.score_records, plan_uri=plan_uri, tab=tab,
-                              params=spec["input"]["tabular"], batch_size=kw["batch_size"])
-            body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", **kw)
-            return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=records(it)), predict.scored_ddl(spec)),
-                          "id", columns)
+                              params=spec["input"]["tabular"], batch_size=kw["batch_size"], max_bytes=max_bytes)
+            body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", carry=carry, **kw)
+            frame, check = tabular_tasks.scored_duplicates(
+                tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=records(it)), ddl), tab)
+            return Scored(frame, "id", columns, check=check)
         df = sources.load(spark, source, tab, date)
         tabular.check_columns([c for c in df.columns if c != sources.CORRUPT], tab, source, label_required=False)
         absent = [c for c in passthrough if c not in df.columns]
         if absent:
             raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
-        df = sources.declared(df, tab, extra=passthrough)
+        df = tabular_tasks.with_positions(sources.declared(df, tab, extra=passthrough))
         extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
-        scored_schema = _parse_datatype_string(predict.scored_ddl(spec))
+        scored_schema = _parse_datatype_string(ddl)
         assert isinstance(scored_schema, T.StructType)  # a DDL of several columns is a struct
         out = T.StructType(scored_schema.fields + extra)
         arrow = to_arrow_schema(out)
         params = spec["input"]["tabular"]
 
         def scored_batches(batches):
-            for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough):
-                (scored,) = predict.score_frames(iter([pdf]), _prepare_encoded, "id", **kw)
+            for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough, max_bytes):
+                (scored,) = predict.score_frames(iter([pdf]), _prepare_encoded, "id", carry=carry, **kw)
                 cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
                                                   preserve_index=False).columns
                 cols += [rec.extra[sources.PASSTHROUGH + f.name].cast(arrow.field(f.name).type) for f in extra]
                 yield pa.RecordBatch.from_arrays(cols, schema=arrow)
-        return Scored(df.mapInArrow(scored_batches, out), "id", columns)
+        frame, check = tabular_tasks.scored_duplicates(df.mapInArrow(scored_batches, out), tab)
+        return Scored(frame, "id", columns, check=check)
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
@@ -207,7 +215,8 @@ def _prepare_encoded(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
 
 
 def _score_columns(spec: dict[str, Any], cfg: Config) -> TabularConf:
-    """The model's declared columns, read with this run's format, reader options and reader."""
+    """The model's declared columns, read with this run's format, reader options and reader, and
+    its handling of duplicate ids."""
     tab = cfg.dataset.tabular
     return TabularConf(**{**spec["input"]["columns"], "format": tab.format, "options": tab.options,
-                          "reader": tab.reader})
+                          "reader": tab.reader, "duplicates": tab.duplicates})
