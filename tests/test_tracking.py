@@ -86,6 +86,8 @@ def test_version_registered_and_promoted_through_the_gate(tracked):
     assert fail.returncode == 1 and "test_accuracy" in fail.stderr and "not >= 1.01" in fail.stderr
     unknown = tracked["gate_unknown"]
     assert unknown.returncode == 1 and "no metric 'test_f1'" in unknown.stderr
+    for refused in (fail, unknown):  # one line each, no traceback
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stdout + refused.stderr
     assert "promoted digits-cnn version" in tracked["promote"].stdout
     bad = run([sys.executable, "jobs/promote.py", *tracked["s"], "--require", "accuracy about 1"], check=False)
     assert bad.returncode == 2 and "METRIC OP NUMBER" in bad.stderr

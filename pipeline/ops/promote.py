@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.ops import tracking
 from pipeline.core.config import Config
+from pipeline.spark.cli import InputError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,16 @@ _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt
 _GATE = re.compile(r"^\s*([A-Za-z0-9_.\-/]+)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
-class GateFailed(RuntimeError):
+class NotPromoted(InputError):
+    """The alias was not moved, for a reason the message gives in full (exit code 1, one line,
+    no traceback): a gate that does not hold, or no version behind the source alias."""
+
+
+class GateFailed(NotPromoted):
+    pass
+
+
+class AliasNotFound(NotPromoted):
     pass
 
 
@@ -33,10 +43,14 @@ def parse_gate(text: str) -> tuple[str, str, float]:
 
 
 def run(cfg: Config, name: str, from_alias: str, to_alias: str, gates: list[tuple[str, str, float]]) -> dict[str, Any]:
-    """Point ``to_alias`` at the version ``from_alias`` names, if every gate holds; GateFailed otherwise."""
+    """Point ``to_alias`` at the version ``from_alias`` names, if every gate holds; GateFailed
+    otherwise, AliasNotFound where no version has ``from_alias``."""
     s = tracking.settings(cfg)
     client = tracking.registry_client(s)
-    mv = tracking.version_by_alias(s, name, from_alias)
+    try:
+        mv = tracking.version_by_alias(s, name, from_alias)
+    except LookupError as e:
+        raise AliasNotFound(f"{e}; @{to_alias} not moved") from None
     metrics = client.get_run(mv.run_id).data.metrics
     checked = []
     for metric, op, threshold in gates:

@@ -300,8 +300,15 @@ def version_by_alias(s: dict[str, Any], name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
-        raise LookupError(f"no version of registered model {name!r} has the alias {alias!r} in {s['uri']} "
-                          f"({e.error_code})") from None
+        code = e.error_code
+    try:
+        aliases = client.get_registered_model(name).aliases
+        known = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
+        there = f"its aliases: {known}"
+    except MlflowException:
+        there = "no model of that name is registered there"
+    raise LookupError(f"no version of registered model {name!r} has the alias {alias!r} in {s['uri']} "
+                      f"({code}); {there}")
 
 
 def lake_run_of(s: dict[str, Any], name: str, alias: str) -> tuple[str, dict[str, str]]:
