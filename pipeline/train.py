@@ -9,7 +9,9 @@ backend, reader), then launches ``trainer.train_rank`` with one of four launcher
 - ``run_torchrun``: every process started by ``torchrun --nproc_per_node N``;
 - ``run_local``: this process alone, world size 1, for debugging.
 
-Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished.
+Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished. One training
+of a model at a time: the driver (spark, local) or rank 0 (horovodrun, torchrun) holds the model's
+lock (pipeline/core/locks.py) from before the plan until ``_latest`` has moved.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import dataclasses
 import logging
 import os
 import sys
+from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from pipeline import kinds
 from pipeline.model import artifact, objectives
@@ -118,6 +121,24 @@ def _one_at_a_time(cfg: Config):
                              cfg.lake.lock_wait_s)
 
 
+@contextmanager
+def _held_by_rank_0(cfg: Config, rank: int, share: Callable[[str | None], str | None]) -> Iterator[None]:
+    """The model's lock for ranks a launcher started (horovodrun, torchrun): rank 0, which
+    publishes, takes it once for the whole run; ``share`` (a broadcast from rank 0) tells every
+    rank whether it did, so a busy model stops them all with OutputBusy (exit 5) before training."""
+    with ExitStack() as held:
+        busy = None
+        if rank == 0:
+            try:
+                held.enter_context(_one_at_a_time(cfg))
+            except locks.OutputBusy as e:
+                busy = str(e)
+        busy = share(busy)
+        if busy is not None:
+            raise locks.OutputBusy(busy)
+        yield
+
+
 def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
     with _one_at_a_time(cfg):
@@ -169,15 +190,16 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
     from pipeline.training.trainer import train_rank
 
     hvd.init()
-    resume = run_id is not None
-    run_id = hvd.broadcast_object(run_id or lake.new_run_id(), root_rank=0, name="run_id")
-    params = plan(cfg, run_id, hvd.size(), resume=resume)
-    if hvd.rank() == 0:
-        log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
-                 hvd.size(), params.steps_per_epoch)
-    job = _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
-    metrics = train_rank(params)
-    return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
+    with _held_by_rank_0(cfg, hvd.rank(), lambda busy: hvd.broadcast_object(busy, root_rank=0, name="lock")):
+        resume = run_id is not None
+        run_id = hvd.broadcast_object(run_id or lake.new_run_id(), root_rank=0, name="run_id")
+        params = plan(cfg, run_id, hvd.size(), resume=resume)
+        if hvd.rank() == 0:
+            log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
+                     hvd.size(), params.steps_per_epoch)
+        job = _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
+        metrics = train_rank(params)
+        return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -187,18 +209,24 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
     from pipeline.training.trainer import train_rank
 
     dist = distributed.init("torch", cfg.train.device)  # the group train_rank then joins
-    resume = run_id is not None
-    box = [run_id or lake.new_run_id()]
-    td.broadcast_object_list(box, src=0)
-    params = plan(cfg, box[0], dist.size, resume=resume)
-    if params.train["backend"] != "torch":
-        raise TrainingSetupError("torchrun starts torch.distributed ranks: use --set train.backend=torch (or auto)")
-    if dist.rank == 0:
-        log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, box[0],
-                 dist.size, params.steps_per_epoch)
-    job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
-    metrics = train_rank(params)
-    return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
+
+    def share(value: Any) -> Any:
+        box = [value]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    with _held_by_rank_0(cfg, dist.rank, share):
+        resume = run_id is not None
+        run_id = share(run_id or lake.new_run_id())
+        params = plan(cfg, run_id, dist.size, resume=resume)
+        if params.train["backend"] != "torch":
+            raise TrainingSetupError("torchrun starts torch.distributed ranks: use --set train.backend=torch (or auto)")
+        if dist.rank == 0:
+            log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
+                     dist.size, params.steps_per_epoch)
+        job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
+        metrics = train_rank(params)
+        return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -251,13 +279,13 @@ def _start_tracking(cfg: Config, spark, params: RankParams, launcher: str, world
     """The training run, started on the driver (or horovodrun's rank 0) before the ranks start;
     ``params.tracking`` lets rank 0 attach to it (``Tracker.attach``) and log every epoch."""
     ds = params.artifact_spec["dataset"]
-    # The spark and local launchers hold the model's lock (run, run_local): a RUNNING run of the
-    # model left by a killed job is marked FAILED. A resumed run continues its MLflow run.
-    locked = launcher in ("spark", "local")
+    # Every launcher holds the model's lock here (on the driver, or on rank 0 of horovodrun and
+    # torchrun): a RUNNING run of the model left by a killed job is marked FAILED. A resumed run
+    # continues its MLflow run.
     job = tracking.Job(cfg, spark, "train", f"train {cfg.train.model_name} {params.run_id}", params=cfg.to_dict(), tags={
         "dataset": ds["name"], "dataset_version": ds["version"], "world_size": world_size, "launcher": launcher,
         "model_name": cfg.train.model_name, "lake_run_id": params.run_id},
-        output={"model_name": cfg.train.model_name} if locked else None,
+        output={"model_name": cfg.train.model_name},
         resume={"lake_run_id": params.run_id} if params.resume else None)
     params.tracking = {"settings": job.tracker.s, "run_id": job.run_id}
     return job
