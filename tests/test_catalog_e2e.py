@@ -49,7 +49,7 @@ def test_the_model_learns_next_to_a_baseline(run):
 
 def test_predictions_carry_the_business_keys_and_land_in_a_catalog_table(run):
     cfg = run["cfg"]
-    m, t = run["predictions"]  # read right after the run: test_formats_e2e replaces the partition
+    m, t = run["predictions"]  # read right after the run: test_formats replaces the partition
     assert len(t) == 17 and set(t["dt"]) == {DATE} and t["lot"].str.startswith("lot-").all()
     # The query as written: its {date} is bound as a parameter when it runs (the manifest's date).
     assert m["source"] == QUERY and m["date"] == DATE and m["input_count"] == 17 == m["output_count"]

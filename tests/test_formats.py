@@ -1,18 +1,19 @@
-"""Spark's file formats and reader options through the three jobs, through spark-submit: the wine
-table (no id column) as typed ORC, as Parquet partitioned by a declared column, as CSV with
-``sep=';'`` and a quoted newline (``multiLine``), and as Latin-1 CSV (``encoding``). Each is
-preprocessed, and new wines in each format are scored by the session's one wine model
-(conftest.wine_pipeline, trained on the same wines read from a catalog table)."""
+"""Spark's file formats and reader options through preprocess and score: the wine table (no id
+column) as typed ORC, as Parquet partitioned by a declared column, as CSV with ``sep=';'`` and a
+quoted newline (``multiLine``), and as Latin-1 CSV (``encoding``). Each is preprocessed, and new
+wines in each format are scored by the session's one wine model (conftest.wine_pipeline, trained
+on the same wines read from a catalog table through spark-submit). The stages run on the
+session's Spark: what is tested here is the readers, not the command line."""
 import pandas as pd
 import pyarrow as pa
 import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import WINE_DATE as DATE, sets, spark_submit
+from conftest import WINE_DATE as DATE
+from pipeline import preprocess, score
 from pipeline.core import lake, manifest
-
-pytestmark = pytest.mark.e2e
+from pipeline.core.config import load_config
 ACCENT = "fonc\u00e9"  # 'dark' in French: one byte in Latin-1, two in UTF-8
 
 # name: (how the files are written, the settings that read them)
@@ -43,23 +44,23 @@ def _write(kind: str, table: pd.DataFrame, numeric: list[str], directory, labell
 
 
 @pytest.fixture(scope="module")
-def run(wine_pipeline, tmp_path_factory):
+def run(wine_pipeline, spark, tmp_path_factory):
     cfg, root, files = wine_pipeline["cfg"], wine_pipeline["root"], tmp_path_factory.mktemp("files")
     numeric = list(cfg.dataset.tabular.numeric)
     labelled = pd.read_csv(lake.local_path(cfg.resolve(cfg.dataset.source)) + "/wines.csv", dtype=str)
     new = pd.read_csv(lake.local_path(cfg.resolve(cfg.dataset.score_source)) + f"/dt={DATE}/wines.csv", dtype=str)
     out = {"cfg": cfg, "new": new, "curated": {}, "predictions": {}, "catalog": wine_pipeline["predictions"][1]}
 
-    def submit(job, *args):
-        return spark_submit(f"jobs/{job}.py", "--config", "conf/wine.yaml", "--set", f"lake.root={root}", *args)
+    def config(*overrides):
+        return load_config("conf/wine.yaml", [f"lake.root={root}", *overrides])
     for name, (_, options) in FORMATS.items():
         _write(name, labelled, numeric, files / name / "labelled", True)
         _write(name, new, numeric, files / name / "incoming" / f"dt={DATE}", False)
-        submit("preprocess", *sets(f"dataset.name=wine_{name}", f"dataset.source={files / name / 'labelled'}",
-                                   *options))
+        preprocess.run(spark, config(f"dataset.name=wine_{name}", f"dataset.source={files / name / 'labelled'}",
+                                     *options))
         out["curated"][name] = manifest.read(cfg.uri("curated", f"wine_{name}",
                                                      lake.get_latest(cfg.uri("curated", f"wine_{name}"))))
-        submit("score", "--date", DATE, *sets(f"dataset.score_source={files / name / 'incoming'}", *options))
+        score.run(spark, config(f"dataset.score_source={files / name / 'incoming'}", *options), DATE)
         part = cfg.uri("predictions", "wine-mlp", f"dt={DATE}")  # replaced by each run for the date
         out["predictions"][name] = (manifest.read(part), pq.read_table(lake.local_path(part)).to_pandas())
     return out
