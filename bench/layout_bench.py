@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loader_bench as lb  # noqa: E402  (also puts the repository root on sys.path)
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.ingest.images import ImageLayout  # noqa: E402
+from pipeline.training import feed  # noqa: E402
 from pipeline.spark.session import get_spark  # noqa: E402
 
 
@@ -183,10 +184,11 @@ def main(argv: list[str] | None = None) -> None:
 
         rows = args.rows
         url = {k: p.as_uri() for k, p in datasets.items()}
+        reader = feed.default_reader()  # the trainer's: Petastorm where it is installed
         variants: dict[str, Callable[[], int]] = {
             "(ii) blob + pipeline.training.feed, trainer epoch (b)": lambda: lb.run_epoch(
-                url["blob"], rows, layout, args.batch_size, args.shuffle_buffer, 0),
-            "(ii) blob + feed.open_reader pass (b0)": lambda: lb.run_single_pass(url["blob"], layout),
+                url["blob"], rows, layout, args.batch_size, args.shuffle_buffer, 0, reader),
+            "(ii) blob + feed.open_reader pass (b0)": lambda: lb.run_single_pass(url["blob"], layout, reader),
         }
         for codec in codecs:
             tag = "(i) " if codec == "png" else "(i')"
