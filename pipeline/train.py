@@ -104,7 +104,7 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> Ran
         checkpoint_dir=layout.checkpoints(cfg.train.model_name, run_id),
         resume=resume,
         artifact_spec={
-            "model": model_spec,
+            "model": model_spec.as_dict(),
             "label_names": m["label_names"],
             "task": {"name": objective.name, "info": task_info},
             "input": data_input,

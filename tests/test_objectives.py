@@ -1,5 +1,6 @@
 """Task objectives and their metrics, checked against scikit-learn on the same predictions;
 the recurrent, factory and torchvision models; image augmentation."""
+import dataclasses
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline.training import augment
 from pipeline.model import metrics, objectives
 from pipeline.core.config import ConfigError, load_config
 from pipeline.model.networks import build_model, load_initial_weights
+from pipeline.model.spec import ModelSpec
 
 
 def _logits(n, k, seed, ties=False):
@@ -102,11 +104,11 @@ def test_regression_losses_and_monitor_choice():
 
 
 def test_stacked_lstm_and_gru_shapes():
-    m = build_model({"arch": "lstm", "input_shape": [24, 3], "num_classes": 2})
+    m = build_model(ModelSpec(**{"arch": "lstm", "input_shape": [24, 3], "num_classes": 2}))
     assert [(layer.input_size, layer.hidden_size) for layer in m.layers] == [(3, 64), (64, 64), (64, 64)]
     assert isinstance(m.layers[0], torch.nn.LSTM) and m.head.out_features == 2
     assert m(torch.zeros(5, 24, 3)).shape == (5, 2)
-    g = build_model({"arch": "gru", "input_shape": [10, 1], "num_classes": 1, "hidden": [16, 8]})
+    g = build_model(ModelSpec(**{"arch": "gru", "input_shape": [10, 1], "num_classes": 1, "hidden": [16, 8]}))
     assert isinstance(g.layers[0], torch.nn.GRU) and g(torch.zeros(2, 10, 1)).shape == (2, 1)
 
 
@@ -117,16 +119,19 @@ def test_model_from_a_module_path(tmp_path, monkeypatch):
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(spec['input_shape'][0], spec['num_classes']))\n"
         "def not_a_model(spec):\n    return 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    m = build_model({"arch": "my_models:tiny", "input_shape": [7], "num_classes": 3})
+    m = build_model(ModelSpec(**{"arch": "my_models:tiny", "input_shape": [7], "num_classes": 3}))
     assert m(torch.zeros(2, 7)).shape == (2, 3)
+    # the factory gets model.json's plain dict, which round-trips
+    spec = ModelSpec(arch="my_models:tiny", input_shape=[7], num_classes=3, task="classification")
+    assert ModelSpec.from_dict(spec.as_dict()) == spec and isinstance(spec.as_dict(), dict)
     from pipeline.model.networks import factory_version
 
     v = factory_version("my_models:tiny")
     assert v["path"] == "my_models:tiny" and v["version"] == "1.2" and len(v["source_sha256"]) == 64
     with pytest.raises(ValueError, match="not a torch.nn.Module"):
-        build_model({"arch": "my_models:not_a_model", "input_shape": [7], "num_classes": 3})
+        build_model(ModelSpec(**{"arch": "my_models:not_a_model", "input_shape": [7], "num_classes": 3}))
     with pytest.raises(ValueError, match="--py-files"):
-        build_model({"arch": "no_such_module:f", "input_shape": [7], "num_classes": 3})
+        build_model(ModelSpec(**{"arch": "no_such_module:f", "input_shape": [7], "num_classes": 3}))
     sys.modules.pop("my_models", None)
 
 
@@ -135,12 +140,12 @@ def test_torchvision_model_sized_for_channels_and_classes():
         import torchvision  # noqa: F401
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"torchvision does not import with this torch build: {type(e).__name__}")
-    m = build_model({"arch": "torchvision:resnet18", "input_shape": [1, 8, 8], "num_classes": 10})
+    m = build_model(ModelSpec(**{"arch": "torchvision:resnet18", "input_shape": [1, 8, 8], "num_classes": 10}))
     assert m(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_init_weights_load_with_weights_only(tmp_path):
-    spec = {"arch": "mlp", "input_shape": [4], "num_classes": 2}
+    spec = ModelSpec(arch="mlp", input_shape=[4], num_classes=2)
     src = build_model(spec)
     torch.save(src.state_dict(), tmp_path / "w.pt")
     dst = build_model(spec)
@@ -151,7 +156,7 @@ def test_init_weights_load_with_weights_only(tmp_path):
     with pytest.raises(Exception, match="[Ww]eights only"):
         load_initial_weights(dst, str(tmp_path / "pickled.pt"))
     with pytest.raises(ValueError, match="does not fit"):
-        load_initial_weights(build_model({**spec, "num_classes": 3}), str(tmp_path / "w.pt"))
+        load_initial_weights(build_model(dataclasses.replace(spec, num_classes=3)), str(tmp_path / "w.pt"))
 
 
 def test_augmentation_is_seeded_keeps_uint8_and_changes_images():

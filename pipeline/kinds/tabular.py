@@ -12,6 +12,7 @@ from pipeline.core import lake
 from pipeline.core.config import ConfigError, TabularConf
 from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
+from pipeline.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -209,7 +210,7 @@ class Tabular(Kind):
 def _prepare_encoded(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
     """Frames of (reason, detail, features) from the scoring tasks -> the good rows' features."""
     ok = [i for i, r in enumerate(pdf["reason"]) if r is None]
-    n = spec["model"]["input_shape"][0]
+    n = ModelSpec.from_dict(spec["model"]).input_shape[0]
     x = np.stack([pdf["features"].iloc[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, n), np.float32)
     return ok, x, list(pdf["reason"]), list(pdf["detail"])
 

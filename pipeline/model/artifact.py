@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.core import lake
 from pipeline.spark.cli import InputError
 from pipeline.core.layout import LakeLayout, is_run_id
+from pipeline.model.spec import ModelSpec
 
 
 def save(uri: str, state_dict: dict, spec: dict[str, Any], metrics: dict, history: list[dict],
@@ -149,6 +150,10 @@ class LoadedModel:
     device: Any
 
     @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.spec["model"])
+
+    @property
     def label_names(self) -> list[str]:
         return self.spec["label_names"]
 
@@ -178,7 +183,7 @@ class LoadedModel:
                 x = torch.from_numpy(np.require(inputs[i:i + batch_size], requirements=["C", "W"])).to(self.device)
                 x = normalise(x)
                 out.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.spec["model"]["num_classes"]), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.model_spec.num_classes), np.float32)
 
 
 def input_normaliser(inp: dict[str, Any], device):
@@ -205,9 +210,10 @@ def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedMod
         spec = lake.read_json(f"{uri}/model.json")
     except ValueError as e:
         raise BadModel(f"{uri}/model.json does not parse: {e}") from None
-    _check_factory(spec["model"], name, run_id)
+    model_spec = ModelSpec.from_dict(spec["model"])
+    _check_factory(model_spec, name, run_id)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(spec["model"])
+    model = build_model(model_spec)
     try:
         state = torch.load(io.BytesIO(lake.read_bytes(f"{uri}/model.pt")), weights_only=True, map_location="cpu")
         model.load_state_dict(state)
@@ -215,15 +221,15 @@ def load_model(lake_root: str, ref: str, device: str | None = None) -> LoadedMod
         raise
     except Exception as e:  # noqa: BLE001 - torch's errors for a truncated or foreign file vary
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadModel(f"{uri}/model.pt does not load into {spec['model'].get('arch')}: {first}") from None
+        raise BadModel(f"{uri}/model.pt does not load into {model_spec.arch}: {first}") from None
     model.to(dev).eval()
     return LoadedModel(model=model, spec=spec, name=name, run_id=run_id, device=dev)
 
 
-def _check_factory(model_spec: dict[str, Any], name: str, run_id: str) -> None:
+def _check_factory(model_spec: ModelSpec, name: str, run_id: str) -> None:
     """A model built by a user's factory is rebuilt from the same import path; a different
     version of its module is logged (the state dict still has to fit)."""
-    recorded = model_spec.get("factory")
+    recorded = model_spec.factory
     if not recorded:
         return
     import logging

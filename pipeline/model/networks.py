@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.model.spec import ModelSpec
+
 
 class ConvNet(nn.Module):
     """The classic MNIST network (conv, conv, pool, dropout, dense, dropout, dense), sized by input."""
@@ -157,10 +159,8 @@ def torchvision_model(name: str, channels: int, num_outputs: int) -> nn.Module:
     return model
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """spec: {"arch", "input_shape": [C, H, W], [F] or [window, F], "num_classes" (the size of
-    the output head), optional "task", "hidden" (recurrent layer sizes) and "predict_change"}."""
-    arch, shape, n = spec["arch"], spec["input_shape"], spec["num_classes"]
+def build_model(spec: ModelSpec) -> nn.Module:
+    arch, shape, n = spec.arch, spec.input_shape, spec.num_classes
     if arch == "cnn":
         channels, height, width = shape
         return ConvNet(channels, height, width, n)
@@ -171,12 +171,11 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return MLP(_size(shape), n)
     if arch in ("lstm", "gru"):
         window, features = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
-        return Recurrent(arch, window, features, n, list(spec.get("hidden") or [64, 64, 64]),
-                         bool(spec.get("predict_change", False)))
+        return Recurrent(arch, window, features, n, list(spec.hidden or [64, 64, 64]), spec.predict_change)
     if arch.startswith("torchvision:"):
         return torchvision_model(arch.split(":", 1)[1], shape[0], n)
     if ":" in arch:
-        model = import_factory(arch)(dict(spec))
+        model = import_factory(arch)(spec.as_dict())  # a user factory gets model.json's plain dict
         if not isinstance(model, nn.Module):
             raise ValueError(f"train.arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model

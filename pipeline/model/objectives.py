@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.model import metrics as M
+from pipeline.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch  # imported where used: this module loads without torch
@@ -209,7 +210,7 @@ def task_info(train: Any, m: dict[str, Any], outputs: int = 1) -> dict[str, Any]
     return {"label_stats": stats, "loss": train.loss, "outputs": outputs}
 
 
-def model_spec(train: Any, kind: Any, shape: list[int], objective) -> dict[str, Any]:
+def model_spec(train: Any, kind: Any, shape: list[int], objective) -> ModelSpec:
     """The model spec saved in the artifact (networks.build_model rebuilds the network from it);
     ``kind`` (pipeline.kinds) says which architectures take its input."""
     arch = train.arch
@@ -219,10 +220,8 @@ def model_spec(train: Any, kind: Any, shape: list[int], objective) -> dict[str, 
                              f"{'torchvision:<name>, ' if kind.takes_torchvision else ''}or module.path:factory")
     if arch.startswith("torchvision:") and not kind.takes_torchvision:
         raise TaskSetupError(f"train.arch={arch!r} needs image input; this dataset is {kind.name}")
-    spec: dict[str, Any] = {"arch": arch, "input_shape": shape, "num_classes": objective.output_size(),
-                            "task": objective.name}
-    if arch in ("lstm", "gru"):
-        spec.update(hidden=list(train.hidden), predict_change=bool(train.predict_change))
+    recurrent = arch in ("lstm", "gru")
+    factory = None
     if not builtin and not arch.startswith("torchvision:"):
         from pipeline.model.networks import factory_version, import_factory
 
@@ -230,5 +229,7 @@ def model_spec(train: Any, kind: Any, shape: list[int], objective) -> dict[str, 
             import_factory(arch)
         except ValueError as e:
             raise TaskSetupError(str(e)) from None
-        spec["factory"] = factory_version(arch)
-    return spec
+        factory = factory_version(arch)
+    return ModelSpec(arch=arch, input_shape=list(shape), num_classes=objective.output_size(), task=objective.name,
+                     hidden=list(train.hidden) if recurrent else None,
+                     predict_change=bool(train.predict_change) if recurrent else False, factory=factory)

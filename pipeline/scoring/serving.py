@@ -167,7 +167,7 @@ def _log_network(m, name: str, mlflow_run_id: str):
     import mlflow
     import mlflow.pytorch
 
-    example = np.zeros([2, *m.spec["model"]["input_shape"]], np.float32)
+    example = np.zeros([2, *m.model_spec.input_shape], np.float32)
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_dict(m.spec, "model.json")
         return mlflow.pytorch.log_model(m.model, name="model", serialization_format="pt2", input_example=example,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.model.spec import ModelSpec
+
 
 @dataclass
 class RankParams:
@@ -13,7 +15,7 @@ class RankParams:
     task_info: dict[str, Any]        # what objectives.for_task needs (label names, class weights, label stats)
     monitor: str                     # the history metric early stopping and the best epoch follow
     config: dict[str, Any]           # the whole resolved config, saved with checkpoints and the artifact
-    model_spec: dict[str, Any]       # what networks.build_model builds
+    model_spec: ModelSpec            # what networks.build_model builds
     input: dict[str, Any]            # the kind's input spec (pipeline.kinds: field, normalisation, ...)
     train_url: str
     val_url: str

@@ -293,7 +293,7 @@ class RunState:
         checkpoints.save(self.p.checkpoint_dir, epoch, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
             "step": (epoch + 1) * self.p.steps_per_epoch, "history": self.history, "early_stopping": self.stop,
-            "best_model": self.best_state, "model_spec": self.p.model_spec, "config": self.p.config,
+            "best_model": self.best_state, "model_spec": self.p.model_spec.as_dict(), "config": self.p.config,
         }, keep=t["keep_checkpoints"])
 
     def restore_best(self, model) -> None:
