@@ -1,7 +1,7 @@
 """A bad config file or --set override stops every job before anything starts: exit code 2 and
 one line on stderr naming the file (and the line, for a YAML error) or the --set argument as given.
-The jobs run in a subprocess from an empty working directory, where the default lake would be
-created: it never is."""
+The jobs run in a subprocess from a working directory holding the default lake: nothing is
+written to it or next to it (tests/untouched.py)."""
 import subprocess
 import sys
 
@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, job_env
 from pipeline.core.config import ConfigError
 from pipeline.spark import cli
+from untouched import Fence
 
 GOOD = "train:\n  epochs: 3\n"
 
@@ -21,11 +22,15 @@ def _job(tmp_path, *args):
 
 
 def _one_line(tmp_path, stage, *args) -> str:
+    existing = tmp_path / "lake" / "raw" / "kept.csv"  # the default lake, relative to the working directory
+    existing.parent.mkdir(parents=True)
+    existing.write_text("id\n1\n")
+    fence = Fence(tmp_path / "lake")
     rc, out, err = _job(tmp_path, *args)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and out == "", (rc, out, err)
     assert lines[0].startswith(f"{stage}: invalid config: "), lines
-    assert not (tmp_path / "lake").exists()  # nothing started: no lake, no session
+    fence.check()  # nothing started: nothing in the lake or next to it, no session
     return lines[0]
 
 

@@ -8,6 +8,7 @@ from pipeline import preprocess
 from pipeline.core import lake
 from pipeline.core.config import load_config
 from pipeline.ingest import image_tasks
+from untouched import Fence
 
 CLASSES = {"cat": 3, "dog": 3}
 
@@ -32,11 +33,14 @@ def test_a_root_image_gets_no_label_in_the_plan(tmp_path):
 
 
 def test_a_root_image_is_quarantined_as_missing_label_and_the_counts_reconcile(spark, tmp_path):
-    _write_source(tmp_path / "labelled")
-    cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path}", "dataset.name=pets", "dataset.source=labelled",
+    root = tmp_path / "lake"
+    _write_source(root / "labelled")
+    cfg = load_config("conf/digits.yaml", [f"lake.root={root}", "dataset.name=pets", "dataset.source=labelled",
                                            "preprocess.files_per_split=1", "preprocess.max_bad_fraction=0.5",
                                            "tracking.enabled=false"])
+    fence = Fence(root)
     m = preprocess.run(spark, cfg)
+    fence.check(may_write=("curated/pets", "quarantine/pets"))  # the source as it was, nothing outside the lake
 
     q = pq.read_table(lake.local_path(m["quarantine_uri"])).to_pandas()
     assert len(q) == 1 and q["source"].iloc[0].endswith("/labelled/stray.png")

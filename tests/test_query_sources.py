@@ -6,6 +6,7 @@ from pipeline.core.config import ConfigError, load_config
 from pipeline.core.layout import InvalidValue
 from pipeline.ingest import sources
 from conftest import spark_submit
+from untouched import Fence
 
 TAB = load_config("conf/wine.yaml").dataset.tabular
 
@@ -152,13 +153,31 @@ def test_a_failing_read_only_query_is_still_a_source_error(tables):
         _load(tables, "SELECT * FROM qs.nope")
 
 
-def test_preprocess_job_refuses_a_writing_query_with_exit_code_2(tmp_path):
+JOB_REFUSED = {
+    "insert overwrite directory": ("INSERT OVERWRITE DIRECTORY '{out}' SELECT 1",
+                                   "INSERT OVERWRITE DIRECTORY is not a read-only query; only read-only SELECT "
+                                   "queries are allowed"),
+    "reflect": ("SELECT java_method('java.nio.file.Files', 'createDirectory', '{out}') AS made",
+                "java_method calls a Java method by reflection; reflect, java_method and try_reflect are not "
+                "allowed in a query source"),
+}
+
+
+@pytest.mark.parametrize("case", JOB_REFUSED)
+def test_preprocess_job_refuses_a_writing_query_with_exit_code_2(tmp_path, case):
+    """Either query would make the directory ``x`` next to the lake; neither runs."""
+    sql, why = JOB_REFUSED[case]
     out = tmp_path / "x"
+    sql = sql.format(out=out)
+    raw = tmp_path / "lake" / "raw" / "kept.csv"  # the lake's data so far
+    raw.parent.mkdir(parents=True)
+    raw.write_text("id,label\n1,a\n")
+    fence = Fence(tmp_path / "lake")
     p = spark_submit("jobs/preprocess.py", "--config", "conf/breast_cancer.yaml", "--set", f"lake.root={tmp_path}/lake",
-                     "--set", f"dataset.source=query:INSERT OVERWRITE DIRECTORY '{out}' SELECT 1", check=False)
+                     "--set", f"dataset.source=query:{sql}", check=False)
     reasons = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("preprocess: ")]
     assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
-    assert reasons == [f"preprocess: invalid config: query refused: INSERT OVERWRITE DIRECTORY is not a read-only "
-                       f"query; only read-only SELECT queries are allowed (source query:INSERT OVERWRITE DIRECTORY "
-                       f"'{out}' SELECT 1)"]
+    assert reasons == [f"preprocess: invalid config: query refused: {why} (source query:{sql})"]
+    assert "Traceback" not in p.stdout + p.stderr
     assert not out.exists()
+    fence.check(may_write=("curated/breast_cancer/_locks/", "mlflow/"))  # the job's lock and its (failed) MLflow run

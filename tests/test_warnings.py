@@ -6,20 +6,24 @@ from pipeline import preprocess
 from pipeline.core import lake
 from pipeline.core.config import load_config
 from pipeline.core.splits import NAMES, assign
+from untouched import Fence
 
 
 def test_all_null_feature_and_class_without_training_rows_are_warned(spark, tmp_path):
+    root = tmp_path / "lake"
     cfg = load_config("conf/breast_cancer.yaml", [
-        f"lake.root={tmp_path}", "dataset.name=warned", "dataset.source=raw/warned", "tracking.enabled=false",
+        f"lake.root={root}", "dataset.name=warned", "dataset.source=raw/warned", "tracking.enabled=false",
         "dataset.tabular.label_column=label", "dataset.tabular.numeric=[x, empty]",
         "dataset.tabular.categorical=[]", "preprocess.max_bad_fraction=0.5"])
     ids = [f"r{i}" for i in range(400)]
     split = np.asarray(NAMES)[assign(ids, cfg.preprocess.split)]
     rare = next(i for i, s in zip(ids, split) if s == "test")  # the only row of class "rare"
     rows = [f"{i},{'rare' if i == rare else ('a' if n % 2 else 'b')},{n * 0.5}," for n, i in enumerate(ids)]
-    lake.write_bytes(f"file://{tmp_path}/raw/warned/part.csv", ("id,label,x,empty\n" + "\n".join(rows) + "\n").encode())
+    lake.write_bytes(f"file://{root}/raw/warned/part.csv", ("id,label,x,empty\n" + "\n".join(rows) + "\n").encode())
 
+    fence = Fence(root)
     m = preprocess.run(spark, cfg)
+    fence.check(may_write=("curated/warned", "quarantine/warned"))  # the source as it was, nothing outside the lake
     assert m["input_count"] == m["output_count"] == 400
     codes = {(w["code"], w["column"]) for w in m["warnings"]}
     assert codes == {("all_null_feature", "empty"), ("class_without_training_rows", "label")}, m["warnings"]

@@ -46,5 +46,11 @@ class Fence:
         was, lake = self.before["lake"], now["lake"]
         lost = sorted(p for p in was if p not in lake)
         changed = sorted(p for p in was if p in lake and lake[p] != was[p] and not p.startswith(may_write))
-        added = sorted(p for p in lake if p not in was and not p.startswith(may_write))
+        above = {a for p in may_write for a in _ancestors(p.rstrip("/") + "/x")}  # the folders they need may be new
+        added = sorted(p for p in lake if p not in was and not p.startswith(may_write) and p not in above)
         assert (lost, changed, added) == ([], [], []), f"lake: lost {lost}, changed {changed}, added {added}"
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
