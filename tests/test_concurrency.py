@@ -16,6 +16,7 @@ from pipeline import score, train
 from pipeline.core import lake, locks, manifest
 from pipeline.core.config import load_config
 from pipeline.core.layout import LakeLayout
+from untouched import Fence
 
 ROUNDS, RACERS = 30, 4  # 120 publishes, 30 rounds of four at once
 
@@ -90,6 +91,7 @@ def test_two_score_jobs_for_one_date_publish_one_partition(digits_curated, tmp_p
     common = ["--config", "conf/digits.yaml", *sets(f"lake.root={cfg.lake.root}", "tracking.enabled=false"),
               "--date", CLEAN_DATE, "--model", "race-cnn@latest"]
     lock = LakeLayout.of(cfg).score_lock("race-cnn", CLEAN_DATE)
+    fence = Fence(cfg.lake.root)
     first = subprocess.Popen(submit_command("jobs/score.py", *common), cwd=ROOT, env=job_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -111,3 +113,4 @@ def test_two_score_jobs_for_one_date_publish_one_partition(digits_curated, tmp_p
     m = manifest.read(final)
     rows = pq.read_table(lake.local_path(final)).num_rows
     assert rows == m["output_count"] > 0 and not [n for n in lake.listdir(final) if n.startswith("dt=")]
+    fence.check(may_write=("predictions/race-cnn/",))  # the one partition; the lake's data as it was

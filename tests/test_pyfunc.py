@@ -13,6 +13,7 @@ from pipeline.core import lake
 from pipeline.core.config import load_config
 from pipeline.core.layout import LakeLayout
 from pipeline.ops import tracking
+from untouched import Fence
 
 
 def _candidate(cfg, name):
@@ -29,6 +30,7 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
     cfg, _ = cancer_curated
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", "train.model_name=cancer-pyfunc",
                                                   "train.epochs=3"])
+    fence = Fence(cfg.lake.root)
     result = train.run_local(cfg)
     assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
 
@@ -56,6 +58,9 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
     np.testing.assert_allclose(good["probability"].astype(float), scored["probability"], rtol=1e-5)
     bad = out[out["reason"].notna()]
     assert len(bad) and bad["prediction"].isna().all() and (bad["label_index"] == -1).all()
+    # The model, its MLflow store, the predictions and their quarantine; the data as it was.
+    fence.check(may_write=("models/cancer-pyfunc", "mlflow", "predictions/cancer-pyfunc",
+                           "quarantine/breast_cancer/score-"))
 
 
 def test_sequence_model_registers_as_the_network_on_prepared_windows(spark, tmp_path):

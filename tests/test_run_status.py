@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, job_env, sets
 from pipeline.core.config import load_config
 from pipeline.ops import tracking
+from untouched import Fence
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -52,10 +53,12 @@ def test_sigterm_sigkill_and_resume_leave_true_run_statuses(digits_curated):
     cfg, _ = digits_curated
     cfg = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}"])
     client = mlflow.MlflowClient(tracking.settings(cfg)["uri"])
+    fence = Fence(cfg.lake.root)
 
     # SIGTERM: the run ends KILLED, the job exits 143 with one line.
-    run, _, err = _kill_when_running(cfg, _train(cfg, model="term-cnn"), "term-cnn", signal.SIGTERM)
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    term = _train(cfg, model="term-cnn")
+    run, _, err = _kill_when_running(cfg, term, "term-cnn", signal.SIGTERM)
+    assert client.get_run(run.info.run_id).info.status == "KILLED" and term.returncode == 143
     said = [ln for ln in err.splitlines() if ln.startswith("train: ")]
     assert len(said) == 1 and said[0].startswith("train: terminated"), err[-2000:]
 
@@ -80,3 +83,5 @@ def test_sigterm_sigkill_and_resume_leave_true_run_statuses(digits_curated):
     gone = client.get_run(orphan.info.run_id)
     assert gone.info.status == "FAILED" and "died" in gone.data.tags.get("ended_by", ""), gone.data.tags
     assert [r.info.status for r in _runs(cfg, "orphan-cnn")] == ["FINISHED", "FAILED"]
+    # The three models and their MLflow store; nothing else in the lake or next to it.
+    fence.check(may_write=("models/term-cnn", "models/status-cnn", "models/orphan-cnn", "mlflow"))
