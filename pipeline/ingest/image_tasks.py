@@ -113,7 +113,7 @@ class _SplitWriter:
         self.file.close()
 
 
-def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, label_names: list[str],
+def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, split_uris: dict[str, str], label_names: list[str],
                  row_group_bytes: int, part: int | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_COLUMNS, writing the good images.
     With a ``content`` column instead of ``uri`` the images come in the frames (a table source).
@@ -144,7 +144,7 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
                 bad.append((split, None, MISSING_LABEL, f"no label for {id_}", path))
                 continue
             if split not in writers:
-                writers[split] = _SplitWriter(f"{out_uri}/{split}/part-{part:05d}.parquet", row_group_bytes,
+                writers[split] = _SplitWriter(f"{split_uris[split]}/part-{part:05d}.parquet", row_group_bytes,
                                               spec.channels, moments=split == "train")
             writers[split].add(id_, path, arr.tobytes(), index[label_name])
     rows = []
@@ -158,7 +158,7 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, out_uri: str, 
     yield tasks.to_spark(pd.DataFrame(rows, columns=RESULT_COLUMNS))
 
 
-def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out_uri: str, label_names: list[str],
+def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, split_uris: dict[str, str], label_names: list[str],
              row_group_bytes: int, quarantine_uri: str, step: str) -> Iterator[pd.DataFrame]:
     """mapInPandas body over task numbers (pipeline/tasks.py) -> TASK_DDL: each task reads its
     plan (``<plan_uri>/part-<task>.parquet``), runs write_splits over it and writes its bad
@@ -167,7 +167,7 @@ def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, out
     for t in tasks.each(frames):
         planned = tasks.read_plan(plan_uri, t)
         batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
-        yield _finish(write_splits(batches, spec, out_uri, label_names, row_group_bytes, part=t), t, quarantine_uri,
+        yield _finish(write_splits(batches, spec, split_uris, label_names, row_group_bytes, part=t), t, quarantine_uri,
                       step)
 
 
@@ -176,7 +176,7 @@ def content_ids(content: pd.Series) -> list[str]:
     return [hashlib.sha1(b if b is not None else b"").hexdigest()[:16] for b in content]
 
 
-def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: ImageSpec, out_uri: str,
+def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: ImageSpec, split_uris: dict[str, str],
                    label_names: list[str], row_group_bytes: int, quarantine_uri: str, step: str
                    ) -> Iterator[pd.DataFrame]:
     """mapInPandas body over a table's (content, label_name) rows -> TASK_DDL, as run_task; the
@@ -187,7 +187,7 @@ def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: Image
             yield pd.DataFrame({"content": pdf["content"], "path": ids, "id": ids, "label_name": pdf["label_name"],
                                 "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
     part = tasks.partition()
-    yield _finish(write_splits(planned(), spec, out_uri, label_names, row_group_bytes, part=part), part,
+    yield _finish(write_splits(planned(), spec, split_uris, label_names, row_group_bytes, part=part), part,
                   quarantine_uri, step)
 
 

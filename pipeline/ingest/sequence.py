@@ -223,7 +223,7 @@ def _bad(df: DataFrame) -> DataFrame:
     return df.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
 
 
-def preprocess(spark: SparkSession, cfg: Config, source: str, out: str, quarantine_uri: str):
+def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[str, str], quarantine_uri: str):
     """preprocess.run's sequence step: (stats, label_names, fitted, schema) as for the other kinds."""
     seq, split = cfg.dataset.sequence, cfg.preprocess.split
     validated = validate(read(spark, seq, source), seq).persist()
@@ -262,7 +262,7 @@ def preprocess(spark: SparkSession, cfg: Config, source: str, out: str, quaranti
                 (wins.filter(F.col("split") == s).drop("split")
                  .repartition(cfg.preprocess.files_per_split)
                  .write.option("parquet.block.size", cfg.preprocess.row_group_mb * 1024 * 1024)
-                 .mode("overwrite").parquet(lake.spark_path(f"{out}/{s}")))
+                 .mode("overwrite").parquet(lake.spark_path(split_uris[s])))
         finally:
             wins.unpersist()
         series_count = len(steps)

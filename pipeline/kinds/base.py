@@ -51,6 +51,10 @@ class Target:
     def split(self, name: str) -> str:
         return self.layout.curated_split(self.dataset, self.version, name)
 
+    def splits(self) -> dict[str, str]:
+        """Each split's directory, for the tasks that write them."""
+        return {s: self.split(s) for s in SPLITS}
+
 
 @dataclass
 class Curated:
@@ -66,12 +70,16 @@ class Curated:
     schema: dict[str, str]
     # What the run accepted but a user should hear about: {code, column, detail} each.
     warnings: list[dict[str, str]] = field(default_factory=list)
+    # The train split's distribution of each feature and of the labels, for drift at scoring
+    # (pipeline/core/drift.py); None where the kind computes none.
+    drift_reference: dict[str, Any] | None = None
 
 
 @dataclass
 class Scored:
     """A kind's scored rows: ``key``, ``columns``, ``reason``, ``detail``, ``source`` (and ``used``,
-    the input rows behind each output row, where outputs are not one per input row)."""
+    the input rows behind each output row, where outputs are not one per input row; and
+    ``_drift``, pipeline/core/drift.py's VALUES, where the kind gives its dataset a drift reference)."""
     frame: DataFrame
     key: str                # the key column's name in the predictions
     columns: list[str]      # the prediction columns

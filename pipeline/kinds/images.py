@@ -47,7 +47,7 @@ class Images(Kind):
         ds = cfg.dataset
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         quarantine_uri = target.quarantine
-        common: dict[str, Any] = dict(spec=ImageSpec.from_conf(ds.image), out_uri=target.uri, quarantine_uri=quarantine_uri,
+        common: dict[str, Any] = dict(spec=ImageSpec.from_conf(ds.image), split_uris=target.splits(), quarantine_uri=quarantine_uri,
                       row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, step="preprocess.validate")
         if sources.kind(source) != "path":  # a table or query with a binary content column
             df = image_table(spark, source, cfg)

@@ -39,7 +39,7 @@ class Sequence(Kind):
     def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
         from pipeline.ingest import sequence
 
-        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, target.uri, target.quarantine)
+        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, target.splits(), target.quarantine)
         return Curated(input_count=stats["input_count"], output_count=stats["output_count"],
                        by_reason=stats["by_reason"], split_counts=stats["split_counts"],
                        split_class_counts=stats["split_class_counts"], label_names=label_names, fitted=fitted,
