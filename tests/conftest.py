@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+# With pytest-xdist (scripts/test.sh runs two workers), the tests that share one of these
+# expensive fixtures run on the same worker, so each is built once per session, not per worker.
+SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = next((f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())), None)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
@@ -187,7 +199,7 @@ def wine_pipeline(tmp_path_factory):
     """The wine table (no id column) through the jobs with a persistent catalog (Spark's Hive
     support, a Derby metastore and warehouse in a temporary directory): spark-sql writes the raw
     CSVs as catalog tables; preprocess reads one, train fits the MLP (the only wine model of the
-    session: test_formats_e2e scores with it too), score reads a query for the date, copies
+    session: test_formats scores with it too), score reads a query for the date, copies
     business keys into the predictions and writes a catalog table. The prediction partition is
     read here, since other scoring runs for the date replace it."""
     import pyarrow.parquet as pq
