@@ -18,7 +18,7 @@ from pipeline.core.config import load_config
 from pipeline.core.layout import LakeLayout
 from untouched import Fence
 
-ROUNDS, RACERS = 30, 4  # 120 publishes, 30 rounds of four at once
+ROUNDS, RACERS = 120, 4  # 480 publishes, 120 rounds of four at once
 
 
 def _racer(k: int, root: str, barrier, errors) -> None:
