@@ -161,7 +161,7 @@ class AugmentConf:
 @dataclass
 class TrainConf:
     model_name: str = "digits-cnn"
-    # cnn, resnet, mlp, lstm, gru, torchvision:<name> or module.path:factory (a callable given
+    # cnn, resnet, resnet18, mlp, lstm, gru, torchvision:<name> or module.path:factory (a callable given
     # the model spec that returns an nn.Module; ship the module with --py-files).
     arch: str = "cnn"
     num_proc: int = 2
@@ -451,7 +451,7 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
 
 
-BUILT_IN_ARCHS = ("cnn", "resnet", "mlp", "lstm", "gru")
+BUILT_IN_ARCHS = ("cnn", "resnet", "resnet18", "mlp", "lstm", "gru")
 
 
 def _check_task(cfg: Config) -> None:

@@ -28,7 +28,7 @@ def sort_labels(names: list[str]) -> list[str]:
 
 class Images(Kind):
     name = "images"
-    archs = ("cnn", "resnet")
+    archs = ("cnn", "resnet", "resnet18")
     takes_torchvision = True
     augmentable = True
 

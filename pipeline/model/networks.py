@@ -7,21 +7,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.model.spec import ModelSpec
+from pipeline.model.spec import CNN_HEADS, ModelSpec
 
 
 class ConvNet(nn.Module):
-    """The classic MNIST network (conv, conv, pool, dropout, dense, dropout, dense), sized by input."""
+    """The classic MNIST network (conv, conv, pool, dropout, dense, dropout, dense).
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int):
+    ``head="pool"`` (every spec built today): the feature maps are average-pooled to a fixed
+    4x4 grid before the dense layers, so the network's size does not depend on the input's:
+    about 150k parameters at any size, and for 8x8 input (4x4 after the max-pool) exactly the
+    classic network. ``head="flatten"``: the dense layers take the flattened feature maps, sized
+    by the input (about 100M parameters at 224x224), as artifacts written before the pooled head
+    have it. Both have the same module names, so a state dict of one fits the other where the
+    shapes agree."""
+
+    POOLED = 4  # the side of the grid the pooled head sees
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, head: str = "pool"):
         super().__init__()
+        if head not in CNN_HEADS:
+            raise ValueError(f"cnn head {head!r}: use one of {list(CNN_HEADS)}")
+        pooled = head == "pool"
         self.features = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),
+            *([nn.AdaptiveAvgPool2d(self.POOLED)] if pooled else []), nn.Flatten(),
         )
+        cells = self.POOLED * self.POOLED if pooled else (height // 2) * (width // 2)
         self.head = nn.Sequential(
-            nn.Linear(64 * (height // 2) * (width // 2), 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(64 * cells, 128), nn.ReLU(), nn.Dropout(0.5),
             nn.Linear(128, num_classes),
         )
 
@@ -53,6 +68,66 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with batch norm, added to the input (through a
+    1x1 convolution and batch norm, ``downsample``, where the stride or the width changes)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 as torchvision lays it out: a 7x7/2 convolution, batch norm, ReLU and a 3x3/2
+    max-pool, four stages of two basic blocks (64, 128, 256, 512 channels; the last three start
+    with stride 2), global average pooling and a linear layer. The modules have torchvision's
+    names (conv1, bn1, layer1.0.conv1, ..., layer2.0.downsample.0, fc), so a state dict of
+    torchvision's resnet18 loads into it (with 3 channels and its number of classes). About
+    11.7M parameters and 1.8 GMAC per 224x224 image; any input size works."""
+
+    def __init__(self, channels: int, num_classes: int, blocks_per_stage: int = 2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._stage(64, 64, 1, blocks_per_stage)
+        self.layer2 = self._stage(64, 128, 2, blocks_per_stage)
+        self.layer3 = self._stage(128, 256, 2, blocks_per_stage)
+        self.layer4 = self._stage(256, 512, 2, blocks_per_stage)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _stage(inplanes: int, planes: int, stride: int, blocks: int) -> nn.Sequential:
+        return nn.Sequential(BasicBlock(inplanes, planes, stride), *(BasicBlock(planes, planes) for _ in range(blocks - 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 class MLP(nn.Module):
@@ -163,10 +238,12 @@ def build_model(spec: ModelSpec) -> nn.Module:
     arch, shape, n = spec.arch, spec.input_shape, spec.num_classes
     if arch == "cnn":
         channels, height, width = shape
-        return ConvNet(channels, height, width, n)
+        return ConvNet(channels, height, width, n, head=spec.head or "flatten")  # no head: an older artifact
     if arch == "resnet":
         channels, height, width = shape
         return ResNet(channels, height, width, n)
+    if arch == "resnet18":
+        return ResNet18(shape[0], n)
     if arch == "mlp":
         return MLP(_size(shape), n)
     if arch in ("lstm", "gru"):
@@ -179,7 +256,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise ValueError(f"train.arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    raise ValueError(f"unknown train.arch {arch!r}; use cnn, resnet, mlp, lstm, gru, torchvision:<name> "
+    raise ValueError(f"unknown train.arch {arch!r}; use cnn, resnet, resnet18, mlp, lstm, gru, torchvision:<name> "
                      f"or module.path:factory")
 
 

@@ -232,4 +232,5 @@ def model_spec(train: Any, kind: Any, shape: list[int], objective) -> ModelSpec:
         factory = factory_version(arch)
     return ModelSpec(arch=arch, input_shape=list(shape), num_classes=objective.output_size(), task=objective.name,
                      hidden=list(train.hidden) if recurrent else None,
-                     predict_change=bool(train.predict_change) if recurrent else False, factory=factory)
+                     predict_change=bool(train.predict_change) if recurrent else False, factory=factory,
+                     head="pool" if arch == "cnn" else None)

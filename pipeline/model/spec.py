@@ -8,16 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+CNN_HEADS = ("pool", "flatten")  # cnn: pooled to a fixed grid (specs built today), or sized by the input
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: str                    # cnn, resnet, mlp, lstm, gru, torchvision:<name> or module.path:factory
+    arch: str                    # cnn, resnet, resnet18, mlp, lstm, gru, torchvision:<name> or module.path:factory
     input_shape: list[int]       # [C, H, W], [F] or [window, F]
     num_classes: int             # the size of the output head
     task: str | None = None      # the ML task (objectives); absent in artifacts older than tasks
     hidden: list[int] | None = None   # recurrent layer sizes (lstm, gru)
     predict_change: bool = False      # recurrent: predict the change from the last value
     factory: dict[str, Any] | None = None  # a user factory: its path, version and source hash
+    head: str | None = None      # cnn: "pool" in specs built today; absent (None) in older artifacts,
+                                 # whose cnn has the "flatten" head sized by the input
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
@@ -34,4 +38,6 @@ class ModelSpec:
             d.update(hidden=list(self.hidden), predict_change=self.predict_change)
         if self.factory is not None:
             d["factory"] = self.factory
+        if self.head is not None:
+            d["head"] = self.head
         return d
