@@ -67,6 +67,7 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
         label_names=c.label_names,
         schema=c.schema,
         warnings=warnings,
+        drift_reference=c.drift_reference,
         **kind.manifest_fields(cfg),
         **c.fitted,
         **job.fields(),

@@ -9,6 +9,7 @@ with its manifest under ``_staging/`` first, then swapped in.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,14 +18,16 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import kinds
-from pipeline.core import lake, locks, manifest, quarantine
+from pipeline.core import drift, lake, locks, manifest, quarantine
 from pipeline.core.config import Config
 from pipeline.core.layout import LakeLayout
 from pipeline.ingest import sources
+from pipeline.kinds import drift as spark_drift
+from pipeline.kinds import predict
 from pipeline.model import artifact
 from pipeline.ops import tracking
 from pipeline.ops.registry import resolve_ref
-from pipeline.spark.cli import NoInput
+from pipeline.spark.cli import Drifted, NoInput
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
          .coalesce(max(1, min(8, written // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
+        report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()))
     except BaseException:
         job.fail()
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
@@ -106,6 +110,7 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
         model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"],
                "registry": registry},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+        drift=report, warnings=warnings,
         **job.fields(),
         **({"forecast_rows": written} if s.counts_used else {}),
     )
@@ -114,9 +119,48 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
     lake.remove(job_dir)
     if cfg.score.output_table:
         write_table(spark, final, cfg.score.output_table, score_date)
-    job.finish(m)
+    for w in warnings:
+        log.warning("score %s: %s: %s", name, w["code"], w["detail"])
+    if report is not None:
+        log.warning("drift (PSI against the train split), the features that moved most: %s; predictions: %s",
+                    ", ".join(f"{c} {v:.4f}" for c, v in drift.most_moved(report)), report["prediction"])
+        job.tracker.set_tags({"drift": str(bool(report["failed"])).lower()})
+    job.finish(m, _drift_metrics(report))
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
+    if report is not None and report["failed"]:
+        moved = ", ".join(f"{c} ({report['features'][c]:.3f})" for c in report["failed"])
+        raise Drifted(f"PSI above score.drift.fail_above={cfg.score.drift.fail_above} for {moved}; the predictions "
+                      f"are published at {final}. Check the input of {score_date} against the train split, or retrain "
+                      f"on newer data (README: Drift)", m)
     return m
+
+
+def _drift(cfg: Config, spec: dict[str, Any], good) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """(the manifest's ``drift`` entry, warnings): each feature's PSI against the train split's
+    reference in the model's dataset version, or None and a warning where there is none."""
+    ds = spec["dataset"]
+    try:
+        reference = manifest.read(ds["uri"]).get("drift_reference")
+    except FileNotFoundError:
+        reference = None
+    if reference is None or drift.VALUES not in good.columns:
+        return None, [{"code": "no_drift_reference", "column": "",
+                       "detail": f"dataset version {ds['version']} has no drift reference (preprocessed by an "
+                                 f"older version, or its kind computes none): drift is not computed; "
+                                 f"preprocess again and retrain to get one"}]
+    counts, prediction = spark_drift.scored_counts(good, reference,
+                                                   F.col(predict.DRIFT_COLUMN[predict.task_name(spec)]))
+    return drift.report(reference, counts, prediction, cfg.score.drift.fail_above), []
+
+
+def _drift_metrics(report: dict[str, Any] | None) -> dict[str, float]:
+    """MLflow metrics drift_psi_<feature> (the name cleaned to MLflow's characters) and drift_psi_prediction."""
+    if report is None:
+        return {}
+    out = {f"drift_psi_{re.sub(r'[^A-Za-z0-9_.-]', '_', c)}": v for c, v in report["features"].items()}
+    if report["prediction"] is not None:
+        out["drift_psi_prediction"] = report["prediction"]
+    return out
 
 
 def write_table(spark: SparkSession, partition: str, table: str, score_date: str) -> None:

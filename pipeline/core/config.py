@@ -208,6 +208,15 @@ class TrainConf:
 
 
 @dataclass
+class DriftConf:
+    # A feature whose PSI against the train split is above this fails the score job (exit 4) after
+    # its predictions are published; 0 = report only.
+    fail_above: float = 0.0
+    # Quantile bins of each numeric feature's reference (preprocess: the train split's deciles for 10).
+    bins: int = 10
+
+
+@dataclass
 class ScoreConf:
     # NAME@RUN_ID or NAME@latest (the lake), NAME@ALIAS or models:/NAME@ALIAS (the MLflow registry).
     model: str = "digits-cnn@latest"
@@ -216,6 +225,8 @@ class ScoreConf:
     passthrough: list[str] = field(default_factory=list)
     # Also write predictions to this catalog table (db.name), partitioned by dt; "" = no table.
     output_table: str = ""
+    # Drift of the scored data against the train split (the README's Drift section).
+    drift: DriftConf = field(default_factory=DriftConf)
 
 
 @dataclass
@@ -426,6 +437,10 @@ def _check(cfg: Config) -> None:
                    ("dataset.image.width", cfg.dataset.image.width)]:
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
+    if not cfg.score.drift.fail_above >= 0:  # NaN too
+        raise ConfigError(f"score.drift.fail_above must be >= 0 (0 = report only), got {cfg.score.drift.fail_above}")
+    if cfg.score.drift.bins < 2:
+        raise ConfigError(f"score.drift.bins must be >= 2, got {cfg.score.drift.bins}")
     if not 0 <= cfg.preprocess.max_bad_fraction <= 1:
         raise ConfigError(f"preprocess.max_bad_fraction must be in [0, 1], got {cfg.preprocess.max_bad_fraction}")
     _check_names(cfg)

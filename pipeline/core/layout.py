@@ -170,11 +170,11 @@ class LakeLayout:
         return f"{self.curated_version(dataset, version)}/{STAGING}"
 
     def preprocess_plan(self, dataset: str, version: str, step: str) -> str:
-        """curated/<dataset>/v=<run id>/_staging/_plan (step 'stage'), _keys (step 'keys') or _write
-        (step 'write')."""
-        sub = {"stage": "_plan", "keys": "_keys", "write": "_write"}.get(step)
+        """curated/<dataset>/v=<run id>/_staging/_plan (step 'stage'), _keys (step 'keys'), _write
+        (step 'write') or _drift (step 'drift')."""
+        sub = {"stage": "_plan", "keys": "_keys", "write": "_write", "drift": "_drift"}.get(step)
         if sub is None:
-            raise InvalidValue(step, "preprocess plan step", "expected 'stage', 'keys' or 'write'")
+            raise InvalidValue(step, "preprocess plan step", "expected 'stage', 'keys', 'write' or 'drift'")
         return f"{self.curated_staging(dataset, version)}/{sub}"
 
     # --- quarantine -----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipeline.core import lake, quarantine, splits
+from pipeline.core import drift, lake, quarantine, splits
 from pipeline.ingest import sources, tabular
 from pipeline.spark import tasks
 from pipeline.spark.cli import InputError
@@ -55,7 +55,8 @@ ENCODE_ROWS = 65_536  # rows encoded at once: a dense float32 matrix of rows x f
 # reader: monotonically_increasing_id), a hash of its values.
 FILE, POS, HASH = "_file", "_pos", "_hash"
 KEYS_DDL = f"id string, {HASH} long, {FILE} string, {POS} long, part int, batch int, row int"
-CARRY_DDL = f"{HASH} long, {FILE} string, {POS} long"  # what scoring carries next to its predictions
+# What scoring carries next to its predictions (VALUES: each row's features for drift, ``drift_values``).
+CARRY_DDL = f"{HASH} long, {FILE} string, {POS} long, {drift.VALUES} array<double>"
 DUPLICATE = "_duplicate"
 
 
@@ -391,10 +392,30 @@ def _records(b: pa.RecordBatch, tab: TabularConf) -> tabular.Records:
         reason=none, detail=none, source=none)
 
 
+def train_numbers_ddl(tab: TabularConf, regression: bool) -> str:
+    """``staged_train``'s columns: f<i> for the i-th numeric column, then a numeric label."""
+    return ", ".join([f"f{i} double" for i in range(len(tab.numeric))] + (["label double"] if regression else []))
+
+
+def staged_train(frames: Iterator[pd.DataFrame], staging_uri: str, plan_uri: str, tab: TabularConf,
+                 regression: bool) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over task numbers -> ``train_numbers_ddl``: the numeric columns (and a
+    numeric label) of the train split's staged rows, NaN where missing; task t reads the staging
+    part its plan names. Preprocess computes the drift reference from them."""
+    for t in tasks.each(frames):
+        part = int(tasks.read_plan(plan_uri, t)["part"].iloc[0])
+        for _, batch in _staged_batches(staging_uri, part):
+            train = batch.filter(pc.equal(batch.column("split"), 0))
+            cols = {f"f{i}": train.column(c).to_numpy(zero_copy_only=False) for i, c in enumerate(tab.numeric)}
+            if regression:
+                cols["label"] = train.column("label").to_numpy(zero_copy_only=False)
+            yield pd.DataFrame(cols)
+
+
 # --- preprocess, job 2 ------------------------------------------------------------------------
 
 def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict[str, Any], label_names: list[str],
-                  staging_uri: str, plan_uri: str, out_uri: str, row_group_bytes: int,
+                  staging_uri: str, plan_uri: str, split_uris: dict[str, str], row_group_bytes: int,
                   regression: bool = False) -> Iterator[pd.DataFrame]:
     """mapInPandas body over task numbers -> WRITE_DDL: encodes the staged batches ``deal`` gave
     the task and writes ``<out>/<split>/part-<task>.parquet``."""
@@ -410,7 +431,7 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
             for s in np.unique(which):
                 sel = np.flatnonzero(which == s)
                 if s not in writers:
-                    writers[s] = lake.ParquetPart(f"{out_uri}/{splits.NAMES[s]}/part-{t:05d}.parquet", schema,
+                    writers[s] = lake.ParquetPart(f"{split_uris[splits.NAMES[s]]}/part-{t:05d}.parquet", schema,
                                                   row_group_bytes, tasks.attempt())
                 writers[s].write(pa.table({"id": batch.column("id").take(pa.array(sel)),
                                            "features": tabular.features_array(x[sel]),
@@ -434,13 +455,29 @@ def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]
             x = tabular.encode(r.take(ok), tab, params)
             for j, i in enumerate(ok):
                 features[i] = x[j]
+        values = np.full(len(r), None, dtype=object)
+        if len(ok):
+            for j, v in zip(ok, drift_values(r.take(ok), tab, params)):
+                values[j] = v
         hashes = np.zeros(len(r), np.int64)
         if len(ok) and tab.id_column:  # without one the id is the hash of the values already
             hashes[ok] = tabular.records_hash(r.take(ok))
         yield pd.DataFrame({"id": r.ids, "source": r.source, "reason": r.reason, "detail": r.detail,
                             "features": features, HASH: hashes,
                             FILE: r.extra[FILE].to_numpy(zero_copy_only=False),
-                            POS: pc.fill_null(r.extra[POS], -1).to_numpy(zero_copy_only=False)}), r
+                            POS: pc.fill_null(r.extra[POS], -1).to_numpy(zero_copy_only=False),
+                            drift.VALUES: values}), r
+
+
+def drift_values(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]) -> np.ndarray:
+    """Each record's features as the drift reference describes them (float64, one row each): the
+    numeric values as read (NaN where missing), then each categorical's index in the fitted
+    vocabulary (NaN for an unknown value or null)."""
+    cols = [rec.numeric[c] for c in tab.numeric]
+    for c in tab.categorical:
+        index = {v: float(i) for i, v in enumerate(params["categorical"][c])}
+        cols.append(pd.Series(rec.categorical[c], dtype=object).map(index).to_numpy(np.float64, na_value=np.nan))
+    return np.column_stack(cols) if cols else np.zeros((len(rec), 0))
 
 
 def score_records(frames: Iterable[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],

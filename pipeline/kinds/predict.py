@@ -15,6 +15,10 @@ PREDICTION_DDL = {"classification": "prediction string, label_index int, probabi
                   "regression": "prediction double"}
 
 
+# The column drift compares with the train split's labels: the class index, or the predicted value.
+DRIFT_COLUMN = {"classification": "label_index", "regression": "prediction"}
+
+
 def task_name(spec: dict[str, Any]) -> str:
     """The model's ML task (classification or regression) from its artifact spec."""
     return (spec.get("task") or {}).get("name", "classification")

@@ -7,8 +7,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.core import lake
+from pipeline.core import drift, lake
 from pipeline.core.config import ConfigError, TabularConf
 from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
@@ -88,12 +89,14 @@ class Tabular(Kind):
         params = tabular.merge_fits(fits, tab)
         tasks.write_plans(tabular_tasks.deal(results, n_tasks), target.plan("write"))
         write = partial(tabular_tasks.write_curated, tab=tab, params=params, label_names=label_names,
-                        staging_uri=staging, plan_uri=target.plan("write"), out_uri=target.uri,
+                        staging_uri=staging, plan_uri=target.plan("write"), split_uris=target.splits(),
                         row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, regression=regression)
         written = sum(r["n"] for r in
                       tasks.numbers(spark, n_tasks).mapInPandas(write, tabular_tasks.WRITE_DDL).collect())
         if written != output:
             raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
+        train_counts = {label: n for (s, label), n in split_class.items() if s == "train"}
+        reference = _drift_reference(spark, cfg, target, results, fits, params, label_names, train_counts)
         lake.remove(staging)
         return Curated(
             input_count=input_count, output_count=output, by_reason=by_reason,
@@ -104,7 +107,8 @@ class Tabular(Kind):
                     "features": f"array<float>[{params['num_features']}]"},
             warnings=[{"code": "all_null_feature", "column": c,
                        "detail": "no value in the train split: the model sees a constant"}
-                      for c in tabular.empty_features(fits, tab)])
+                      for c in tabular.empty_features(fits, tab)],
+            drift_reference=reference)
 
     # --- model -----------------------------------------------------------------------------------
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -129,7 +133,7 @@ class Tabular(Kind):
         passthrough = cfg.score.passthrough
         columns = predict.prediction_columns(spec)
         max_bytes = cfg.preprocess.max_category_bytes
-        carry = [tabular_tasks.HASH, tabular_tasks.FILE, tabular_tasks.POS]
+        carry = [tabular_tasks.HASH, tabular_tasks.FILE, tabular_tasks.POS, drift.VALUES]
         ddl = f"{predict.scored_ddl(spec)}, {tabular_tasks.CARRY_DDL}"
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files, passthrough):
@@ -205,6 +209,47 @@ class Tabular(Kind):
         for c in tab.numeric:
             pdf[c] = pd.to_numeric(pdf[c], errors="coerce")
         return pdf[[tab.id_column, *tab.numeric, *tab.categorical]]
+
+
+def _drift_reference(spark: SparkSession, cfg: Config, target: Target, results: list[dict[str, Any]],
+                     fits: list[dict[str, Any]], params: dict[str, Any], label_names: list[str],
+                     train_counts: dict[str, int]) -> dict[str, Any]:
+    """The train split's reference for drift (pipeline/core/drift.py), from the staged rows:
+    numerics by a Spark job over the staged train rows (``approxQuantile`` cut points, then the
+    rows per bin), categoricals and class labels from the counts the fit merged already."""
+    from pipeline.ingest import tabular_tasks
+    from pipeline.kinds import drift as spark_drift
+    from pipeline.spark import tasks
+
+    tab = cfg.dataset.tabular
+    regression = cfg.train.task == "regression"
+    numbers: dict[str, dict[str, Any]] = {}
+    parts = [r["part"] for r in results if r["batch_rows"]]
+    columns = {c: f"f{i}" for i, c in enumerate(tab.numeric)} | ({tab.label_column: "label"} if regression else {})
+    if parts and columns:
+        tasks.write_plans([pa.table({"part": pa.array([p], pa.int32())}) for p in parts], target.plan("drift"))
+        body = partial(tabular_tasks.staged_train, staging_uri=target.staging, plan_uri=target.plan("drift"),
+                       tab=tab, regression=regression)
+        df = tasks.numbers(spark, len(parts)).mapInPandas(body, tabular_tasks.train_numbers_ddl(tab, regression))
+        df = df.persist()
+        try:
+            numbers = spark_drift.numeric_references(df, columns, cfg.score.drift.bins)
+        finally:
+            df.unpersist()
+    features = {c: numbers.get(c) or drift.numeric_reference([], [0, 0]) for c in tab.numeric}
+    n_train = sum(train_counts.values())
+    for c in tab.categorical:
+        seen: dict[str, int] = {}
+        for p in fits:
+            for v, k in p["categorical"][c].items():
+                seen[v] = seen.get(v, 0) + k
+        counts = [seen.get(v, 0) for v in params["categorical"][c]]
+        features[c] = drift.categorical_reference(params["categorical"][c], [*counts, n_train - sum(counts)])
+    for i, ref in enumerate(features.values()):
+        ref["position"] = i  # in the scoring rows' values (tabular_tasks.drift_values): numerics, then categoricals
+    prediction = (numbers.get(tab.label_column) if regression else
+                  drift.categorical_reference(label_names, [*(train_counts.get(n, 0) for n in label_names), 0]))
+    return {"features": features, "prediction": prediction}
 
 
 def _prepare_encoded(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:

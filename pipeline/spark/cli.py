@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2  # invalid config, or a malformed argument (date, model reference, run id, name)
 EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
+EXIT_DRIFT = 4  # score: predictions published, but a feature drifted past score.drift.fail_above
 EXIT_BUSY = 5  # another job is writing the same output (pipeline.core.locks)
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), after cleaning up
 
@@ -31,6 +32,15 @@ def _terminate(signum, frame):
 
 class NoInput(RuntimeError):
     """Raised when a job finds no input to process (a scheduler may treat this as 'skip')."""
+
+
+class Drifted(RuntimeError):
+    """Raised after the predictions are published when a feature's PSI is above
+    score.drift.fail_above; ``manifest`` is the published score manifest."""
+
+    def __init__(self, message: str, manifest: dict[str, Any]):
+        super().__init__(message)
+        self.manifest = manifest
 
 
 class InputError(RuntimeError):
@@ -128,6 +138,9 @@ def run_job(job: str, description: str, body: Callable[[Any, Any, argparse.Names
     except NoInput as e:
         print(f"{job}: no input: {e}", file=sys.stderr)
         return EXIT_NO_INPUT
+    except Drifted as e:
+        print(f"{job}: drift: {e}", file=sys.stderr)
+        return EXIT_DRIFT
     except ConfigError as e:  # a check made once the job runs (a kind's own settings)
         print(f"{job}: invalid config: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG

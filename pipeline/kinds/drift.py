@@ -1,0 +1,110 @@
+"""Drift in Spark: the train split's reference at preprocess, the scored rows' bucket counts at
+score (pipeline/core/drift.py has the buckets and the PSI).
+
+Both count with Spark aggregations: each row's bucket per feature, then one ``groupBy`` over
+(feature, bucket), so what reaches the driver is features x buckets counts, never rows. Numeric
+cut points come from ``approxQuantile`` (relative error 1e-3: a tenth of a percent of the rows
+at most, well under a decile's share).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipeline.core import drift
+
+QUANTILE_ERROR = 1e-3
+
+
+def _missing(col: Column) -> Column:
+    return col.isNull() | F.isnan(col)
+
+
+def numeric_bucket(col: Column, edges: list[float]) -> Column:
+    """Bucket i for ``edges[i-1] < v <= edges[i]``, ``len(edges) + 1`` for a missing value."""
+    col = col.cast("double")
+    above = F.lit(0)
+    for e in edges:
+        above = above + (col > F.lit(e)).cast("int")
+    return F.when(_missing(col), len(edges) + 1).otherwise(above)
+
+
+def categorical_bucket(col: Column, size: int) -> Column:
+    """``col`` is the index into the vocabulary; anything else (null, out of range) is bucket ``size``."""
+    col = col.cast("double")
+    return F.when(_missing(col) | (col < 0) | (col >= size), size).otherwise(col.cast("int"))
+
+
+def bucket(col: Column, ref: dict[str, Any]) -> Column:
+    if ref["kind"] == "numeric":
+        return numeric_bucket(col, ref["edges"])
+    return categorical_bucket(col, len(ref["values"]))
+
+
+def count_buckets(df: DataFrame, buckets: dict[str, tuple[Column, int]]) -> dict[str, list[int]]:
+    """Rows per bucket of each named (bucket expression, number of buckets), in one aggregation
+    (a few columns: each expression is spelled out in the plan)."""
+    if not buckets:
+        return {}
+    names = list(buckets)
+    rows = (df.select(F.posexplode(F.array(*[b for b, _ in buckets.values()])).alias("feature", "bucket"))
+            .groupBy("feature", "bucket").count().collect())
+    out = {name: [0] * n for name, (_, n) in buckets.items()}
+    for r in rows:
+        out[names[r["feature"]]][r["bucket"]] += r["count"]
+    return out
+
+
+def count_values(df: DataFrame, values: Column, refs: list[dict[str, Any]]) -> list[list[int]]:
+    """Rows per bucket of each element of the array ``values`` against ``refs`` (the same order),
+    in one aggregation: the elements exploded with their position and joined to a small table of
+    the references, so the plan stays the same size however many features there are."""
+    if not refs:
+        return []
+    table = df.sparkSession.createDataFrame(
+        [(i, r["kind"] == "numeric", [float(e) for e in r.get("edges", [])], len(r.get("values", [])))
+         for i, r in enumerate(refs)], "feature int, numeric boolean, edges array<double>, size int")
+    v = F.col("v")
+    missing = v.isNull() | F.isnan(v)
+    b = F.when(F.col("numeric"), F.when(missing, F.size("edges") + 1)
+               .otherwise(F.size(F.filter("edges", lambda e: v > e))))
+    b = b.otherwise(F.when(missing | (v < 0) | (v >= F.col("size")), F.col("size")).otherwise(v.cast("int")))
+    rows = (df.select(F.posexplode(values.cast("array<double>")).alias("feature", "v"))
+            .join(F.broadcast(table), "feature").groupBy("feature", b.alias("bucket")).count().collect())
+    out = [[0] * (len(r["edges"]) + 2 if r["kind"] == "numeric" else len(r["values"]) + 1) for r in refs]
+    for r in rows:
+        out[r["feature"]][r["bucket"]] += r["count"]
+    return out
+
+
+def numeric_references(df: DataFrame, columns: dict[str, str], bins: int) -> dict[str, dict[str, Any]]:
+    """The reference of each numeric column of ``df`` (``columns``: feature name -> column of df):
+    ``bins`` quantile bins of the non-missing values plus a null bucket. Two passes over ``df``
+    (persist it first): the quantiles, then the counts."""
+    if not columns:
+        return {}
+    cols = list(columns.values())
+    clean = df.select(*[F.when(~_missing(F.col(c)), F.col(c)).alias(c) for c in cols])
+    quantiles = clean.approxQuantile(cols, [i / bins for i in range(1, bins)], QUANTILE_ERROR)
+    edges = [drift.merge_edges(q) for q in quantiles]
+    counts = count_values(df, F.array(*[F.col(c) for c in cols]), [{"kind": "numeric", "edges": e} for e in edges])
+    return {name: drift.numeric_reference(e, n) for name, e, n in zip(columns, edges, counts)}
+
+
+def scored_counts(df: DataFrame, reference: dict[str, Any], prediction: Column | None
+                  ) -> tuple[dict[str, list[int]], list[int] | None]:
+    """(the scored rows' counts per bucket of each reference feature, from ``df``'s ``VALUES``
+    column in the reference's order; those of the predictions, ``prediction`` being the class
+    index or the predicted value), as ``drift.report`` takes them, in one aggregation."""
+    # The manifest keeps its keys sorted: each feature names its place in the values.
+    features = dict(sorted(reference["features"].items(), key=lambda kv: kv[1]["position"]))
+    refs = list(features.values())
+    values = F.col(drift.VALUES).cast("array<double>")
+    pred = reference.get("prediction")
+    if pred and prediction is not None:
+        refs.append(pred)
+        values = F.concat(values, F.array(prediction.cast("double")))
+    counts = count_values(df, values, refs)
+    return dict(zip(features, counts)), counts[len(features)] if len(counts) > len(features) else None
