@@ -1,6 +1,7 @@
 """spark-submit jobs/score.py --config conf/digits.yaml --date YYYY-MM-DD [--model NAME@RUN_ID|NAME@latest|NAME@ALIAS]
 
-Exit codes: 0 success, 1 failure, 2 invalid config or argument, 3 no input for the date.
+Exit codes: 0 success, 1 failure, 2 invalid config or argument, 3 no input for the date,
+4 drift: predictions published, but a feature's PSI is above score.drift.fail_above.
 """
 import sys
 from datetime import date
