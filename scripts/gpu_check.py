@@ -14,6 +14,10 @@ numpy, pyarrow, PyYAML and fsspec installed. No Java, Spark, Horovod or Petastor
 3. Kills one run (SIGKILL to torchrun's process group) once its first checkpoint is written,
    resumes it with ``--resume``, and compares its per-epoch losses with the uninterrupted fp32 run.
 4. Loads the artifact with ``pipeline.model.artifact.load_model`` on the GPU and scores the test split.
+5. Times ``train.arch=resnet18`` (``pipeline.model.networks``) on 224x224 images in this process:
+   samples/s of forward, backward and an SGD step at batch 32 on the GPU in fp32, bf16 autocast
+   and fp16 autocast with a GradScaler, on random tensors already on the GPU (no input pipeline).
+   Without a GPU it runs one fp32 step at batch 2 on the CPU as a smoke test, and says so.
 
 It prints device placement, samples/s per precision against the CPU, and peak GPU memory, and
 fails (exit 1) if the ranks did not train on the GPU, if the scoring or the resumed training ran
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import re
 import runpy
@@ -51,7 +56,7 @@ SIDE = 8
 DEFAULT_FORBID = "pyspark,py4j,horovod,petastorm,sklearn,scipy,matplotlib,PIL,cv2,pandas"
 # aten ops that do the model's work: on a GPU run, any of these with a CPU tensor is a failure.
 HEAVY = re.compile(r"^(convolution|_convolution|conv\dd|cudnn_conv|mkldnn_conv|addmm|mm|bmm|matmul|linear|"
-                   r"max_pool|avg_pool|relu|threshold_backward|_log_softmax|_softmax|nll_loss|cross_entropy|"
+                   r"max_pool|avg_pool|_?adaptive_avg_pool|relu|threshold_backward|_log_softmax|_softmax|nll_loss|cross_entropy|"
                    r"native_batch_norm|native_dropout|_foreach_|_fused_(adam|sgd)|convolution_backward)")
 # in-place updates that are the optimizer's work when applied to a weight (2+ dimensions)
 UPDATES = {"add_", "mul_", "addcmul_", "addcdiv_", "lerp_", "sub_", "sqrt", "div"}
@@ -367,6 +372,70 @@ class Check:
         self.check_placement(f"scoring on {device}", tracker.report(), device)
 
 
+def resnet18_case(device: str, steps: int, check: Check) -> None:
+    """ResNet-18 at 224 px: on CUDA, samples/s of a training step (forward, backward, SGD) at batch
+    32 per precision; on the CPU one step at batch 2, a smoke test without timings."""
+    import torch
+
+    from pipeline.model.networks import build_model
+    from pipeline.model.spec import ModelSpec
+
+    cuda = device == "cuda"
+    batch, side, classes = (32, 224, 1000) if cuda else (2, 224, 1000)
+    spec = ModelSpec(arch="resnet18", input_shape=[3, side, side], num_classes=classes)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, side, side, generator=gen).to(device)
+    y = torch.randint(0, classes, (batch,), generator=gen).to(device)
+    precisions = [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)] if cuda else [("fp32", None)]
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels, as a long training run would
+    try:
+        for name, dtype in precisions:
+            torch.manual_seed(0)
+            model = build_model(spec).to(device).train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+
+            def step() -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                return loss.detach()
+
+            if not cuda:
+                t0 = time.perf_counter()
+                loss = float(step())
+                placed = {p.device.type for p in model.parameters()}
+                print(f"  cpu  {name} batch {batch}: one training step (forward, backward, SGD) in "
+                      f"{time.perf_counter() - t0:.2f} s, loss {loss:.3f}, parameters on {sorted(placed)}: "
+                      f"a smoke test only (no GPU), no samples/s measured")
+                if not math.isfinite(loss) or placed != {"cpu"}:
+                    check.fail(f"resnet18 smoke test on the CPU: loss {loss}, parameters on {placed}")
+                continue
+            for _ in range(5):  # warm-up: cuDNN autotuning, allocator
+                step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            losses = [step() for _ in range(steps)]
+            torch.cuda.synchronize()
+            took = time.perf_counter() - t0
+            last = float(losses[-1])
+            placed = {p.device.type for p in model.parameters()}
+            print(f"  cuda {name} batch {batch}: {batch * steps / took:10,.0f} samples/s "
+                  f"({took / steps * 1000:.1f} ms per step over {steps} steps), loss {float(losses[0]):.3f} -> "
+                  f"{last:.3f}, peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+            if not torch.isfinite(torch.stack(losses)).all() or placed != {"cuda"}:
+                check.fail(f"resnet18 {name} on the GPU: losses {[float(v) for v in losses]}, parameters on {placed}")
+            del model, opt
+            torch.cuda.empty_cache()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def lake_uri(path: str) -> str:
     return f"file://{Path(path).resolve()}"
 
@@ -380,6 +449,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--timeout", type=float, default=600, help="seconds for one torchrun")
+    p.add_argument("--resnet-steps", type=int, default=20, help="timed ResNet-18 training steps per precision (GPU)")
     p.add_argument("--forbid", default=DEFAULT_FORBID, help="comma-separated modules whose import must fail")
     p.add_argument("--rank-entry", metavar="REPORT", help=argparse.SUPPRESS)
     p.add_argument("--track", action="store_true", help=argparse.SUPPRESS)
@@ -423,6 +493,8 @@ def main() -> int:
         check.kill_and_resume(main_device, results[(main_device, "none")], args.epochs)
         print(f"scoring with the artifact ({main_device}):")
         check.score(main_device, f"{MODEL}-{main_device}-none")
+        print(f"ResNet-18, 224x224 images, random tensors on the {main_device}:")
+        resnet18_case(main_device, args.resnet_steps, check)
         print("samples/s per precision (median epoch after the first):")
         for (device, precision), r in results.items():
             base = results[("cpu", precision if precision != "fp16" else "none")]
