@@ -15,16 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-# With pytest-xdist (scripts/test.sh runs two workers), the tests that share one of these
-# expensive fixtures run on the same worker, so each is built once per session, not per worker.
+# With pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup), the tests that share
+# one of these expensive session fixtures run on the same worker, and so do the tests of one
+# file (its module fixtures), so each is built once per session, not once per worker.
 SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         shared = next((f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())), None)
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared))
+        item.add_marker(pytest.mark.xdist_group(shared or item.path.name))
 
 
 @pytest.fixture(scope="session")
