@@ -21,10 +21,20 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
     for item in items:
-        shared = next((f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())), None)
-        item.add_marker(pytest.mark.xdist_group(shared or item.path.name))
+        group = next((f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())), None) or item.path.name
+        # xdist 3.8 groups by an "@group" suffix of the node id, which it writes to Item._nodeid;
+        # pytest 9.2 keeps the id in Item._id, so the suffix is written there.
+        if isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
+        else:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

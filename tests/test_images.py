@@ -90,7 +90,8 @@ def test_write_splits_writes_good_images_and_returns_counts_sums_and_bad_rows(tm
     plan = pd.DataFrame({"uri": [f"file://{src}/{n}" for n in files], "path": [f"file:{src}/{n}" for n in files],
                          "id": list(files), "label_name": ["x", "x", "y", None],
                          "split": ["train", "train", "train", "val"]})
-    out = pd.concat(list(write_splits(iter([plan]), GRAY, f"file://{tmp_path}/out", ["x", "y"], 1 << 20, part=3)))
+    out = pd.concat(list(write_splits(iter([plan]), GRAY, {s: f"file://{tmp_path}/out/{s}" for s in ("train", "val", "test")},
+                                     ["x", "y"], 1 << 20, part=3)))
 
     bad = out[out["reason"].notna()].set_index("source")
     assert bad.loc[f"file:{src}/b.png", "reason"] == images.EMPTY_FILE

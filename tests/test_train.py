@@ -151,8 +151,8 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path
     try:
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None:
-            cks = [f for f in os.listdir(ck_dir) for f in os.listdir(f"{ck_dir}/{f}/checkpoints")] \
-                if os.path.isdir(ck_dir) and any(os.path.isdir(f"{ck_dir}/{d}/checkpoints") for d in os.listdir(ck_dir)) else []
+            runs = [f"{ck_dir}/{d}/checkpoints" for d in (os.listdir(ck_dir) if os.path.isdir(ck_dir) else [])]
+            cks = [f for r in runs if os.path.isdir(r) for f in os.listdir(r)]  # not _locks/
             if "epoch=0001.pt" in cks:
                 ranks = [c for c in psutil.Process(p.pid).children(recursive=True)
                          if "jobs/train.py" in " ".join(c.cmdline()) and c.name().startswith("python")]
