@@ -33,6 +33,8 @@ from pipeline.core.config import load_config
 
 pytestmark = pytest.mark.cluster
 DATE = "2026-01-15"
+# Its own name on the session's MLflow server, which other tests register digits-cnn on.
+MODEL = "cluster-cnn"
 DRIVER_PREFIX = Path(sys.prefix)  # the driver's virtualenv: executors must never use it
 JOB_TIMEOUT_S = 600
 
@@ -248,7 +250,8 @@ def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
         pytest.skip("the executor watch reads /proc (Linux only)")
     root = tmp_path_factory.mktemp("lake")
     # the executors get nothing but the tracking URI (docs/cluster.md, "MLflow tracking on a cluster")
-    conf = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", f"tracking.uri={mlflow_server}"]
+    conf = ["--config", "conf/digits.yaml", "--set", f"lake.root={root}", "--set", f"tracking.uri={mlflow_server}",
+            "--set", f"train.model_name={MODEL}", "--set", f"score.model={MODEL}@latest"]
     write_sample("conf/digits.yaml", root, DATE)
     spark_args = [
         "--py-files", str(packaged["zip"].relative_to(ROOT)),
@@ -276,7 +279,7 @@ def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
     print("cluster: wall time " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f" (packaging {packaged['seconds']:.0f} s)")
     out["seconds"] = seconds
-    out["cfg"] = load_config("conf/digits.yaml", [f"lake.root={root}"])
+    out["cfg"] = load_config("conf/digits.yaml", [f"lake.root={root}", f"train.model_name={MODEL}"])
     out["tracking_uri"] = mlflow_server
     return out
 
@@ -299,14 +302,14 @@ def test_training_on_two_executors_reaches_accuracy(cluster_run):
     epoch_lines = [ln for ln in out.splitlines() if " train: epoch " in ln]
     assert len(epoch_lines) == cluster_run["cfg"].train.epochs and all(ln.startswith("[0]") for ln in epoch_lines)
     cfg = cluster_run["cfg"]
-    d = cfg.uri("models", "digits-cnn", lake.get_latest(cfg.uri("models", "digits-cnn")))
+    d = cfg.uri("models", MODEL, lake.get_latest(cfg.uri("models", MODEL)))
     metrics = lake.read_json(f"{d}/metrics.json")
     assert metrics["test_accuracy"] >= 0.95 and metrics["world_size"] == 2
 
 
 def test_one_prediction_per_held_out_file(cluster_run):
     cfg = cluster_run["cfg"]
-    part = cfg.uri("predictions", "digits-cnn", f"dt={DATE}")
+    part = cfg.uri("predictions", MODEL, f"dt={DATE}")
     t = pq.read_table(lake.local_path(part)).to_pandas()
     incoming = lake.listdir(cfg.resolve(cfg.dataset.score_source) + f"/dt={DATE}")
     assert len(incoming) == 179
@@ -375,11 +378,11 @@ def test_rank_0_on_an_executor_logs_to_the_tracking_server(cluster_run):
 
     cfg = cluster_run["cfg"]
     c = MlflowClient(tracking_uri=cluster_run["tracking_uri"])
-    d = cfg.uri("models", "digits-cnn", lake.get_latest(cfg.uri("models", "digits-cnn")))
+    d = cfg.uri("models", MODEL, lake.get_latest(cfg.uri("models", MODEL)))
     train = manifest.read(d)
     assert train["metrics"]["epochs_tracked"] is True, "rank 0 did not log its epochs to the server"
     losses = c.get_metric_history(train["mlflow_run_id"], "train_loss")
     assert [m.step for m in losses] == list(range(cfg.train.epochs))
-    assert c.get_model_version_by_alias("digits-cnn", "candidate").run_id == train["mlflow_run_id"]
-    score = manifest.read(cfg.uri("predictions", "digits-cnn", f"dt={DATE}"))
+    assert c.get_model_version_by_alias(MODEL, "candidate").run_id == train["mlflow_run_id"]
+    score = manifest.read(cfg.uri("predictions", MODEL, f"dt={DATE}"))
     assert c.get_run(score["mlflow_run_id"]).data.metrics["output_count"] == 179
