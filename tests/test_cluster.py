@@ -377,7 +377,7 @@ def test_rank_0_on_an_executor_logs_to_the_tracking_server(cluster_run):
     from mlflow import MlflowClient
 
     cfg = cluster_run["cfg"]
-    c = MlflowClient(tracking_uri=cluster_run["tracking_uri"])
+    c = MlflowClient(tracking_uri=cluster_run["tracking_uri"], registry_uri=cluster_run["tracking_uri"])
     d = cfg.uri("models", MODEL, lake.get_latest(cfg.uri("models", MODEL)))
     train = manifest.read(d)
     assert train["metrics"]["epochs_tracked"] is True, "rank 0 did not log its epochs to the server"
