@@ -97,14 +97,13 @@ def test_buckets_in_spark_match_the_reference_rules(spark):
     from pipeline.kinds import drift as spark_drift
 
     df = spark.createDataFrame([(0.5,), (1.0,), (1.5,), (2.0,), (3.0,), (None,), (float("nan"),)], "v double")
-    counts = spark_drift.count_buckets(df, {"v": (spark_drift.numeric_bucket(F.col("v"), [1.0, 2.0]), 4)})
-    assert counts == {"v": [2, 2, 1, 2]}
-    cats = spark.createDataFrame([(0.0,), (1.0,), (1.0,), (None,), (7.0,)], "c double")
-    assert spark_drift.count_buckets(cats, {"c": (spark_drift.categorical_bucket(F.col("c"), 2), 3)}) == \
-        {"c": [1, 2, 2]}
-    both = df.select(F.array("v", F.lit(1.0)).alias("a"))  # the same rows as one array column per row
-    refs = [{"kind": "numeric", "edges": [1.0, 2.0]}, {"kind": "categorical", "values": ["x", "y"]}]
-    assert spark_drift.count_values(both, F.col("a"), refs) == [[2, 2, 1, 2], [0, 7, 0]]
+    numeric = {"kind": "numeric", "edges": [1.0, 2.0]}  # buckets (, 1], (1, 2], (2, ), missing
+    assert spark_drift.count_values(df, F.array("v"), [numeric]) == [[2, 2, 1, 2]]
+    cats = spark.createDataFrame([(0.0,), (1.0,), (1.0,), (None,), (7.0,)], "c double")  # vocabulary indexes
+    categorical = {"kind": "categorical", "values": ["x", "y"]}  # x, y, unknown (null, out of range)
+    assert spark_drift.count_values(cats, F.array("c"), [categorical]) == [[1, 2, 2]]
+    both = df.select(F.array("v", F.lit(1.0)).alias("a"))  # two features per row, in the references' order
+    assert spark_drift.count_values(both, F.col("a"), [numeric, categorical]) == [[2, 2, 1, 2], [0, 7, 0]]
 
 
 def test_preprocess_stores_the_train_split_reference(digits_table, spark):

@@ -22,41 +22,6 @@ def _missing(col: Column) -> Column:
     return col.isNull() | F.isnan(col)
 
 
-def numeric_bucket(col: Column, edges: list[float]) -> Column:
-    """Bucket i for ``edges[i-1] < v <= edges[i]``, ``len(edges) + 1`` for a missing value."""
-    col = col.cast("double")
-    above = F.lit(0)
-    for e in edges:
-        above = above + (col > F.lit(e)).cast("int")
-    return F.when(_missing(col), len(edges) + 1).otherwise(above)
-
-
-def categorical_bucket(col: Column, size: int) -> Column:
-    """``col`` is the index into the vocabulary; anything else (null, out of range) is bucket ``size``."""
-    col = col.cast("double")
-    return F.when(_missing(col) | (col < 0) | (col >= size), size).otherwise(col.cast("int"))
-
-
-def bucket(col: Column, ref: dict[str, Any]) -> Column:
-    if ref["kind"] == "numeric":
-        return numeric_bucket(col, ref["edges"])
-    return categorical_bucket(col, len(ref["values"]))
-
-
-def count_buckets(df: DataFrame, buckets: dict[str, tuple[Column, int]]) -> dict[str, list[int]]:
-    """Rows per bucket of each named (bucket expression, number of buckets), in one aggregation
-    (a few columns: each expression is spelled out in the plan)."""
-    if not buckets:
-        return {}
-    names = list(buckets)
-    rows = (df.select(F.posexplode(F.array(*[b for b, _ in buckets.values()])).alias("feature", "bucket"))
-            .groupBy("feature", "bucket").count().collect())
-    out = {name: [0] * n for name, (_, n) in buckets.items()}
-    for r in rows:
-        out[names[r["feature"]]][r["bucket"]] += r["count"]
-    return out
-
-
 def count_values(df: DataFrame, values: Column, refs: list[dict[str, Any]]) -> list[list[int]]:
     """Rows per bucket of each element of the array ``values`` against ``refs`` (the same order),
     in one aggregation: the elements exploded with their position and joined to a small table of
