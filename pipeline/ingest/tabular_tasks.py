@@ -107,7 +107,7 @@ class Stager:
         self.fits: list[dict[str, Any]] = []
         self.batch_rows: list[int] = []
         self.files: dict[str, int] = {}
-        self.fs, self.path, self.tmp = lake.temporary_name(f"{staging_uri}/part-{part:05d}.arrow", tasks.attempt())
+        self.fs, self.path, self.tmp = lake.temporary_name(_staging_part(staging_uri, part), tasks.attempt())
         self.file = self.fs.open(self.tmp, "wb")
         self.writer = pa.ipc.new_file(self.file, self.schema)
 
@@ -297,8 +297,13 @@ def staged_keys(frames: Iterator[pd.DataFrame], staging_uri: str, plan_uri: str)
                 "row": np.arange(n, dtype=np.int32)}))
 
 
+def _staging_part(staging_uri: str, part: int) -> str:
+    """The Arrow file a staging task writes and the later steps read."""
+    return f"{staging_uri}/part-{int(part):05d}.arrow"
+
+
 def _staged_batches(staging_uri: str, part: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{part:05d}.arrow")
+    fs, path = fsspec.core.url_to_fs(_staging_part(staging_uri, part))
     with fs.open(path, "rb") as f:
         reader = pa.ipc.open_file(f)
         for b in range(reader.num_record_batches):
@@ -372,7 +377,7 @@ def deduplicate(spark: SparkSession, stats: list[dict[str, Any]], tab: TabularCo
 def _staged(staging_uri: str, plan: pd.DataFrame, tab: TabularConf
             ) -> Iterator[tuple[pa.RecordBatch, tabular.Records]]:
     for part, slices in plan.groupby("part", sort=True):
-        fs, path = fsspec.core.url_to_fs(f"{staging_uri}/part-{int(part):05d}.arrow")
+        fs, path = fsspec.core.url_to_fs(_staging_part(staging_uri, part))
         with fs.open(path, "rb") as f:
             reader = pa.ipc.open_file(f)
             for b, offset, length in zip(slices["batch"], slices["offset"], slices["length"]):
