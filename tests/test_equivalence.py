@@ -107,7 +107,8 @@ def test_both_readers_give_every_rank_the_same_rows_every_epoch(dataset):
 
 def _train(profile: str, root: Path, version: str, world_size: int, name: str) -> dict:
     py = str(_python(profile))
-    over = [f"lake.root={root}", f"train.dataset_version={version}", "train.epochs=8", f"train.model_name={name}"]
+    over = [f"lake.root={root}", f"train.dataset_version={version}", "train.epochs=4", f"train.model_name={name}",
+            "tracking.enabled=false"]
     if world_size == 1:
         cmd = [py, "jobs/train.py", "--launcher", "local"]
     elif profile == "default":
