@@ -7,7 +7,7 @@
 #                      --conf spark.pyspark.python=./env/bin/python
 #
 # The environment is built in its own venv under the cache and packed with venv-pack. The archive
-# is cached under a key made from pyproject.toml, scripts/setup.sh, this script, the Python
+# is cached under a key made from pyproject.toml's dependencies, scripts/setup.sh, this script, the Python
 # version and the horovod wheel, so a second run only copies it (seconds).
 #
 #   scripts/package.sh             both artifacts
@@ -83,10 +83,12 @@ if [ -z "$WHEEL" ] || [ ! -x "$VENV_PACK" ]; then
   [ -x "$VENV_PACK" ] || die "venv-pack not found at $VENV_PACK; 'pip install venv-pack==0.2.0' or set VENV_PACK=/path/to/venv-pack"
 fi
 
-KEY="$( { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/package.sh";
+# pyproject.toml's [project] table (the dependencies), not the tools' settings beside it
+KEY="$( { "$PYTHON" -c 'import json, sys, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], "rb"))["project"], sort_keys=True))' \
+            "$ROOT/pyproject.toml"; cat "$ROOT/scripts/setup.sh" "$ROOT/scripts/package.sh";
           "$PYTHON" -c 'import sys; print(sys.version, sys.base_prefix)'; basename "$WHEEL";
           echo "${PYTHON_PREFIX:-}"; } | sha256sum | cut -c1-16)"
-ENV_CACHE="$CACHE/exec-env"
+ENV_CACHE="$CACHE/executor-env"
 ARCHIVE="$ENV_CACHE/env-$KEY.tar.gz"
 
 if [ -f "$ARCHIVE" ]; then

@@ -8,7 +8,7 @@
 #                                   the pins are in requirements/modern.txt and modern-dev.txt
 #   PYTHON=python3.11        interpreter to build the venv from
 #   PIPELINE_CACHE=~/.cache/spark-dl-pipeline   where the horovod wheel and the built stacks
-#                            (venvs/<profile>-<stamp>/, copied into each clone) are kept
+#                            (stacks/<profile>-<stamp>/, copied into each clone) are kept
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +39,13 @@ else
   [ "$JAVA_MAJOR" = "17" ] || die "java is version '$JAVA_MAJOR'; this project is tested with Java 17. Install openjdk-17 and put it first on PATH (or set JAVA_HOME)."
 fi
 
-stamp_value() { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1; }
+# What the stack is built from: pyproject.toml's [project] table (the dependencies), this script
+# and the modern pins. The tools' settings in pyproject.toml (mypy, pytest) rebuild nothing.
+project_table() {
+  "$PYTHON" -c 'import json, sys, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], "rb"))["project"], sort_keys=True))' \
+    "$ROOT/pyproject.toml"
+}
+stamp_value() { { project_table; cat "$ROOT/scripts/setup.sh" "$ROOT"/requirements/*.txt; } | sha256sum | cut -d' ' -f1; }
 STAMP="$VENV/.setup-stamp"
 if [ "$PROFILE" = modern ]; then
   IMPORTS='import pyspark, pyarrow, torch, pipeline; assert pyspark.__version__.startswith("4.")'
@@ -119,13 +125,13 @@ build_horovod() {  # build_horovod DIR: horovod from the wheel cache, compiled i
 
 # --- the pinned stack, built once per profile into the cache ------------------------------
 # Installing the stack takes minutes (pip unpacks torch; horovod is compiled the first time).
-# It is built once into $CACHE/venvs/<profile>-<stamp>/ without the project, and each clone's
+# It is built once into $CACHE/stacks/<profile>-<stamp>/ without the project, and each clone's
 # venv is a hard-linked copy of it (seconds) with the project installed editable on top.
-# A change to pyproject.toml, requirements/ or this script builds a new one.
+# A change to the dependencies, requirements/ or this script builds a new one.
 KEY="$PROFILE-$(stamp_value | cut -c1-16)"
-BASE="$CACHE/venvs/$KEY"
-mkdir -p "$CACHE/venvs"
-exec 9>"$CACHE/venvs/$PROFILE.lock"
+BASE="$CACHE/stacks/$KEY"
+mkdir -p "$CACHE/stacks"
+exec 9>"$CACHE/stacks/$PROFILE.lock"
 flock 9  # two set-ups at once (two clones' CI) build it once
 if [ ! -f "$BASE/.complete" ]; then
   rm -rf "$BASE"
@@ -133,7 +139,7 @@ if [ ! -f "$BASE/.complete" ]; then
   build_stack "$BASE"
   touch "$BASE/.complete"
   # older stacks of this profile: clones made from them keep their hard-linked files
-  find "$CACHE/venvs" -mindepth 1 -maxdepth 1 -type d -name "$PROFILE-*" ! -name "$KEY" -exec rm -rf {} +
+  find "$CACHE/stacks" -mindepth 1 -maxdepth 1 -type d -name "$PROFILE-*" ! -name "$KEY" -exec rm -rf {} +
 fi
 flock -u 9
 
