@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 # The tests' JVMs live for seconds and see tiny data, so most of their CPU goes to the C2 JIT
 # compiler and the parallel collector's threads, not to the work. C1 only and the serial
-# collector cut a job's CPU time by about 40% here. Every JVM the tests start inherits them:
+# collector cut a job's CPU time by about a third here. Every JVM the tests start inherits them:
 # the session's, each spark-submit's driver (SPARK_SUBMIT_OPTS), and the standalone cluster's
 # daemons and executors (tests/test_cluster.py). Jobs outside the tests keep the JVM's defaults.
 TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
