@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import psutil
@@ -16,7 +18,7 @@ import pytest
 from conftest import CLEAN_DATE, ROOT, job_env
 from pipeline.model import artifact
 from pipeline.training import distributed
-from pipeline.core import lake
+from pipeline.core import lake, manifest
 from pipeline import preprocess, train
 from pipeline.samples import sample_data
 from pipeline.core.config import load_config
@@ -67,11 +69,54 @@ def test_the_rank_probe_sees_an_import_of_pyspark(tmp_path):
     assert "pyspark" in modules and "json" in modules
 
 
+@contextmanager
+def _kill_a_rank(models, checkpoint, ranks, timeout=300):
+    """While the block runs: once a run of the model (``models``: its directory) has written
+    ``checkpoint``, SIGKILL the last of ``ranks()`` (psutil processes); the list it yields holds
+    the killed process."""
+    killed, done = [], threading.Event()
+
+    def watch():
+        deadline = time.time() + timeout
+        while not done.is_set() and time.time() < deadline:
+            runs = [f"{models}/{d}/checkpoints" for d in (os.listdir(models) if os.path.isdir(models) else [])]
+            if any(os.path.exists(f"{r}/{checkpoint}") for r in runs) and (found := ranks()):
+                found[-1].send_signal(signal.SIGKILL)
+                killed.append(found[-1])
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _descendants(marker, of=None):
+    """The live processes below ``of`` (default: this one) whose command line holds ``marker``."""
+    def running(c):
+        try:
+            return marker in " ".join(c.cmdline()) and c.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return [c for c in psutil.Process(of).children(recursive=True) if running(c)]
+
+
 def test_local_launcher_trains_and_is_reproducible(digits):
+    """Twice the same training; the second in a child process that is SIGKILLed in epoch 2 and
+    restarted by the launcher (train.max_restarts), from its last checkpoint: the same result."""
     root, _ = digits
     cfg = _cfg(root, "train.epochs=4", "train.model_name=local-cnn")
     a = train.run_local(cfg)
-    b = train.run_local(cfg)
+    healing = _cfg(root, "train.epochs=4", "train.model_name=local-heal", "train.max_restarts=1")
+    with _kill_a_rank(f"{root}/models/local-heal", "epoch=0000.pt", lambda: _descendants("--multiprocessing-fork")) \
+            as killed:
+        b = train.run_local(healing)
+    assert killed, "training finished before its rank could be killed"
+    assert b["restarts"] == 1 and manifest.read(b["model_uri"])["restarts"] == 1
     assert a["world_size"] == 1 and a["test_accuracy"] > 0.85
     assert a["run_id"] != b["run_id"]
     hist_a = lake.read_json(f"{a['model_uri']}/history.json")
