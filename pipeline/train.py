@@ -12,7 +12,9 @@ backend, reader), then launches ``trainer.train_rank`` with one of four launcher
 With ``train.max_restarts`` a dead rank does not end the run: the Spark launcher launches again
 and the local launcher restarts its rank's child process, both resuming from the last checkpoint
 (pipeline/core/restarts.py); torchrun restarts its ranks itself, and they find their run again
-by torchrun's run id. Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished. One training
+by torchrun's run id.
+
+Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished. One training
 of a model at a time: the driver (spark, local) or rank 0 (horovodrun, torchrun) holds the model's
 lock (pipeline/core/locks.py) from before the plan until ``_latest`` has moved.
 """
