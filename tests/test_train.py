@@ -202,11 +202,13 @@ def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, digits):
     retries from the last checkpoint; the per-epoch losses are an uninterrupted run's."""
     root, _ = digits
     over = ["train.epochs=2", "tracking.enabled=false"]  # the one MLflow run of a restarted training: above
-    def ranks():  # horovod.spark.run's run gloo_exec_fn; TorchDistributor's are its torchrun's workers
-        if HOROVOD:
-            return _descendants("gloo_exec_fn")
-        return [w for agent in _descendants("torch.distributed.run") for w in agent.children()
-                if w.name().startswith("python")]
+    def ranks():  # below the Spark tasks: horovod.spark.run's ranks, or the workers of TorchDistributor's torchrun
+        def rank(c):
+            try:
+                return c.name().startswith("python") and bool({"HOROVOD_RANK", "LOCAL_RANK"} & c.environ().keys())
+            except psutil.Error:
+                return False
+        return [c for c in psutil.Process().children(recursive=True) if rank(c)]
 
     with _kill_a_rank(f"{root}/models/spark-heal", "epoch=0000.pt", ranks) as killed:
         healed = train.run(spark, _cfg(root, *over, "train.model_name=spark-heal", "train.max_restarts=1"))
