@@ -9,6 +9,11 @@ backend, reader), then launches ``trainer.train_rank`` with one of four launcher
 - ``run_torchrun``: every process started by ``torchrun --nproc_per_node N``;
 - ``run_local``: this process alone, world size 1, for debugging.
 
+With ``train.max_restarts`` a dead rank does not end the run: the Spark launcher launches again
+and the local launcher restarts its rank's child process, both resuming from the last checkpoint
+(pipeline/core/restarts.py); torchrun restarts its ranks itself, and they find their run again
+by torchrun's run id.
+
 Rank 0 writes the artifact; ``_latest`` moves to it only once training has finished. One training
 of a model at a time: the driver (spark, local) or rank 0 (horovodrun, torchrun) holds the model's
 lock (pipeline/core/locks.py) from before the plan until ``_latest`` has moved.
@@ -28,8 +33,9 @@ from pipeline.model import artifact, objectives
 from pipeline.training import distributed, feed, schedule
 from pipeline.training.params import RankParams
 from pipeline.core import lake, locks, manifest
+from pipeline.core.restarts import RankDied, retry
 from pipeline.ops import tracking
-from pipeline.core.config import Config
+from pipeline.core.config import Config, ConfigError
 from pipeline.core.layout import LakeLayout
 
 log = logging.getLogger(__name__)
@@ -146,8 +152,6 @@ def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
 
 
 def _run_on_spark(spark, cfg: Config, run_id: str | None) -> dict[str, Any]:
-    from pipeline.training.trainer import train_rank
-
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
     n = cfg.train.num_proc
@@ -157,30 +161,44 @@ def _run_on_spark(spark, cfg: Config, run_id: str | None) -> dict[str, Any]:
              n, backend, params.train["reader"], params.steps_per_epoch)
     job = _start_tracking(cfg, spark, params, "spark", n)
     try:
-        if backend == "torch":
-            from pyspark.ml.torch.distributor import TorchDistributor
-
-            # Barrier tasks on the executors, each running torchrun for one rank; returns rank 0's result.
-            metrics = TorchDistributor(num_processes=n, local_mode=False, use_gpu=cfg.train.device == "cuda").run(
-                train_rank, params)
-        else:
-            import horovod.spark
-
-            # horovod starts each rank as a new process on the executor, by default with the driver's
-            # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
-            # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
-            # the executor's working directory but not on a child process's PYTHONPATH.
-            py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
-            metrics = horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
-                                        stdout=sys.stdout, stderr=sys.stderr, verbose=0,
-                                        executable=spark.sparkContext.pythonExec,
-                                        env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)[0]
+        # A rank (or its executor) that dies fails the whole launch: launch again, resuming.
+        metrics, restarts = retry(lambda k: _launch_on_spark(spark, cfg, _resuming(params, k)),
+                                  cfg.train.max_restarts, f"training run {run_id}")
     except BaseException:
         job.fail()
         raise
     if metrics is None:  # TorchDistributor returns rank 0's result
         raise RuntimeError(f"training run {run_id}: rank 0 returned no metrics")
-    return finish(cfg, params, metrics, job)
+    return finish(cfg, params, metrics, job, restarts)
+
+
+def _resuming(params: RankParams, restarts: int) -> RankParams:
+    """The parameters of a restart: from the run's last checkpoint (none yet: from the start)."""
+    return dataclasses.replace(params, resume=True) if restarts else params
+
+
+def _launch_on_spark(spark, cfg: Config, params: RankParams) -> dict[str, Any] | None:
+    """One launch of ``train_rank`` on ``train.num_proc`` Spark tasks; rank 0's metrics."""
+    from pipeline.training.trainer import train_rank
+
+    n = cfg.train.num_proc
+    if params.train["backend"] == "torch":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        # Barrier tasks on the executors, each running torchrun for one rank; returns rank 0's result.
+        return TorchDistributor(num_processes=n, local_mode=False, use_gpu=cfg.train.device == "cuda").run(
+            train_rank, params)
+    import horovod.spark
+
+    # horovod starts each rank as a new process on the executor, by default with the driver's
+    # interpreter, which does not exist there on a real cluster. Give the ranks the executors'
+    # interpreter (./env/bin/python with --archives) and the --py-files, which Spark puts in
+    # the executor's working directory but not on a child process's PYTHONPATH.
+    py_files = [os.path.basename(f) for f in spark.conf.get("spark.submit.pyFiles", "").split(",") if f]
+    return horovod.spark.run(train_rank, args=(params,), num_proc=n, use_gloo=True,
+                             stdout=sys.stdout, stderr=sys.stderr, verbose=0,
+                             executable=spark.sparkContext.pythonExec,
+                             env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)[0]
 
 
 def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -189,6 +207,10 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
 
     from pipeline.training.trainer import train_rank
 
+    if cfg.train.max_restarts:
+        # horovodrun restarts ranks only in its elastic mode, which this training loop is not written for.
+        raise ConfigError(f"train.max_restarts={cfg.train.max_restarts}: horovodrun cannot restart the ranks of "
+                          f"this job; set it to 0 here, or launch with spark-submit or torchrun --max-restarts")
     hvd.init()
     with _held_by_rank_0(cfg, hvd.rank(), lambda busy: hvd.broadcast_object(busy, root_rank=0, name="lock")):
         resume = run_id is not None
@@ -208,6 +230,13 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
 
     from pipeline.training.trainer import train_rank
 
+    # torchrun restarts every rank when one dies, up to its own --max-restarts.
+    allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if cfg.train.max_restarts and cfg.train.max_restarts != allowed:
+        raise ConfigError(f"train.max_restarts={cfg.train.max_restarts} but torchrun was started with --max-restarts "
+                          f"{allowed}, and torchrun does the restarting: start it with --max-restarts "
+                          f"{cfg.train.max_restarts}")
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     dist = distributed.init("torch", cfg.train.device)  # the group train_rank then joins
 
     def share(value: Any) -> Any:
@@ -216,8 +245,7 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
         return box[0]
 
     with _held_by_rank_0(cfg, dist.rank, share):
-        resume = run_id is not None
-        run_id = share(run_id or lake.new_run_id())
+        run_id, resume = share(_torchrun_run(cfg, run_id, restarts) if dist.rank == 0 else None)
         params = plan(cfg, run_id, dist.size, resume=resume)
         if params.train["backend"] != "torch":
             raise TrainingSetupError("torchrun starts torch.distributed ranks: use --set train.backend=torch (or auto)")
@@ -226,7 +254,19 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
                      dist.size, params.steps_per_epoch)
         job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
         metrics = train_rank(params)
-        return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
+        return finish(cfg, params, metrics, job, restarts) if metrics["rank"] == 0 else None
+
+
+def _torchrun_run(cfg: Config, run_id: str | None, restarts: int) -> tuple[str, bool]:
+    """(run id, resume) on torchrun's rank 0. A restart resumes the run its torchrun job (named by
+    TORCHELASTIC_RUN_ID) trains; a first start trains --resume's run or a new one, recorded for it."""
+    pointer = LakeLayout.of(cfg).elastic_run(cfg.train.model_name, os.environ.get("TORCHELASTIC_RUN_ID", "none"))
+    if restarts and lake.exists(pointer):
+        return lake.read_json(pointer)["run_id"], True
+    resume = run_id is not None
+    run_id = run_id or lake.new_run_id()
+    lake.write_json(pointer, {"run_id": run_id})
+    return run_id, resume
 
 
 def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -245,15 +285,58 @@ def _run_local(cfg: Config, run_id: str | None) -> dict[str, Any]:
              params.steps_per_epoch)
     job = _start_tracking(cfg, None, params, "local", 1)
     try:
-        metrics = train_rank(params)
+        if cfg.train.max_restarts:
+            metrics, restarts = retry(lambda k: _rank_in_child(_resuming(params, k)), cfg.train.max_restarts,
+                                      f"training run {run_id}", retry_on=(RankDied,))
+        else:
+            metrics, restarts = train_rank(params), 0
     except BaseException:
         job.fail()
         raise
-    return finish(cfg, params, metrics, job)
+    return finish(cfg, params, metrics, job, restarts)
+
+
+def _rank_in_child(params: RankParams) -> dict[str, Any]:
+    """``train_rank`` in a child process, a fresh interpreter (spawn); RankDied when it ends
+    without a result. An error it reports is raised here, and not restarted: it would recur."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_rank, args=(params, send), name="train rank 0")
+    child.start()
+    send.close()  # the child holds the only sending end now: its death reads as EOF here
+    try:
+        try:
+            ok, value = receive.recv()
+        except EOFError:
+            child.join()
+            raise RankDied(f"the rank's process {child.pid} ended without a result "
+                           f"(exit code {child.exitcode})") from None
+        child.join()
+    finally:
+        if child.is_alive():  # this job is being stopped (SIGTERM): so is its rank
+            child.terminate()
+            child.join()
+    if not ok:
+        raise RuntimeError(value)
+    return value
+
+
+def _child_rank(params: RankParams, send) -> None:
+    from pipeline.training.trainer import train_rank
+
+    result: tuple[bool, Any]
+    try:
+        result = (True, train_rank(params))
+    except Exception as e:  # noqa: BLE001 - reported to the launcher, which raises it
+        log.exception("the rank failed")
+        result = (False, f"{type(e).__name__}: {e}")
+    send.send(result)
 
 
 def finish(cfg: Config, params: RankParams, metrics: dict[str, Any],
-           job: tracking.Job | None = None) -> dict[str, Any]:
+           job: tracking.Job | None = None, restarts: int = 0) -> dict[str, Any]:
     """After training: check every rank ran the same steps, point _latest at the artifact."""
     steps = {r["rank"]: r["steps_run"] for r in metrics["ranks"]}
     if len(set(steps.values())) != 1:
@@ -264,9 +347,9 @@ def finish(cfg: Config, params: RankParams, metrics: dict[str, Any],
     lake.set_latest(LakeLayout.of(cfg).models_root(cfg.train.model_name), params.run_id)
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
-    m = _finish_tracking(job, cfg, params, metrics) if job is not None else {}
+    m = _finish_tracking(job, cfg, params, metrics, restarts) if job is not None else {}
     return {**metrics, "model_uri": uri, "mlflow_run_id": m.get("mlflow_run_id"), "registry": m.get("registry"),
-            "cost": m.get("cost")}
+            "cost": m.get("cost"), "restarts": restarts}
 
 
 # --- MLflow ------------------------------------------------------------------------------------
@@ -291,7 +374,8 @@ def _start_tracking(cfg: Config, spark, params: RankParams, launcher: str, world
     return job
 
 
-def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics: dict[str, Any]) -> dict[str, Any]:
+def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics: dict[str, Any],
+                     restarts: int) -> dict[str, Any]:
     """After rank 0 wrote the artifact: the epochs (unless rank 0 logged them as they ran), final
     metrics, artifacts and the model (registered, alias ``candidate``) go to the run; the training
     manifest (``models/<name>/<run id>/_manifest.json``) records the run id and the cost."""
@@ -306,6 +390,7 @@ def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics
     t.log_metrics({f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")})
     t.log_metrics({k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics})
     t.log_metrics({f"mean_{k}": metrics[k] for k in ("samples_per_s", "data_wait_fraction") if k in metrics})
+    t.log_metrics({"restarts": restarts})
     for name in ARTIFACT_FILES:
         if lake.exists(f"{uri}/{name}"):
             t.log_file(name, lake.read_bytes(f"{uri}/{name}"))
@@ -321,6 +406,7 @@ def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics
         dataset={**ds, "mlflow_run_id": dataset_manifest.get("mlflow_run_id")}, uri=uri,
         metrics={k: v for k, v in metrics.items() if k not in ("ranks",)},
         registry={"name": cfg.train.model_name, "version": version, "alias": tracking.CANDIDATE} if version else None,
+        restarts=restarts,
         **job.fields(ranks=ranks, gpu_s=gpu_s),
     )
     manifest.write(uri, m)

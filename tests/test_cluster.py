@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -235,6 +236,45 @@ class ExecutorWatch(threading.Thread):
         return [s for s in self.seen.values() if s.job == job]
 
 
+class ExecutorKill(threading.Thread):
+    """Once the training under ``models`` has written its first checkpoint, SIGKILL one executor:
+    its JVM and every process under it (Python workers, the Horovod rank), as a lost machine
+    would take them. Spark's worker then starts a new executor for the application."""
+
+    def __init__(self, models: Path, work_dirs: list[Path], timeout: float = JOB_TIMEOUT_S):
+        super().__init__(daemon=True)
+        self.models, self.deadline = models, time.monotonic() + timeout
+        self.roots = [str(w.resolve()) + os.sep for w in work_dirs]  # this cluster's executors only
+        self.killed: list[int] = []
+        self._stop_event = threading.Event()
+
+    def _ours(self, p: psutil.Process) -> bool:
+        try:
+            return ("CoarseGrainedExecutorBackend" in " ".join(p.cmdline())
+                    and any(p.cwd().startswith(r) for r in self.roots))
+        except psutil.Error:
+            return False
+
+    def run(self) -> None:
+        while not self._stop_event.is_set() and time.monotonic() < self.deadline:
+            if any(self.models.glob("*/checkpoints/epoch=0000.pt")):
+                executors = [p for p in psutil.process_iter() if self._ours(p)]
+                if executors:
+                    doomed = [executors[0], *executors[0].children(recursive=True)]
+                    for p in doomed:
+                        try:
+                            p.kill()
+                        except psutil.NoSuchProcess:
+                            pass
+                    self.killed = [p.pid for p in doomed]
+                    return
+            self._stop_event.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def packaged():
     t0 = time.monotonic()
@@ -268,16 +308,23 @@ def cluster_run(cluster, packaged, tmp_path_factory, mlflow_server):
     watch = ExecutorWatch(cluster.work_dirs)
     watch.start()
     out, seconds = {"root": root, "watch": watch, "cluster": cluster}, {}
+    # Training loses an executor early in its second epoch and restarts its ranks (train.max_restarts).
+    kill = ExecutorKill(root / "models" / MODEL, cluster.work_dirs)
     try:
-        for job, extra in (("preprocess", []), ("train", []), ("score", ["--date", DATE])):
+        for job, extra in (("preprocess", []), ("train", ["--set", "train.max_restarts=1"]),
+                           ("score", ["--date", DATE])):
             watch.job = job
             t0 = time.monotonic()
+            if job == "train":
+                kill.start()
             out[job] = spark_submit(f"jobs/{job}.py", *conf, *extra, master=cluster.master_url,
                                     spark_args=spark_args, env=_submit_env(), timeout=JOB_TIMEOUT_S)
             seconds[job] = time.monotonic() - t0
             print(f"cluster: {job} took {seconds[job]:.0f} s")
     finally:
         watch.stop()
+        kill.stop()
+    out["executor_killed"] = kill.killed
     print("cluster: wall time " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f" (packaging {packaged['seconds']:.0f} s)")
     out["seconds"] = seconds
@@ -307,6 +354,9 @@ def test_training_on_two_executors_reaches_accuracy(cluster_run):
     d = cfg.uri("models", MODEL, lake.get_latest(cfg.uri("models", MODEL)))
     metrics = lake.read_json(f"{d}/metrics.json")
     assert metrics["test_accuracy"] >= 0.95 and metrics["world_size"] == 2
+    # An executor died in epoch 2: the job restarted its ranks once, from the checkpoint, and exited 0.
+    assert cluster_run["executor_killed"], "training finished before an executor could be killed"
+    assert manifest.read(d)["restarts"] == 1
 
 
 def test_one_prediction_per_held_out_file(cluster_run):

@@ -2,6 +2,7 @@
 outside the lake and loses nothing already there (tests/untouched.py). The jobs run as a user
 runs them and fail before Spark does any work. README's "What bad input gets" names the test of
 each case; the cases other files run already carry the same checks."""
+import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import pytest
 
 from conftest import ROOT, job_env, run, sets, spark_submit
 from pipeline import train
-from pipeline.core import lake, locks
-from pipeline.core.config import load_config
+from pipeline.core import lake, locks, restarts
+from pipeline.core.config import ConfigError, load_config
 from pipeline.core.layout import LakeLayout
 from pipeline.training import distributed
 from untouched import Fence
@@ -135,3 +136,63 @@ def test_a_second_training_under_a_launcher_exits_5_on_every_rank(tmp_path, laun
     assert said[0] == said[1] and said[0].startswith("output busy: model busy-cnn is being written by another job")
     assert "exit code: 5" in out.lower().replace("exitcode", "exit code"), out[-4000:]
     fence.check()  # no run, no MLflow store: the ranks stopped before the plan
+
+
+# --- restarts (train.max_restarts) -------------------------------------------------------------
+
+def test_restarts_retry_dead_ranks_but_never_a_stopped_job():
+    calls = []
+
+    def dies_once(k):
+        calls.append(k)
+        if k == 0:
+            raise restarts.RankDied("killed")
+        return "done"
+
+    assert restarts.retry(dies_once, 2, "run r") == ("done", 1) and calls == [0, 1]
+    with pytest.raises(restarts.RankDied, match="killed"):  # 0: the failure as it is, as before
+        restarts.retry(dies_once, 0, "run r")
+    with pytest.raises(locks.Terminated):  # SIGTERM to the job ends it; it is not a dead rank
+        restarts.retry(lambda k: (_ for _ in ()).throw(locks.Terminated("stopped by signal 15")), 3, "run r")
+    with pytest.raises(ValueError):  # not what this launcher restarts
+        restarts.retry(lambda k: int("x"), 3, "run r", retry_on=(restarts.RankDied,))
+
+
+def test_launchers_that_cannot_restart_as_configured_refuse_before_starting(tmp_path, monkeypatch):
+    cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path}", "train.max_restarts=2"])
+    for key in ("TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match=r"train.max_restarts=2 but torchrun was started with --max-restarts 0"):
+        train.run_torchrun(cfg)
+    if distributed.installed("horovod"):
+        with pytest.raises(ConfigError, match=r"train.max_restarts=2: horovodrun cannot restart"):
+            train.run_horovodrun(cfg)
+    with pytest.raises(ConfigError, match=r"train.max_restarts must be >= 0"):
+        load_config("conf/digits.yaml", [f"lake.root={tmp_path}", "train.max_restarts=-1"])
+
+
+DIES = """import os
+import signal
+
+
+def build(spec):  # every rank that builds this network dies at once, as a SIGKILLed rank does
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_rank_that_dies_after_every_restart_exhausts_the_budget_with_exit_6(digits_curated, tmp_path):
+    cfg, _ = digits_curated
+    (tmp_path / "dying_models.py").write_text(DIES)
+    env = job_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    p = subprocess.run([sys.executable, "jobs/train.py", "--config", "conf/digits.yaml", "--launcher", "local",
+                        *sets(f"lake.root={cfg.lake.root}", "train.model_name=dying-cnn", "train.max_restarts=1",
+                              "train.arch=dying_models:build", "tracking.enabled=false")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 6, p.stdout[-3000:] + p.stderr[-3000:]
+    (line,) = _reason(p, "train")
+    assert line.startswith("train: restarts exhausted: training run "), line
+    assert "failed after 1 restart(s), all that train.max_restarts=1 allows; last failure: RankDied: the rank's " \
+           "process" in line and "(exit code -9)" in line, line
+    assert "Traceback" not in p.stdout + p.stderr
+    assert not lake.exists(f"{LakeLayout.of(cfg).models_root('dying-cnn')}/_latest")  # nothing published

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import psutil
@@ -15,8 +17,9 @@ import pytest
 
 from conftest import CLEAN_DATE, ROOT, job_env
 from pipeline.model import artifact
+from pipeline.ops import tracking
 from pipeline.training import distributed
-from pipeline.core import lake
+from pipeline.core import lake, manifest
 from pipeline import preprocess, train
 from pipeline.samples import sample_data
 from pipeline.core.config import load_config
@@ -37,11 +40,12 @@ def _cfg(root, *overrides):
 HOROVOD = distributed.installed("horovod")
 
 
-def _two_ranks(root, *args, overrides=(), probe=None, **popen):
-    """jobs/train.py on 2 ranks started by horovodrun where Horovod is installed, else by torchrun.
-    With ``probe`` (a directory), each rank records the modules it imported there (tests/rank_probe.py)."""
+def _two_ranks(root, *args, overrides=(), probe=None, max_restarts=0, **popen):
+    """jobs/train.py on 2 ranks started by horovodrun where Horovod is installed, else by torchrun
+    (restarting its ranks up to ``max_restarts`` times). With ``probe`` (a directory), each rank
+    records the modules it imported there (tests/rank_probe.py)."""
     launch = (["horovodrun", "-np", "2", "-H", "localhost:2", "python"] if HOROVOD
-              else ["torchrun", "--nproc_per_node=2", "--standalone"])
+              else ["torchrun", "--nproc_per_node=2", "--standalone", f"--max-restarts={max_restarts}"])
     if probe is not None:
         launch = [*launch, "tests/rank_probe.py", str(probe)]
     cmd = [*launch, "jobs/train.py", "--config", "conf/digits.yaml",
@@ -67,11 +71,64 @@ def test_the_rank_probe_sees_an_import_of_pyspark(tmp_path):
     assert "pyspark" in modules and "json" in modules
 
 
+@contextmanager
+def _kill_a_rank(models, checkpoint, ranks, timeout=300):
+    """While the block runs: once a run of the model (``models``: its directory) has written
+    ``checkpoint``, SIGKILL the last of ``ranks()`` (psutil processes); the list it yields holds
+    the killed process."""
+    killed, done = [], threading.Event()
+
+    def watch():
+        deadline = time.time() + timeout
+        while not done.is_set() and time.time() < deadline:
+            runs = [f"{models}/{d}/checkpoints" for d in (os.listdir(models) if os.path.isdir(models) else [])]
+            if any(os.path.exists(f"{r}/{checkpoint}") for r in runs) and (found := ranks()):
+                found[-1].send_signal(signal.SIGKILL)
+                killed.append(found[-1])
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _descendants(marker, of=None):
+    """The live Python processes below ``of`` (default: this one) whose command line holds ``marker``."""
+    def running(c):
+        try:
+            return (c.name().startswith("python") and marker in " ".join(c.cmdline())
+                    and c.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return False
+    return [c for c in psutil.Process(of).children(recursive=True) if running(c)]
+
+
 def test_local_launcher_trains_and_is_reproducible(digits):
+    """Twice the same training; the second in a child process that is SIGKILLed in epoch 2 and
+    restarted by the launcher (train.max_restarts), from its last checkpoint: the same result."""
     root, _ = digits
     cfg = _cfg(root, "train.epochs=4", "train.model_name=local-cnn")
     a = train.run_local(cfg)
-    b = train.run_local(cfg)
+    healing = _cfg(root, "train.epochs=4", "train.model_name=local-heal", "train.max_restarts=1")
+    with _kill_a_rank(f"{root}/models/local-heal", "epoch=0000.pt", lambda: _descendants("--multiprocessing-fork")) \
+            as killed:
+        b = train.run_local(healing)
+    assert killed, "training finished before its rank could be killed"
+    assert b["restarts"] == 1 and manifest.read(b["model_uri"])["restarts"] == 1
+    if b["mlflow_run_id"]:  # where MLflow's store is installed
+        import mlflow
+
+        # One MLflow run holds the whole history: each epoch once, before and after the restart.
+        client = mlflow.MlflowClient(tracking.settings(healing)["uri"])
+        (run,) = tracking._runs(tracking.settings(healing), {"stage": "train", "model_name": "local-heal"})
+        assert run.info.run_id == b["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert sorted(h.step for h in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1, 2, 3]
+        assert client.get_run(run.info.run_id).data.metrics["restarts"] == 1
     assert a["world_size"] == 1 and a["test_accuracy"] > 0.85
     assert a["run_id"] != b["run_id"]
     hist_a = lake.read_json(f"{a['model_uri']}/history.json")
@@ -139,41 +196,63 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
     assert [h["samples"] for h in hist] == [steps * 32 * 2] * 3
 
 
-def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path):
-    """With image augmentation on: its random draws must replay exactly after the resume."""
+def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, digits):
+    """horovod.spark.run (or TorchDistributor on the modern profile) on local[2], where the executor
+    is the driver: a rank SIGKILLed early in epoch 2 fails the launch, which train.max_restarts
+    retries from the last checkpoint; the per-epoch losses are an uninterrupted run's."""
     root, _ = digits
+    over = ["train.epochs=2", "tracking.enabled=false"]  # the one MLflow run of a restarted training: above
+    def ranks():  # below the Spark tasks: horovod.spark.run's ranks, or the workers of TorchDistributor's torchrun
+        def rank(c):
+            try:
+                return c.name().startswith("python") and bool({"HOROVOD_RANK", "LOCAL_RANK"} & c.environ().keys())
+            except psutil.Error:
+                return False
+        return [c for c in psutil.Process().children(recursive=True) if rank(c)]
+
+    with _kill_a_rank(f"{root}/models/spark-heal", "epoch=0000.pt", ranks) as killed:
+        healed = train.run(spark, _cfg(root, *over, "train.model_name=spark-heal", "train.max_restarts=1"))
+    assert killed, "training finished before a rank could be killed"
+    ref = train.run(spark, _cfg(root, *over, "train.model_name=spark-ref"))
+    assert healed["restarts"] == 1 and manifest.read(healed["model_uri"])["restarts"] == 1
+    resumed, reference = (lake.read_json(f"{m['model_uri']}/history.json") for m in (healed, ref))
+    assert len(resumed) == len(reference) == 2
+    for a, b in zip(resumed, reference):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+    assert healed["test_accuracy"] == ref["test_accuracy"]
+
+
+def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path):
+    """With image augmentation on: its random draws must replay exactly after the resume. Under
+    horovodrun the killed job fails and --resume continues it; torchrun (the modern profile)
+    restarts the ranks itself (--max-restarts, train.max_restarts) and they resume the same run."""
+    root, _ = digits
+    heals = not HOROVOD
     over = ["train.epochs=4", "train.batch_size=8", "train.model_name=resume-cnn",
             "train.augment.crop_padding=1", "train.augment.hflip=true", "train.augment.rotate_degrees=8",
             "train.augment.brightness=0.2", "train.augment.contrast=0.2"]
     ck_dir = f"{root}/models/resume-cnn"
-    p = _two_ranks(root, overrides=over)
-    killed = None
+    p = _two_ranks(root, overrides=over + ["train.max_restarts=1"] * heals, max_restarts=int(heals))
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None:
-            runs = [f"{ck_dir}/{d}/checkpoints" for d in (os.listdir(ck_dir) if os.path.isdir(ck_dir) else [])]
-            cks = [f for r in runs if os.path.isdir(r) for f in os.listdir(r)]  # not _locks/
-            if "epoch=0001.pt" in cks:
-                ranks = [c for c in psutil.Process(p.pid).children(recursive=True)
-                         if "jobs/train.py" in " ".join(c.cmdline()) and c.name().startswith("python")]
-                killed = ranks[-1]
-                killed.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        p.communicate(timeout=120)
+        with _kill_a_rank(ck_dir, "epoch=0001.pt", lambda: _descendants("jobs/train.py", of=p.pid)) as killed:
+            out, _ = p.communicate(timeout=600)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    assert killed is not None, "training finished before a worker could be killed"
-    assert p.returncode != 0
+    assert killed, "training finished before a worker could be killed"
     (run_id,) = [d for d in os.listdir(ck_dir) if not d.startswith("_")]
-    assert not os.path.exists(f"{ck_dir}/{run_id}/model.pt")  # it never finished
-    assert not os.path.exists(f"{ck_dir}/_latest")
-
-    r = _two_ranks(root, "--resume", run_id, overrides=over)
-    out, _ = r.communicate(timeout=600)
-    assert r.returncode == 0, out[-3000:]
+    if heals:
+        assert p.returncode == 0, out[-3000:]
+        assert manifest.read(f"file://{ck_dir}/{run_id}")["restarts"] == 1  # one run, restarted once
+    else:
+        assert p.returncode != 0
+        assert not os.path.exists(f"{ck_dir}/{run_id}/model.pt")  # it never finished
+        assert not os.path.exists(f"{ck_dir}/_latest")
+        r = _two_ranks(root, "--resume", run_id, overrides=over)
+        out, _ = r.communicate(timeout=600)
+        assert r.returncode == 0, out[-3000:]
     assert "resuming from" in out
 
     probe = tmp_path / "probe"

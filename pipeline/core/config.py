@@ -190,6 +190,9 @@ class TrainConf:
     shuffle_buffer: int = 2048
     # Checkpoints kept per run (the newest ones); 0 keeps every epoch's.
     keep_checkpoints: int = 3
+    # Times the job restarts its ranks from the last checkpoint after one dies (0 = the job fails);
+    # under torchrun its own --max-restarts does the restarting (README, "Restarts").
+    max_restarts: int = 0
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
@@ -437,6 +440,8 @@ def _check(cfg: Config) -> None:
                    ("dataset.image.width", cfg.dataset.image.width)]:
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
+    if cfg.train.max_restarts < 0:
+        raise ConfigError(f"train.max_restarts must be >= 0 (0 = no restarts), got {cfg.train.max_restarts}")
     if not cfg.score.drift.fail_above >= 0:  # NaN too
         raise ConfigError(f"score.drift.fail_above must be >= 0 (0 = report only), got {cfg.score.drift.fail_above}")
     if cfg.score.drift.bins < 2:

@@ -21,6 +21,7 @@ Nothing here imports Spark or torch: the layout is used on the driver, on execut
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import date as _date
@@ -30,6 +31,7 @@ LATEST = "_latest"
 STAGING = "_staging"
 TRASH = "_trash"
 LOCKS = "_locks"
+ELASTIC = "_elastic"
 MLFLOW = "mlflow"
 REGISTRY_PREFIX = "models:/"
 SPLITS = ("train", "val", "test")
@@ -201,6 +203,11 @@ class LakeLayout:
     def checkpoints(self, model: str, run_id: str) -> str:
         """models/<model>/<run id>/checkpoints: per-epoch checkpoints and their _latest."""
         return f"{self.model_run(model, run_id)}/checkpoints"
+
+    def elastic_run(self, model: str, elastic_id: str) -> str:
+        """models/<model>/_elastic/<sha256 of the id>: the run id a torchrun job (its
+        TORCHELASTIC_RUN_ID, any string) trains, read by its restarted ranks."""
+        return f"{self.models_root(model)}/{ELASTIC}/{hashlib.sha256(elastic_id.encode()).hexdigest()[:32]}.json"
 
     # --- predictions ----------------------------------------------------------------------------
 

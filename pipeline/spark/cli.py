@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pipeline.core.config import ConfigError, load_config
 from pipeline.core.layout import InvalidValue
 from pipeline.core.locks import OutputBusy, Terminated
+from pipeline.core.restarts import RestartsExhausted
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,6 +24,7 @@ EXIT_BAD_CONFIG = 2  # invalid config, or a malformed argument (date, model refe
 EXIT_NO_INPUT = 3  # score: nothing to score for the requested date
 EXIT_DRIFT = 4  # score: predictions published, but a feature drifted past score.drift.fail_above
 EXIT_BUSY = 5  # another job is writing the same output (pipeline.core.locks)
+EXIT_RESTARTS_EXHAUSTED = 6  # train: a rank died again after train.max_restarts restarts
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15), after cleaning up
 
 
@@ -150,6 +152,9 @@ def run_job(job: str, description: str, body: Callable[[Any, Any, argparse.Names
     except OutputBusy as e:
         print(f"{job}: output busy: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except RestartsExhausted as e:
+        print(f"{job}: restarts exhausted: {one_line(e)}", file=sys.stderr)
+        return EXIT_RESTARTS_EXHAUSTED
     except Terminated as e:
         print(f"{job}: terminated: {e}; partial output removed, nothing published", file=sys.stderr)
         return EXIT_TERMINATED
