@@ -223,3 +223,28 @@ def test_dp_sgd_reports_epsilon_per_epoch(cancer_curated):
 def test_dp_sgd_refuses_what_it_cannot_train(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config("conf/digits.yaml", ["train.privacy.noise_multiplier=1.0", override])
+
+
+def test_a_sequence_series_column_is_hashed_as_it_is_read(spark, tmp_path, monkeypatch):
+    """Sequences: the series column (a person's id) is hashed before validation sees it, and a
+    malformed line's text is withheld from the quarantine."""
+    from pipeline.core.config import SequenceConf
+    from pipeline.ingest import sequence, tabular
+
+    (tmp_path / "s.csv").write_text("patient,time,value\nZoë Ångström,1,1.5\nZoë Ångström,2,bad\n"
+                                    "Li Plantedname,1,2.5\nLi Plantedname,2,3,extra\n")
+    seq = SequenceConf(series_column="patient", time_column="time", target_column="value")
+    pii = privacy.Pii({"patient": "hash"}, 64, "PIPELINE_PII_KEY", key=KEY.encode())
+    rows = sequence.validate(sequence.read(spark, seq, f"file://{tmp_path}", pii), seq).collect()
+    assert sorted({r["series"] for r in rows if r["series"]}) == sorted({_hmac("Zoë Ångström"), _hmac("Li Plantedname")})
+    text = json.dumps([r.asDict() for r in rows], ensure_ascii=False)
+    assert "Zoë" not in text and "Planted" not in text and tabular.REDACTED in text
+    assert {r["reason"] for r in rows} == {None, "wrong_type", "malformed_record"}
+
+    monkeypatch.setenv("PIPELINE_PII_KEY", KEY)
+    from pipeline import kinds
+
+    co2 = ["dataset.sequence.series_column=patient"]
+    kinds.for_config(load_config("conf/co2.yaml", [*co2, "dataset.privacy.pii_columns={patient: hash}"]))
+    with pytest.raises(ConfigError, match="only personal column is its series column"):
+        kinds.for_config(load_config("conf/co2.yaml", [*co2, "dataset.privacy.pii_columns={co2: hash}"]))
