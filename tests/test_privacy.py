@@ -116,13 +116,20 @@ def _leaks(root: Path, needles: list[bytes]) -> list[str]:
 
 
 def test_planted_personal_values_never_reach_the_lake_or_mlflow(spark, tmp_path, monkeypatch, capfd):
+    """The three jobs on the breast-cancer table with planted personal values; training with
+    DP-SGD, whose epsilon must reach the history, the manifest and MLflow."""
+    from mlflow import MlflowClient
+    import mlflow.pyfunc
+
     from pipeline import preprocess, score, train
+    from pipeline.core import lake
+    from pipeline.ops import tracking
 
     raw, people = _write(tmp_path)
     needles = _needles(people)
     assert _leaks(raw, needles), "the scan must find the planted values where they are"
     monkeypatch.setenv("PIPELINE_PII_KEY", KEY)
-    cfg = _cfg(tmp_path, raw)
+    cfg = _cfg(tmp_path, raw, "train.privacy.noise_multiplier=1.0")
     m = preprocess.run(spark, cfg)
     trained = train.run_local(cfg)
     s = score.run(spark, cfg, DATE)
@@ -147,11 +154,14 @@ def test_planted_personal_values_never_reach_the_lake_or_mlflow(spark, tmp_path,
     assert set(preds["id"]) == {_hmac(f"case-{i:04d}") for i in range(500, 569)}
     assert "name" not in preds.columns
 
+    # DP-SGD: the cumulative epsilon of every epoch, growing, in the history, manifest and MLflow.
+    eps = [r["dp_epsilon"] for r in lake.read_json(f"{trained['model_uri']}/history.json")]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] and trained["dp_epsilon"] == eps[1]
+    assert lake.read_json(f"{trained['model_uri']}/_manifest.json")["metrics"]["dp_epsilon"] == eps[1]
+    logged = MlflowClient(tracking.settings(cfg)["uri"]).get_metric_history(trained["mlflow_run_id"], "dp_epsilon")
+    assert [h.value for h in logged] == pytest.approx([*eps, eps[1]])  # per epoch, then the final value
+
     # The registered model hashes raw rows itself, with the key from the environment.
-    import mlflow.pyfunc
-
-    from pipeline.ops import tracking
-
     mlflow.set_tracking_uri(tracking.settings(cfg)["uri"])
     model = mlflow.pyfunc.load_model("models:/patients-mlp/1")
     row = pd.DataFrame([{"id": "case-0501", **{c: 14.0 for c in NUMERIC}, "zip_code": "90501",
@@ -191,29 +201,6 @@ def test_missing_key_and_images_are_exit_2(tmp_path, monkeypatch):
     argv = ["--config", "conf/digits.yaml", "--set", "dataset.privacy.pii_columns={x: hash}"]
     assert run_job("preprocess", "", lambda spark, cfg, args: kinds.for_config(cfg), argv=argv,
                    needs_spark=lambda a: False) == EXIT_BAD_CONFIG
-
-
-def test_dp_sgd_reports_epsilon_per_epoch(cancer_curated):
-    """DP-SGD on the real breast-cancer table: epsilon grows every epoch and reaches the metrics,
-    the training manifest and MLflow."""
-    from mlflow import MlflowClient
-
-    from pipeline import train
-    from pipeline.core import lake
-    from pipeline.ops import tracking
-
-    cfg, _ = cancer_curated
-    cfg = load_config("conf/breast_cancer.yaml", [
-        f"lake.root={cfg.lake.root}", "train.backend=torch", "train.num_proc=1", "train.epochs=2",
-        "train.model_name=cancer-dp", "train.privacy.noise_multiplier=1.0", "train.privacy.max_grad_norm=1.0"])
-    m = train.run_local(cfg)
-    history = lake.read_json(f"{m['model_uri']}/history.json")
-    eps = [r["dp_epsilon"] for r in history]
-    assert len(eps) == 2 and 0 < eps[0] < eps[1] and m["dp_epsilon"] == eps[1]
-    assert lake.read_json(f"{m['model_uri']}/_manifest.json")["metrics"]["dp_epsilon"] == eps[1]
-    client = MlflowClient(tracking.settings(cfg)["uri"])
-    logged = client.get_metric_history(m["mlflow_run_id"], "dp_epsilon")  # per epoch, then the final value
-    assert [h.value for h in logged] == pytest.approx([*eps, eps[1]])
 
 
 @pytest.mark.parametrize("override, message", [
