@@ -381,7 +381,8 @@ def private(col: pa.ChunkedArray, pii: Pii) -> pa.ChunkedArray:
 
 
 def _hide_personal(cols: dict[str, pa.ChunkedArray], tab: TabularConf, pii: Pii) -> None:
-    """Hashed columns in place: the id (and passthrough columns) as the hash, a feature as its bucket."""
+    """Hashed columns in place: the id as its hash, a feature as its bucket (score_batches hashes a
+    passthrough column itself)."""
     for c in pii.hashed:
         if c not in cols:
             continue
