@@ -21,10 +21,10 @@ def wrap(model, opt, dp: dict[str, Any], batch_size: int):
     weights broadcast, per-example gradients, clipping and noise in the optimizer's step."""
     import warnings
 
-    from opacus import GradSampleModule
-    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
-    from opacus.optimizers import DistributedDPOptimizer
-    from opacus.validators import ModuleValidator
+    from opacus import GradSampleModule  # type: ignore[import-untyped]
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel  # type: ignore[import-untyped]
+    from opacus.optimizers import DistributedDPOptimizer  # type: ignore[import-untyped]
+    from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -39,7 +39,7 @@ def wrap(model, opt, dp: dict[str, Any], batch_size: int):
 
 def epsilon(dp: dict[str, Any], steps: int) -> float:
     """The cumulative epsilon at ``dp["delta"]`` after ``steps`` noisy steps (RDP accountant)."""
-    from opacus.accountants import RDPAccountant
+    from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
 
     acc = RDPAccountant()
     acc.history = [(dp["noise_multiplier"], dp["sample_rate"], steps)]
