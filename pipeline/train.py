@@ -32,7 +32,7 @@ from pipeline import kinds
 from pipeline.model import artifact, objectives
 from pipeline.training import distributed, feed, schedule
 from pipeline.training.params import RankParams
-from pipeline.core import lake, locks, manifest
+from pipeline.core import lake, locks, manifest, privacy
 from pipeline.core.restarts import RankDied, retry
 from pipeline.ops import tracking
 from pipeline.core.config import Config, ConfigError
@@ -88,6 +88,9 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> Ran
     if t["init_weights"]:  # a local path, or a URI (relative: under lake.root)
         t["init_weights"] = "file://" + t["init_weights"] if t["init_weights"].startswith("/") else cfg.resolve(t["init_weights"])
     t["backend"] = distributed.default_backend() if t["backend"] == "auto" else t["backend"]
+    t["privacy"] = _dp(cfg, t["backend"], train_rows, world_size)
+    if cfg.tracking.enabled:  # the MLflow model's input example is scored when it is logged: hashing needs the key
+        privacy.of(m.get("privacy"))
     t["reader"] = feed.default_reader() if t["reader"] == "auto" else t["reader"]
     monitor = objective.default_monitor if t["monitor"] == "auto" else t["monitor"]
     known = ["train_loss", *(f"train_{k}" for k in objective.train_names),
@@ -119,6 +122,19 @@ def plan(cfg: Config, run_id: str, world_size: int, resume: bool = False) -> Ran
             "run_id": run_id,
         },
     )
+
+
+def _dp(cfg: Config, backend: str, train_rows: int, world_size: int) -> dict[str, Any]:
+    """train.privacy for the ranks, with the sampling rate its accountant uses (pipeline/training/dp.py)."""
+    dp = dataclasses.asdict(cfg.train.privacy)
+    if not dp["noise_multiplier"]:
+        return dp
+    if backend != "torch":
+        raise ConfigError(f"train.privacy: DP-SGD runs on train.backend=torch (Opacus), not {backend}; "
+                          f"set train.backend=torch")
+    if cfg.train.fp16_allreduce:
+        raise ConfigError("train.privacy: DP-SGD averages the noised gradients itself; set train.fp16_allreduce=false")
+    return {**dp, "sample_rate": min(1.0, cfg.train.batch_size * world_size / train_rows)}
 
 
 def _one_at_a_time(cfg: Config):
@@ -388,7 +404,7 @@ def _finish_tracking(job: tracking.Job, cfg: Config, params: RankParams, metrics
     # apart from the per-epoch val_<metric> series; run means as mean_<name>.
     t.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
     t.log_metrics({f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")})
-    t.log_metrics({k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics})
+    t.log_metrics({k: metrics[k] for k in ("best_epoch", "epochs_run", "dp_epsilon") if k in metrics})
     t.log_metrics({f"mean_{k}": metrics[k] for k in ("samples_per_s", "data_wait_fraction") if k in metrics})
     t.log_metrics({"restarts": restarts})
     for name in ARTIFACT_FILES:

@@ -106,6 +106,17 @@ class SequenceConf:
 
 
 @dataclass
+class PrivacyConf:
+    # Personal columns of a table or sequence: column -> hash (HMAC-SHA256 with the key, as hex) or drop.
+    # The README's "Personal data" section.
+    pii_columns: dict[str, str] = field(default_factory=dict)
+    # The environment variable that holds the HMAC key; the key itself is never stored.
+    key_env: str = "PIPELINE_PII_KEY"
+    # A hashed column used as a feature is a categorical over int(hash[:8], 16) % buckets.
+    buckets: int = 64
+
+
+@dataclass
 class DatasetConf:
     name: str = "digits"
     kind: str = "images"  # one of pipeline.kinds.KINDS: images, tabular, sequence
@@ -119,6 +130,7 @@ class DatasetConf:
     image: ImageConf = field(default_factory=ImageConf)
     tabular: TabularConf = field(default_factory=TabularConf)
     sequence: SequenceConf = field(default_factory=SequenceConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
 
 
 @dataclass
@@ -156,6 +168,17 @@ class AugmentConf:
     rotate_degrees: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+
+
+@dataclass
+class DPConf:
+    # DP-SGD with Opacus (train.backend torch; arch mlp or cnn): per-example gradients clipped to
+    # max_grad_norm, Gaussian noise of noise_multiplier * max_grad_norm; 0 = off. The README's
+    # "Differentially private training" section.
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    # The delta of the (epsilon, delta) reported as dp_epsilon each epoch.
+    delta: float = 1e-5
 
 
 @dataclass
@@ -208,6 +231,7 @@ class TrainConf:
     # lstm/gru: take the history relative to its last target value and predict the change from it.
     predict_change: bool = False
     augment: AugmentConf = field(default_factory=AugmentConf)
+    privacy: DPConf = field(default_factory=DPConf)
 
 
 @dataclass
@@ -450,6 +474,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"preprocess.max_bad_fraction must be in [0, 1], got {cfg.preprocess.max_bad_fraction}")
     _check_names(cfg)
     _check_task(cfg)
+    _check_privacy(cfg)
     if cfg.dataset.label_source == "file" and not cfg.dataset.labels_file:
         raise ConfigError("dataset.labels_file must be set when dataset.label_source is 'file'")
 
@@ -483,3 +508,33 @@ def _check_task(cfg: Config) -> None:
         raise ConfigError(f"train.monitor: {t.monitor!r} must be auto or a history metric such as val_loss")
     if any(h < 1 for h in t.hidden) or not t.hidden:
         raise ConfigError(f"train.hidden: layer sizes must be >= 1, got {t.hidden}")
+
+
+DP_ARCHS = ("mlp", "cnn")  # the built-in networks without BatchNorm (Opacus clips per example)
+
+
+def _check_privacy(cfg: Config) -> None:
+    p = cfg.dataset.privacy
+    for col, how in p.pii_columns.items():
+        if how not in ("hash", "drop"):
+            raise ConfigError(f"dataset.privacy.pii_columns.{col}: {how!r} is not one of ['hash', 'drop']")
+    if not p.key_env.isidentifier():
+        raise ConfigError(f"dataset.privacy.key_env: {p.key_env!r} is not an environment variable name")
+    if p.buckets < 1:
+        raise ConfigError(f"dataset.privacy.buckets must be >= 1, got {p.buckets}")
+    dp = cfg.train.privacy
+    if not dp.noise_multiplier >= 0:
+        raise ConfigError(f"train.privacy.noise_multiplier must be >= 0 (0 = off), got {dp.noise_multiplier}")
+    if not dp.noise_multiplier:
+        return
+    if not dp.max_grad_norm > 0:
+        raise ConfigError(f"train.privacy.max_grad_norm must be > 0, got {dp.max_grad_norm}")
+    if not 0 < dp.delta < 1:
+        raise ConfigError(f"train.privacy.delta must be in (0, 1), got {dp.delta}")
+    if cfg.train.arch not in DP_ARCHS:
+        raise ConfigError(f"train.privacy: DP-SGD trains only {list(DP_ARCHS)} (no BatchNorm, no recurrent "
+                          f"layers), not train.arch={cfg.train.arch!r}; set train.privacy.noise_multiplier=0 "
+                          f"or another arch")
+    if cfg.train.backend == "horovod":
+        raise ConfigError("train.privacy: DP-SGD runs on train.backend=torch (Opacus' distributed optimizer), "
+                          "not horovod; set train.backend=torch")

@@ -35,13 +35,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.core import lake, quarantine
+from pipeline.core import lake, privacy, quarantine
 from pipeline.ingest import tabular
 from pipeline.core.config import Config, SequenceConf, SplitConf
+from pipeline.core.privacy import Pii
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,25 @@ def declared_columns(seq: SequenceConf) -> list[str]:
 
 # --- reading and validation (Spark) -----------------------------------------------------------
 
-def read(spark: SparkSession, seq: SequenceConf, source: str) -> DataFrame:
-    """The declared columns as strings, plus ``_corrupt_record`` for malformed CSV lines."""
+def read(spark: SparkSession, seq: SequenceConf, source: str, pii: Pii | None = None) -> DataFrame:
+    """The declared columns as strings, plus ``_corrupt_record`` for malformed CSV lines. With a
+    personal series column (``pii``), its values as their keyed hashes and a malformed line's
+    text withheld, before anything else sees them."""
+    df = _read(spark, seq, source)
+    if pii is None or seq.series_column not in pii.hashed:
+        return df
+    hashed = df.mapInArrow(partial(_hash_column, column=seq.series_column, pii=pii), df.schema)
+    return hashed.withColumn(_CORRUPT, F.when(F.col(_CORRUPT).isNotNull(), F.lit(tabular.REDACTED)))
+
+
+def _hash_column(batches: Iterator[pa.RecordBatch], column: str, pii: Pii) -> Iterator[pa.RecordBatch]:
+    for b in batches:
+        i = b.schema.get_field_index(column)
+        yield pa.RecordBatch.from_arrays([pii.hmac_hex(c) if j == i else c for j, c in enumerate(b.columns)],
+                                         schema=b.schema)
+
+
+def _read(spark: SparkSession, seq: SequenceConf, source: str) -> DataFrame:
     files = [(u, s) for u, s in lake.list_files(source) if s > 0]
     if not files:
         raise FileNotFoundError(f"no input files under {source}")
@@ -226,7 +245,8 @@ def _bad(df: DataFrame) -> DataFrame:
 def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[str, str], quarantine_uri: str):
     """preprocess.run's sequence step: (stats, label_names, fitted, schema) as for the other kinds."""
     seq, split = cfg.dataset.sequence, cfg.preprocess.split
-    validated = validate(read(spark, seq, source), seq).persist()
+    pii = privacy.from_config(cfg.dataset.privacy)
+    validated = validate(read(spark, seq, source, pii), seq).persist()
     try:
         prepared = (validated.filter(F.col("reason").isNull()).drop("reason", "detail")
                     .groupBy("series")
@@ -280,7 +300,7 @@ def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[s
         "time_zone": spark.conf.get("spark.sql.session.timeZone"),
         "normalization": {"mean": mean.tolist(), "std": std.tolist()},
         "filled_values_rows": filled, "rows_by_split": {s: counts.get(s, 0) for s in SPLITS},
-    }, "label_stats": {"mean": float(mean[0]), "std": float(std[0])}}
+    }, "label_stats": {"mean": float(mean[0]), "std": float(std[0])}, **({"privacy": pii.describe()} if pii else {})}
     stats = {"input_count": output + sum(by_reason.values()), "output_count": output, "by_reason": by_reason,
              "split_counts": {s: window_counts.get(s, 0) for s in SPLITS}, "split_class_counts": {}}
     schema = {"id": "string", "series": "string", "time": "string (first forecast step)",
@@ -341,7 +361,7 @@ def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable
     """FORECAST_DDL rows for the date's input: forecasts (reason null) and quarantined rows."""
     seq_spec = spec["input"]["sequence"]
     seq = SequenceConf(**{k: seq_spec[k] for k in SequenceConf.__dataclass_fields__})
-    validated = validate(read(spark, seq, source), seq)
+    validated = validate(read(spark, seq, source, privacy.of(spec["input"].get("privacy"))), seq)
     tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"  # always set; tz_convert(None) is UTC too
     forecasts = validated.filter(F.col("reason").isNull()).drop("reason", "detail").groupBy("series").applyInPandas(
         partial(forecast_series, load=load, tz=tz), FORECAST_DDL)

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import lake, splits
 from pipeline.core.config import MAX_CATEGORY_BYTES, TabularConf
+from pipeline.core.privacy import Pii
 
 # Reason codes.
 MALFORMED = "malformed_record"
@@ -55,6 +56,8 @@ NON_FINITE = "non_finite"
 VALUE_TOO_LONG = "value_too_long"
 DUPLICATE_ID = "duplicate_id"  # rows of one id that differ (or, keep_first, that differ from the kept row)
 DUPLICATE_ROW = "duplicate_row"  # a copy of a kept row
+# A malformed record's text in the quarantine when the dataset has personal columns.
+REDACTED = "<redacted: the record could not be parsed and the dataset has personal columns>"
 
 # The strings pyarrow's cast to double accepts (and Spark's cast does too); tested against it.
 _NUMBER = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$"
@@ -372,15 +375,41 @@ def _too_long(col: pa.ChunkedArray, max_bytes: int) -> np.ndarray:
     return pc.fill_null(pc.greater(pc.binary_length(col), max_bytes), False).to_numpy(zero_copy_only=False)
 
 
+def private(col: pa.ChunkedArray, pii: Pii) -> pa.ChunkedArray:
+    """A personal column's values as their keyed hashes (hex) of the validated text."""
+    return pa.chunked_array([pii.hmac_hex(as_text(col))], pa.string())
+
+
+def _hide_personal(cols: dict[str, pa.ChunkedArray], tab: TabularConf, pii: Pii) -> None:
+    """Hashed columns in place: the id as its hash, a feature as its bucket (score_batches hashes a
+    passthrough column itself)."""
+    for c in pii.hashed:
+        if c not in cols:
+            continue
+        if c == tab.id_column:  # a blank id stays missing (missing_id), not the hash of blanks
+            text = as_text(cols[c])
+            cols[c] = private(pa.chunked_array([pc.if_else(_blank(text), pa.scalar(None, pa.string()),
+                                                           text.combine_chunks())], pa.string()), pii)
+        else:
+            cols[c] = pa.chunked_array([pii.bucket(private(cols[c], pii).combine_chunks())])
+
+
 def validate(t: pa.Table, malformed: list[str], tab: TabularConf, label_required: bool = True,
-             regression: bool = False, extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES) -> Records:
+             regression: bool = False, extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES,
+             pii: Pii | None = None) -> Records:
     """Checks every record; the first failing check names the reason. Malformed records come last.
 
     ``t`` holds the declared columns: text, or typed numerics (a typed id, label or category is
     turned into text first). Without an id column the ids are ``record_keys``. An id, label or
-    category longer than ``max_bytes`` UTF-8 bytes is value_too_long (preprocess.max_category_bytes)."""
+    category longer than ``max_bytes`` UTF-8 bytes is value_too_long (preprocess.max_category_bytes).
+    ``pii`` (dataset.privacy): personal columns are hashed before any check, so no record, reason
+    or statistic holds their values, and a malformed record's text (which may) is withheld."""
     n = t.num_rows
     cols = {c: t[c] for c in t.column_names}
+    if pii is not None:
+        _hide_personal(cols, tab, pii)
+        if malformed:
+            malformed = [REDACTED] * len(malformed)
     if tab.label_column not in cols:
         cols[tab.label_column] = pa.chunked_array([pa.nulls(n, pa.string())])
     for c in [tab.id_column, *tab.categorical] + ([] if regression else [tab.label_column]):
@@ -486,13 +515,17 @@ def empty_features(parts: list[dict[str, Any]], tab: TabularConf) -> list[str]:
     return numeric + [c for c in tab.categorical if not any(p["categorical"][c] for p in parts)]
 
 
-def merge_fits(parts: list[dict[str, Any]], tab: TabularConf) -> dict[str, Any]:
-    """The fitted parameters from every task's partial_fit (Chan et al.'s pairwise update)."""
+def merge_fits(parts: list[dict[str, Any]], tab: TabularConf, pii: Pii | None = None) -> dict[str, Any]:
+    """The fitted parameters from every task's partial_fit (Chan et al.'s pairwise update). A
+    hashed personal column's vocabulary is every bucket, fitted on nothing."""
     params: dict[str, Any] = {"numeric": {}, "categorical": {}}
     for c in tab.numeric:
         mean, std = _merge_moments([p["numeric"][c] for p in parts])
         params["numeric"][c] = {"mean": mean, "std": std if std > 0 and not math.isnan(std) else 1.0}
     for c in tab.categorical:
+        if pii is not None and c in pii.hashed:
+            params["categorical"][c] = pii.vocabulary()
+            continue
         counts: dict[str, int] = {}
         for p in parts:
             for v, k in p["categorical"][c].items():

@@ -43,6 +43,7 @@ from pipeline.ingest import sources, tabular
 from pipeline.spark import tasks
 from pipeline.spark.cli import InputError
 from pipeline.core.config import MAX_CATEGORY_BYTES, SplitConf, TabularConf
+from pipeline.core.privacy import Pii
 
 STAGE_DDL = "part int, stats string"
 STAGE_SCHEMA = pa.schema([("part", pa.int32()), ("stats", pa.string())])
@@ -97,8 +98,8 @@ class Stager:
     split, the rows of each batch staged, the files the rows came from."""
 
     def __init__(self, part: int, tab: TabularConf, split: SplitConf, staging_uri: str, quarantine_uri: str,
-                 stage_name: str, regression: bool, max_bytes: int = MAX_CATEGORY_BYTES):
-        self.part, self.tab, self.split, self.regression = part, tab, split, regression
+                 stage_name: str, regression: bool, max_bytes: int = MAX_CATEGORY_BYTES, pii: Pii | None = None):
+        self.part, self.tab, self.split, self.regression, self.pii = part, tab, split, regression, pii
         self.quarantine_uri, self.stage_name, self.max_bytes = quarantine_uri, stage_name, max_bytes
         self.schema = _staging_schema(tab, regression)
         self.counts: dict[tuple[int, str], int] = {}
@@ -115,7 +116,7 @@ class Stager:
         """Records with their FILE and POS columns (``with_position``, ``with_positions``)."""
         files, pos = self._file_ids(t[FILE]), t[POS].to_numpy()
         rec = tabular.validate(t.drop([FILE, POS]), malformed, self.tab, regression=self.regression,
-                               max_bytes=self.max_bytes)
+                               max_bytes=self.max_bytes, pii=self.pii)
         ok = rec.good()
         if not ok.all():
             self.quarantine(rec.take(np.flatnonzero(~ok)))
@@ -450,8 +451,8 @@ def write_curated(frames: Iterator[pd.DataFrame], tab: TabularConf, params: dict
 
 # --- score ------------------------------------------------------------------------------------
 
-def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any], batch_size: int
-                  ) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
+def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any], batch_size: int,
+                  pii: Pii | None = None) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
     for lo in range(0, len(rec), batch_size):
         r = rec.take(np.arange(lo, min(lo + batch_size, len(rec))))
         ok = np.flatnonzero(r.good())
@@ -462,7 +463,7 @@ def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]
                 features[i] = x[j]
         values = np.full(len(r), None, dtype=object)
         if len(ok):
-            for j, v in zip(ok, drift_values(r.take(ok), tab, params)):
+            for j, v in zip(ok, drift_values(r.take(ok), tab, params, pii.hashed if pii else ())):
                 values[j] = v
         hashes = np.zeros(len(r), np.int64)
         if len(ok) and tab.id_column:  # without one the id is the hash of the values already
@@ -474,19 +475,21 @@ def _score_frames(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]
                             drift.VALUES: values}), r
 
 
-def drift_values(rec: tabular.Records, tab: TabularConf, params: dict[str, Any]) -> np.ndarray:
+def drift_values(rec: tabular.Records, tab: TabularConf, params: dict[str, Any], personal: Sequence[str] = ()
+                 ) -> np.ndarray:
     """Each record's features as the drift reference describes them (float64, one row each): the
     numeric values as read (NaN where missing), then each categorical's index in the fitted
-    vocabulary (NaN for an unknown value or null)."""
+    vocabulary (NaN for an unknown value or null); ``personal`` columns have no reference."""
     cols = [rec.numeric[c] for c in tab.numeric]
-    for c in tab.categorical:
+    for c in [c for c in tab.categorical if c not in personal]:
         index = {v: float(i) for i, v in enumerate(params["categorical"][c])}
         cols.append(pd.Series(rec.categorical[c], dtype=object).map(index).to_numpy(np.float64, na_value=np.nan))
     return np.column_stack(cols) if cols else np.zeros((len(rec), 0))
 
 
 def score_records(frames: Iterable[pd.DataFrame], plan_uri: str, tab: TabularConf, params: dict[str, Any],
-                  batch_size: int, max_bytes: int = MAX_CATEGORY_BYTES) -> Iterator[pd.DataFrame]:
+                  batch_size: int, max_bytes: int = MAX_CATEGORY_BYTES, pii: Pii | None = None
+                  ) -> Iterator[pd.DataFrame]:
     """The fast path: the tasks' records (plans under plan_uri), validated (no label needed) and
     encoded with the dataset version's parameters, in frames of batch_size: id, source, reason,
     detail, features (None if bad), and HASH, FILE, POS for finding duplicates."""
@@ -494,21 +497,27 @@ def score_records(frames: Iterable[pd.DataFrame], plan_uri: str, tab: TabularCon
         for piece in read_pieces(plan_uri, t):
             records, malformed = tabular.read_piece(piece, tab, label_required=False)
             rec = tabular.validate(with_position(records, piece[0], piece[1]), malformed, tab, label_required=False,
-                                   extra=[FILE, POS], max_bytes=max_bytes)
-            for pdf, _ in _score_frames(rec, tab, params, batch_size):
+                                   extra=[FILE, POS], max_bytes=max_bytes, pii=pii)
+            for pdf, _ in _score_frames(rec, tab, params, batch_size, pii):
                 yield pdf
 
 
 def score_batches(batches: Iterator[pa.RecordBatch], tab: TabularConf, params: dict[str, Any], batch_size: int,
-                  extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES
+                  extra: Sequence[str] = (), max_bytes: int = MAX_CATEGORY_BYTES, pii: Pii | None = None
                   ) -> Iterator[tuple[pd.DataFrame, tabular.Records]]:
     """The Spark-reader path: (frame as score_records gives, its Records with the ``extra``
-    columns) of the source's declared columns (pipeline/sources.py) and ``with_positions``."""
+    columns) of the source's declared columns (pipeline/sources.py) and ``with_positions``. An
+    ``extra`` column that is personal and hashed carries its hash."""
+    hashed = [c for c in extra if pii is not None and c in pii.hashed]
     for t in tables(batches):
         t, malformed = split_corrupt(t)
-        rec = tabular.validate(t, malformed, tab, label_required=False, max_bytes=max_bytes,
+        for c in hashed:
+            assert pii is not None
+            name = sources.PASSTHROUGH + c
+            t = t.set_column(t.column_names.index(name), name, tabular.private(t[name], pii))
+        rec = tabular.validate(t, malformed, tab, label_required=False, max_bytes=max_bytes, pii=pii,
                                extra=[sources.PASSTHROUGH + c for c in extra] + [FILE, POS])
-        yield from _score_frames(rec, tab, params, batch_size)
+        yield from _score_frames(rec, tab, params, batch_size, pii)
 
 
 def scored_duplicates(frame: DataFrame, tab: TabularConf) -> tuple[DataFrame, Callable[[DataFrame], None] | None]:

@@ -24,5 +24,8 @@ def get(name: str) -> Kind:
 def for_config(cfg: Config) -> Kind:
     """The config's kind, after the checks of its own settings (ConfigError names the key)."""
     kind = get(cfg.dataset.kind)
+    if cfg.dataset.privacy.pii_columns and not kind.personal_columns:
+        raise ConfigError(f"dataset.privacy: {kind.name} datasets have no personal columns to hash or drop "
+                          f"(tables and sequences do); remove dataset.privacy.pii_columns")
     kind.check_config(cfg)
     return kind

@@ -94,6 +94,7 @@ class Kind:
     takes_torchvision: ClassVar[bool] = False
     augmentable: ClassVar[bool] = False
     scores_raw_frames: ClassVar[bool] = True  # prepare_frame/input_example: the MLflow pyfunc takes raw rows
+    personal_columns: ClassVar[bool] = False  # takes dataset.privacy (hashed or dropped columns)
 
     # --- configuration -------------------------------------------------------------------------
     def check_config(self, cfg: Config) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core import privacy
 from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Scored, Target
 
@@ -21,6 +22,7 @@ class Sequence(Kind):
     # Validation, gap filling and windowing run in Spark only; the registered MLflow model is the
     # network on prepared windows (pipeline/scoring/serving.py).
     scores_raw_frames = False
+    personal_columns = True  # the series column only: it names a person, its values are the data
 
     def check_config(self, cfg: Config) -> None:
         seq = cfg.dataset.sequence
@@ -31,6 +33,12 @@ class Sequence(Kind):
                 raise ConfigError(f"dataset.sequence.{key} must be >= 1, got {v}")
         if seq.max_fill < 0:
             raise ConfigError(f"dataset.sequence.max_fill must be >= 0, got {seq.max_fill}")
+        for c, how in cfg.dataset.privacy.pii_columns.items():
+            if c != seq.series_column or how != "hash":
+                raise ConfigError(f"dataset.privacy.pii_columns.{c}: a sequence's only personal column is its "
+                                  f"series column (dataset.sequence.series_column: {seq.series_column!r}), hashed; "
+                                  f"its time, target and features are the series itself")
+        privacy.from_config(cfg.dataset.privacy)  # the key: exit 2 before anything runs when it is missing
 
     def check_task(self, task: str) -> None:
         if task != "regression":
@@ -47,7 +55,8 @@ class Sequence(Kind):
 
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         seq = m["sequence"]
-        return {"kind": self.name, "field": "features", "sequence": seq}, [seq["window"], len(seq["columns"])]
+        return ({"kind": self.name, "field": "features", "sequence": seq, **({"privacy": m["privacy"]} if "privacy" in m else {})},
+                [seq["window"], len(seq["columns"])])
 
     def outputs(self, m: dict[str, Any]) -> int:
         return int(m["sequence"]["horizon"])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core import drift, lake
+from pipeline.core import drift, lake, privacy
 from pipeline.core.config import ConfigError, TabularConf
 from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 class Tabular(Kind):
     name = "tabular"
     archs = ("mlp",)
+    personal_columns = True
 
     def check_config(self, cfg: Config) -> None:
         tab = cfg.dataset.tabular
@@ -38,6 +39,8 @@ class Tabular(Kind):
         if unknown:
             raise ConfigError(f"score.passthrough: {unknown} are not declared columns (dataset.tabular); "
                               f"declare them, e.g. in dataset.tabular.ignore")
+        _check_personal(cfg.dataset.privacy.pii_columns, tab, cfg.score.passthrough)
+        privacy.from_config(cfg.dataset.privacy)  # the key: exit 2 before anything runs when it is missing
 
     # --- preprocess --------------------------------------------------------------------------
     def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
@@ -49,13 +52,14 @@ class Tabular(Kind):
         from pipeline.ingest import sources, tabular, tabular_tasks
         from pipeline.spark import tasks
 
-        tab = cfg.dataset.tabular
+        pii = privacy.from_config(cfg.dataset.privacy)
+        tab = privacy.effective(cfg.dataset.tabular, pii)
         regression = cfg.train.task == "regression"
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         staging, quarantine_uri = target.staging, target.quarantine
         kw: dict[str, Any] = dict(tab=tab, split=cfg.preprocess.split, staging_uri=staging, quarantine_uri=quarantine_uri,
                   stage_name="preprocess.validate", regression=regression,
-                  max_bytes=cfg.preprocess.max_category_bytes)
+                  max_bytes=cfg.preprocess.max_category_bytes, pii=pii)
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files):
             pieces = tabular.plan(source, tab, n_tasks, sources.max_piece_bytes(spark), listing=files)
@@ -86,7 +90,7 @@ class Tabular(Kind):
 
         label_names = [] if regression else sort_labels(sorted({label for _, label in split_class}))
         fits = [f for r in results for f in r["fits"]]
-        params = tabular.merge_fits(fits, tab)
+        params = tabular.merge_fits(fits, tab, pii)
         tasks.write_plans(tabular_tasks.deal(results, n_tasks), target.plan("write"))
         write = partial(tabular_tasks.write_curated, tab=tab, params=params, label_names=label_names,
                         staging_uri=staging, plan_uri=target.plan("write"), split_uris=target.splits(),
@@ -96,13 +100,15 @@ class Tabular(Kind):
         if written != output:
             raise RuntimeError(f"wrote {written} curated rows, expected {output}: a task's staged input changed")
         train_counts = {label: n for (s, label), n in split_class.items() if s == "train"}
-        reference = _drift_reference(spark, cfg, target, results, fits, params, label_names, train_counts)
+        reference = _drift_reference(spark, cfg, tab, target, results, fits, params, label_names, train_counts,
+                                     pii.hashed if pii else [])
         lake.remove(staging)
         return Curated(
             input_count=input_count, output_count=output, by_reason=by_reason,
             split_counts={s: sum(n for (sp, _), n in split_class.items() if sp == s) for s in SPLITS},
             split_class_counts=split_class, label_names=label_names,
-            fitted={"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {})},
+            fitted={"tabular": params, **({"label_stats": tabular.label_stats(fits)} if regression else {}),
+                    **({"privacy": pii.describe()} if pii else {})},
             schema={"id": "string", "label": "float32" if regression else "int32",
                     "features": f"array<float>[{params['num_features']}]"},
             warnings=[{"code": "all_null_feature", "column": c,
@@ -112,8 +118,12 @@ class Tabular(Kind):
 
     # --- model -----------------------------------------------------------------------------------
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-        return ({"kind": self.name, "field": "features", "tabular": m["tabular"],
-                 "columns": m["config"]["dataset"]["tabular"]}, [m["tabular"]["num_features"]])
+        """The columns as the dataset version was encoded (a hashed numeric is a categorical) and
+        its personal columns (never the key: scoring and serving read it from ``key_env``)."""
+        pii = privacy.of(m.get("privacy"), need_key=False)
+        columns = privacy.effective(TabularConf(**m["config"]["dataset"]["tabular"]), pii)
+        return ({"kind": self.name, "field": "features", "tabular": m["tabular"], "columns": vars(columns),
+                 **({"privacy": pii.describe()} if pii else {})}, [m["tabular"]["num_features"]])
 
     # --- scoring ---------------------------------------------------------------------------------
     def score(self, spark: SparkSession, cfg: Config, spec: dict[str, Any], source: str, date: str,
@@ -131,6 +141,12 @@ class Tabular(Kind):
 
         tab = _score_columns(spec, cfg)
         passthrough = cfg.score.passthrough
+        pii = privacy.of(spec["input"].get("privacy"))
+        if pii is not None:
+            dropped = [c for c in passthrough if pii.columns.get(c) == privacy.DROP]
+            if dropped:
+                raise ConfigError(f"score.passthrough: {dropped} are dropped personal columns "
+                                  f"(dataset.privacy.pii_columns); hash them to pass them through")
         columns = predict.prediction_columns(spec)
         max_bytes = cfg.preprocess.max_category_bytes
         carry = [tabular_tasks.HASH, tabular_tasks.FILE, tabular_tasks.POS, drift.VALUES]
@@ -141,7 +157,8 @@ class Tabular(Kind):
             tabular_tasks.write_pieces(tabular.plan(source, tab, n, sources.max_piece_bytes(spark),
                                                     label_required=False, listing=files), plan_uri)
             records = partial(tabular_tasks.score_records, plan_uri=plan_uri, tab=tab,
-                              params=spec["input"]["tabular"], batch_size=kw["batch_size"], max_bytes=max_bytes)
+                              params=spec["input"]["tabular"], batch_size=kw["batch_size"], max_bytes=max_bytes,
+                              pii=pii)
             body = partial(predict.score_frames, prepare=_prepare_encoded, key="id", carry=carry, **kw)
             frame, check = tabular_tasks.scored_duplicates(
                 tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=records(it)), ddl), tab)
@@ -152,7 +169,9 @@ class Tabular(Kind):
         if absent:
             raise tabular.SchemaDriftError(f"score.passthrough: {absent} not in {source}; it has {df.columns}")
         df = tabular_tasks.with_positions(sources.declared(df, tab, extra=passthrough))
-        extra = [T.StructField(c, df.schema[sources.PASSTHROUGH + c].dataType) for c in passthrough]
+        # A hashed passthrough column carries its hash (text), whatever its type in the input.
+        extra = [T.StructField(c, T.StringType() if pii and c in pii.hashed else df.schema[sources.PASSTHROUGH + c].dataType)
+                 for c in passthrough]
         scored_schema = _parse_datatype_string(ddl)
         assert isinstance(scored_schema, T.StructType)  # a DDL of several columns is a struct
         out = T.StructType(scored_schema.fields + extra)
@@ -160,7 +179,8 @@ class Tabular(Kind):
         params = spec["input"]["tabular"]
 
         def scored_batches(batches):
-            for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough, max_bytes):
+            for pdf, rec in tabular_tasks.score_batches(batches, tab, params, kw["batch_size"], passthrough, max_bytes,
+                                                        pii):
                 (scored,) = predict.score_frames(iter([pdf]), _prepare_encoded, "id", carry=carry, **kw)
                 cols = pa.RecordBatch.from_pandas(scored, schema=pa.schema(list(arrow)[:len(arrow) - len(extra)]),
                                                   preserve_index=False).columns
@@ -186,7 +206,8 @@ class Tabular(Kind):
             col = pa.chunked_array([pa.array(pdf[c].tolist())])
             cols[c] = col if c in tab.numeric else tabular.as_text(col)  # typed numbers are validated as numbers
         cols[tab.label_column] = pa.chunked_array([pa.nulls(len(pdf), pa.string())])
-        rec = tabular.validate(pa.table(cols), [], tab, label_required=False)
+        rec = tabular.validate(pa.table(cols), [], tab, label_required=False,
+                               pii=privacy.of(spec["input"].get("privacy")))
         ok = np.flatnonzero(rec.good())
         features = np.full(len(rec), None, dtype=object)
         if len(ok):
@@ -208,20 +229,24 @@ class Tabular(Kind):
         pdf = t.slice(0, rows).to_pandas()
         for c in tab.numeric:
             pdf[c] = pd.to_numeric(pdf[c], errors="coerce")
+        # Logged with the model: a personal column's values are never in it, only stand-ins.
+        for c in (spec["input"].get("privacy") or {}).get("columns", {}):
+            if c in pdf:
+                pdf[c] = [f"example-{i}" for i in range(len(pdf))]
         return pdf[[tab.id_column, *tab.numeric, *tab.categorical]]
 
 
-def _drift_reference(spark: SparkSession, cfg: Config, target: Target, results: list[dict[str, Any]],
+def _drift_reference(spark: SparkSession, cfg: Config, tab: TabularConf, target: Target, results: list[dict[str, Any]],
                      fits: list[dict[str, Any]], params: dict[str, Any], label_names: list[str],
-                     train_counts: dict[str, int]) -> dict[str, Any]:
+                     train_counts: dict[str, int], personal: list[str]) -> dict[str, Any]:
     """The train split's reference for drift (pipeline/core/drift.py), from the staged rows:
     numerics by a Spark job over the staged train rows (``approxQuantile`` cut points, then the
-    rows per bin), categoricals and class labels from the counts the fit merged already."""
+    rows per bin), categoricals and class labels from the counts the fit merged already. A
+    personal column has none: no statistic of it is kept."""
     from pipeline.ingest import tabular_tasks
     from pipeline.kinds import drift as spark_drift
     from pipeline.spark import tasks
 
-    tab = cfg.dataset.tabular
     regression = cfg.train.task == "regression"
     numbers: dict[str, dict[str, Any]] = {}
     parts = [r["part"] for r in results if r["batch_rows"]]
@@ -238,7 +263,7 @@ def _drift_reference(spark: SparkSession, cfg: Config, target: Target, results: 
             df.unpersist()
     features = {c: numbers.get(c) or drift.numeric_reference([], [0, 0]) for c in tab.numeric}
     n_train = sum(train_counts.values())
-    for c in tab.categorical:
+    for c in [c for c in tab.categorical if c not in personal]:
         seen: dict[str, int] = {}
         for p in fits:
             for v, k in p["categorical"][c].items():
@@ -266,3 +291,21 @@ def _score_columns(spec: dict[str, Any], cfg: Config) -> TabularConf:
     tab = cfg.dataset.tabular
     return TabularConf(**{**spec["input"]["columns"], "format": tab.format, "options": tab.options,
                           "reader": tab.reader, "duplicates": tab.duplicates})
+
+
+def _check_personal(columns: dict[str, str], tab: TabularConf, passthrough: list[str]) -> None:
+    """dataset.privacy.pii_columns against the declared columns: each one declared, never the
+    label; a dropped one neither the id, a feature nor passed through."""
+    for c, how in columns.items():
+        key = f"dataset.privacy.pii_columns.{c}"
+        if c == tab.label_column:
+            raise ConfigError(f"{key}: the label ({c}) cannot be a personal column")
+        if c not in tab.columns():
+            raise ConfigError(f"{key}: {c!r} is not a declared column (dataset.tabular: the id, a numeric, "
+                              f"a categorical or an ignored column)")
+        if how == privacy.DROP:
+            role = ("the id" if c == tab.id_column else "a feature" if c in (*tab.numeric, *tab.categorical)
+                    else "in score.passthrough" if c in passthrough else "")
+            if role:
+                raise ConfigError(f"{key}: a dropped column cannot be {role}; hash it, or move it to "
+                                  f"dataset.tabular.ignore (and out of score.passthrough)")

@@ -5,7 +5,7 @@ training loop needs from its peers goes through the returned backend:
 
 - ``rank, size, local_rank, local_size`` and the ``device`` this rank trains on;
 - ``prepare(model, opt, ...)`` wraps model and optimizer and starts every rank from rank 0's
-  state;
+  state (with ``dp``, for DP-SGD: torch only, pipeline/training/dp.py);
 - ``step(loss, opt, scaler)`` backward and optimizer step (with a GradScaler for fp16 on GPU);
 - ``allreduce_sum(tensor)`` and ``allgather(array)`` for the metrics;
 - ``shutdown()``.
@@ -89,7 +89,10 @@ class Horovod:
                 pass
         self.device = pick_device(requested_device, self.local_rank, assigned)
 
-    def prepare(self, model, opt, *, fp16_allreduce: bool, opt_state: dict | None = None):
+    def prepare(self, model, opt, *, fp16_allreduce: bool, opt_state: dict | None = None,
+                dp: dict | None = None, batch_size: int = 0):
+        if dp:  # train.py refuses this before any rank starts; a rank started by hand gets the same reason
+            raise ValueError("train.privacy: DP-SGD runs on train.backend=torch, not horovod")
         hvd = self.hvd
         compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
         opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression)
@@ -153,12 +156,17 @@ class TorchDDP:
                 td.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
         self.td = td
 
-    def prepare(self, model, opt, *, fp16_allreduce: bool, opt_state: dict | None = None):
+    def prepare(self, model, opt, *, fp16_allreduce: bool, opt_state: dict | None = None,
+                dp: dict | None = None, batch_size: int = 0):
         from torch.nn.parallel import DistributedDataParallel
 
         # Every rank reads the same checkpoint; DDP broadcasts rank 0's parameters and buffers.
         if opt_state is not None:
             opt.load_state_dict(opt_state)
+        if dp:
+            from pipeline.training import dp as dp_sgd
+
+            return dp_sgd.wrap(model, opt, dp, batch_size)
         ids = [self.device.index] if self.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
         if fp16_allreduce:

@@ -27,7 +27,7 @@ def train_rank(p: RankParams) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     from pipeline.model import artifact, objectives
-    from pipeline.training import distributed
+    from pipeline.training import distributed, dp
     from pipeline.model.networks import build_model, load_initial_weights
 
     t = p.train
@@ -44,11 +44,14 @@ def train_rank(p: RankParams) -> dict[str, Any]:
         load_initial_weights(model, t["init_weights"])
     model = model.to(dist.device)
     state = RunState.start(p, dist.rank)
+    private = t["privacy"] if dp.enabled(t) else None  # DP-SGD (pipeline/training/dp.py)
     net, opt = dist.prepare(model, make_optimizer(model, t), fp16_allreduce=t["fp16_allreduce"],
-                            opt_state=state.resume_model(model))
+                            opt_state=state.resume_model(model), dp=private, batch_size=t["batch_size"])
 
     for epoch in range(state.next_epoch, t["epochs"]):
         rec = train_epoch(net, opt, data, objective, dist, precision, epoch, p)
+        if private:
+            rec["dp_epsilon"] = dp.epsilon(private, (epoch + 1) * p.steps_per_epoch)
         rec.update(_prefixed("val", evaluate(model, data, p.val_url, objective, dist, precision)))
         state.record(rec, model)
         if dist.rank == 0:
@@ -317,7 +320,7 @@ class RunState:
             "monitor": self.monitor, "steps_per_epoch": self.p.steps_per_epoch,
             **{k: v for k, v in best.items() if k.startswith("val_")},
             **_prefixed("test", test),
-            **{k: v for k, v in (h[-1] if h else {}).items() if k.startswith("train_")},
+            **{k: v for k, v in (h[-1] if h else {}).items() if k.startswith("train_") or k == "dp_epsilon"},
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in h])) if h else None,
             "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in h])) if h else None,
         }
