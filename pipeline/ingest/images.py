@@ -111,3 +111,27 @@ def images_to_tensor_layout(image_col, spec: ImageSpec | ImageLayout) -> np.ndar
     else:
         flat = np.frombuffer(b"".join(image_col), dtype=np.uint8)
     return flat.reshape(-1, spec.height, spec.width, spec.channels).transpose(0, 3, 1, 2)
+
+
+CHANNEL_NAMES = {1: ("gray",), 3: ("red", "green", "blue")}
+
+
+def stat_names(channels: int) -> list[str]:
+    """The drift features of an image, in ``channel_stats``' order: each channel's mean, then each
+    channel's standard deviation (``gray_mean, gray_std``; ``red_mean, green_mean, blue_mean, red_std, ...``)."""
+    names = CHANNEL_NAMES.get(channels) or tuple(f"channel_{c}" for c in range(channels))
+    return [f"{n}_mean" for n in names] + [f"{n}_std" for n in names]
+
+
+def channel_stats(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, C, H, W) at the model's input size -> (N, 2C) float64: each channel's
+    mean, then each channel's standard deviation, in [0, 1] units. Preprocess (the train split's
+    reference) and scoring (each scored image) call this on the same decoded arrays, so the two
+    cannot disagree."""
+    n, c = images.shape[:2]
+    out = np.empty((n, 2 * c))
+    for i in range(n):  # one image at a time: a float copy of a whole batch of large images would be large
+        px = images[i].reshape(c, -1)
+        out[i, :c] = px.mean(axis=1, dtype=np.float64)
+        out[i, c:] = px.std(axis=1, dtype=np.float64)
+    return out / 255.0
