@@ -147,8 +147,7 @@ def _drift(cfg: Config, spec: dict[str, Any], good, values=None) -> tuple[dict[s
     if reference is None or drift.VALUES not in (good if values is None else values).columns:
         return None, [{"code": "no_drift_reference", "column": "",
                        "detail": f"dataset version {ds['version']} has no drift reference (preprocessed by an "
-                                 f"older version, or its kind computes none): drift is not computed; "
-                                 f"preprocess again and retrain to get one"}]
+                                 f"older version): drift is not computed; preprocess again and retrain to get one"}]
     counts, prediction = spark_drift.scored_counts(good, reference,
                                                    F.col(predict.DRIFT_COLUMN[predict.task_name(spec)]), values)
     return drift.report(reference, counts, prediction, cfg.score.drift.fail_above), []

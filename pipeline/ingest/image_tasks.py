@@ -7,7 +7,9 @@ the files and deals them, with their id, label and split, to one task per output
 (``plan``, written as one small Parquet file per task). Each task (``run_task``) reads and
 decodes its files, writes one Parquet file per split straight to the lake with pyarrow, and
 writes its bad records to the quarantine; only counts per (split, class), pixel sums per split
-and counts of bad records by reason go back to Spark.
+and counts of bad records by reason go back to Spark. With a ``drift_uri``, each task also writes
+its train images' channel statistics there (``images.channel_stats``: a few floats per image,
+from the arrays it decoded anyway), which the driver turns into the drift reference.
 
 A task writes ``<out>/<split>/part-<partition>.parquet`` through ``lake.ParquetPart``: a hidden
 temporary name and a rename, so a retried or speculative attempt replaces the file whole and

@@ -67,13 +67,12 @@ class Images(Kind):
             body = partial(image_tasks.run_task, plan_uri=plan_uri, label_names=label_names, **common)
             rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_tasks.TASK_DDL).collect()
         if not rows or sum(r["n"] for r in rows) == 0:
-            lake.remove(target.staging)
             raise sources.SourceError(f"source {source} has no records")
         curated = _curated(rows, label_names, ds.image.channels, ds.image.height * ds.image.width)
-        curated.drift_reference = _drift_reference(spark, cfg, target, curated)
-        lake.remove(target.staging)
         quarantine.check_fraction(curated.by_reason, curated.input_count, cfg.preprocess.max_bad_fraction,
                                   quarantine_uri)
+        curated.drift_reference = _drift_reference(spark, cfg, target, curated)
+        lake.remove(target.staging)
         curated.schema = {"id": "string", "path": "string", "label": "int32",
                           "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{ds.image.channels}, "
                                    f"row-major"}
