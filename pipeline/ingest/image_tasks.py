@@ -71,10 +71,10 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
 class _SplitWriter:
     """One split's Parquet file: buffers rows, writes row groups of about row_group_bytes, counts
     rows per class and, for the train split, histograms pixel values per channel (exact, and
-    cheaper than summing floats image by image: bench/README.md) and keeps each image's channel
-    statistics (the drift reference's features: ``images.channel_stats``)."""
+    cheaper than summing floats image by image: bench/README.md) and, with ``stats``, keeps each
+    image's channel statistics (the drift reference's features: ``images.channel_stats``)."""
 
-    def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool):
+    def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool, stats: bool = False):
         self.row_group_bytes, self.channels = row_group_bytes, channels
         # Row groups are cut here (flush), so the file writes each flush as one.
         self.file = lake.ParquetPart(uri, SCHEMA, 0, tasks.attempt())
@@ -82,6 +82,7 @@ class _SplitWriter:
         self.buffered = 0
         self.counts: dict[int, int] = {}
         self.hist = np.zeros((channels, 256), np.int64) if moments else None
+        self.keep_stats = moments and stats
         self.stats: list[np.ndarray] = []
 
     def add(self, id_: str, path: str, image: bytes, label: int) -> None:
@@ -101,7 +102,8 @@ class _SplitWriter:
             px = np.frombuffer(b"".join(self.rows["image"]), np.uint8).reshape(-1, self.channels)
             for c in range(self.channels):
                 self.hist[c] += np.bincount(px[:, c], minlength=256)
-            self.stats.append(channel_stats(px.reshape(len(self.rows["id"]), -1, self.channels).transpose(0, 2, 1)))
+            if self.keep_stats:
+                self.stats.append(channel_stats(px.reshape(len(self.rows["id"]), -1, self.channels).transpose(0, 2, 1)))
         self.file.write(pa.Table.from_pydict(self.rows, SCHEMA))
         self.rows = {k: [] for k in SCHEMA.names}
         self.buffered = 0
@@ -152,12 +154,12 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, split_uris: di
                 continue
             if split not in writers:
                 writers[split] = _SplitWriter(f"{split_uris[split]}/part-{part:05d}.parquet", row_group_bytes,
-                                              spec.channels, moments=split == "train")
+                                              spec.channels, moments=split == "train", stats=drift_uri is not None)
             writers[split].add(id_, path, arr.tobytes(), index[label_name])
     rows = []
     for split, w in writers.items():
         w.close()
-        if drift_uri is not None and w.stats:
+        if w.stats:
             _write_stats(np.concatenate(w.stats), f"{drift_uri}/part-{part:05d}.parquet")
         s, q = w.moments()
         # The split's pixel sums ride on its first class's row; the statistics add them up per split.

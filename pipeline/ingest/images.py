@@ -124,14 +124,20 @@ def stat_names(channels: int) -> list[str]:
 
 
 def channel_stats(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, C, H, W) at the model's input size -> (N, 2C) float64: each channel's
+    """uint8 images (N, C, H, W) (or (N, C, H*W)) at the model's input size -> (N, 2C) float64: each channel's
     mean, then each channel's standard deviation, in [0, 1] units. Preprocess (the train split's
     reference) and scoring (each scored image) call this on the same decoded arrays, so the two
     cannot disagree."""
     n, c = images.shape[:2]
-    out = np.empty((n, 2 * c))
-    for i in range(n):  # one image at a time: a float copy of a whole batch of large images would be large
-        px = images[i].reshape(c, -1)
-        out[i, :c] = px.mean(axis=1, dtype=np.float64)
-        out[i, c:] = px.std(axis=1, dtype=np.float64)
-    return out / 255.0
+    # From each image's histogram per channel (one bincount, channels offset by 256): exact counts,
+    # and several times faster than float means and deviations over the pixels.
+    last = np.moveaxis(images, 1, -1)  # channels last: how the decoded arrays lie in memory, so no copy
+    offsets = np.arange(c, dtype=np.intp) * 256
+    hist = np.empty((n, c, 256))
+    for i in range(n):  # one image at a time: the indexes of a whole batch of large images would be large
+        hist[i] = np.bincount((last[i].reshape(-1, c) + offsets).ravel(), minlength=256 * c).reshape(c, 256)
+    v = np.arange(256) / 255.0
+    pixels = int(np.prod(images.shape[2:]))
+    mean = hist @ v / pixels
+    var = hist @ (v * v) / pixels - mean * mean
+    return np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
