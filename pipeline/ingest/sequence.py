@@ -26,6 +26,9 @@ What happens to each row, in order:
 
 Scoring takes each series' most recent ``window`` rows from the date's input (validated and
 filled the same way, with the training statistics) and writes the next ``horizon`` values.
+
+Drift (README: Drift) compares values, not windows: the train split's rows as they came (a
+filled value counts as missing) against the valid rows of the date's input.
 """
 from __future__ import annotations
 
