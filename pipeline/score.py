@@ -96,7 +96,7 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
                  F.lit(scored_at).cast("timestamp").alias("scored_at"))
          .coalesce(max(1, min(8, written // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
-        report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()))
+        report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()), s.drift)
     except BaseException:
         job.fail()
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
@@ -135,21 +135,21 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
     return m
 
 
-def _drift(cfg: Config, spec: dict[str, Any], good) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+def _drift(cfg: Config, spec: dict[str, Any], good, values=None) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """(the manifest's ``drift`` entry, warnings): each feature's PSI against the train split's
-    reference in the model's dataset version, or None and a warning where there is none."""
+    reference in the model's dataset version (the features' values in ``values``, where the kind
+    gives them apart from the scored rows ``good``), or None and a warning where there is none."""
     ds = spec["dataset"]
     try:
         reference = manifest.read(ds["uri"]).get("drift_reference")
     except FileNotFoundError:
         reference = None
-    if reference is None or drift.VALUES not in good.columns:
+    if reference is None or drift.VALUES not in (good if values is None else values).columns:
         return None, [{"code": "no_drift_reference", "column": "",
                        "detail": f"dataset version {ds['version']} has no drift reference (preprocessed by an "
-                                 f"older version, or its kind computes none): drift is not computed; "
-                                 f"preprocess again and retrain to get one"}]
+                                 f"older version): drift is not computed; preprocess again and retrain to get one"}]
     counts, prediction = spark_drift.scored_counts(good, reference,
-                                                   F.col(predict.DRIFT_COLUMN[predict.task_name(spec)]))
+                                                   F.col(predict.DRIFT_COLUMN[predict.task_name(spec)]), values)
     return drift.report(reference, counts, prediction, cfg.score.drift.fail_above), []
 
 

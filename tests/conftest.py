@@ -26,7 +26,7 @@ os.environ.setdefault("SPARK_SUBMIT_OPTS", TEST_JVM_OPTS)
 # With pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup), the tests that share
 # one of these expensive session fixtures run on the same worker, and so do the tests of one
 # file (its module fixtures), so each is built once per session, not once per worker.
-SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated")
+SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated", "co2_curated")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -123,6 +123,19 @@ def cancer_curated(spark, tmp_path_factory):
 
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={tmp_path_factory.mktemp('cancer-curated')}"])
     sample_data.write_breast_cancer(cfg, BAD_DATE, bad_records=True)
+    return cfg, preprocess.run(spark, cfg)
+
+
+@pytest.fixture(scope="session")
+def co2_curated(spark, tmp_path_factory):
+    """statsmodels' weekly CO2 (with its missing weeks) preprocessed in-process with
+    conf/co2.yaml: (config, manifest), shared as digits_curated is."""
+    from pipeline import preprocess
+    from pipeline.core.config import load_config
+    from pipeline.samples import sample_data
+
+    cfg = load_config("conf/co2.yaml", [f"lake.root={tmp_path_factory.mktemp('co2-curated')}"])
+    sample_data.write_series(cfg, CLEAN_DATE)
     return cfg, preprocess.run(spark, cfg)
 
 

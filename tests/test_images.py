@@ -91,7 +91,7 @@ def test_write_splits_writes_good_images_and_returns_counts_sums_and_bad_rows(tm
                          "id": list(files), "label_name": ["x", "x", "y", None],
                          "split": ["train", "train", "train", "val"]})
     out = pd.concat(list(write_splits(iter([plan]), GRAY, {s: f"file://{tmp_path}/out/{s}" for s in ("train", "val", "test")},
-                                     ["x", "y"], 1 << 20, part=3)))
+                                     ["x", "y"], 1 << 20, part=3, drift_uri=f"file://{tmp_path}/drift")))
 
     bad = out[out["reason"].notna()].set_index("source")
     assert bad.loc[f"file:{src}/b.png", "reason"] == images.EMPTY_FILE
@@ -107,3 +107,6 @@ def test_write_splits_writes_good_images_and_returns_counts_sums_and_bad_rows(tm
     assert batch.shape == (2, 1, 8, 8) and (batch[0] == 51).all() and (batch[1] == 102).all()
     assert not (tmp_path / "out" / "val").exists()  # no good rows there, so no file
     assert [p.name for p in (tmp_path / "out" / "train").iterdir()] == ["part-00003.parquet"]  # no temporaries
+    # The train images' drift features (gray_mean, gray_std), staged for the reference.
+    stats = pq.read_table(tmp_path / "drift" / "part-00003.parquet").to_pydict()
+    assert stats == {"f0": [pytest.approx(51 / 255), pytest.approx(102 / 255)], "f1": [pytest.approx(0, abs=1e-6)] * 2}

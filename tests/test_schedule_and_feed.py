@@ -41,6 +41,16 @@ def test_shuffled_batches_emit_every_row_once(buffer):
         assert rows.tolist() != list(range(65))
 
 
+@pytest.mark.parametrize("buffer", [0, 1000])
+def test_multi_step_labels_stay_rows(buffer):
+    """A forecast's label is a row of ``horizon`` values, in the last partial batch too."""
+    chunks = ((x, np.stack([x, x + 1000], axis=1)) for x, _ in _chunks([7, 30]))
+    out = list(feed.shuffled_batches(chunks, 8, buffer, np.random.default_rng(1)))
+    for x, y in out:
+        assert y.shape == (len(x), 2)
+        np.testing.assert_array_equal(y[:, 1], x + 1000)
+
+
 def test_shuffle_is_reproducible_from_the_seed():
     a = [x.tolist() for x, _ in feed.shuffled_batches(_chunks([50, 50]), 10, 40, np.random.default_rng(3))]
     b = [x.tolist() for x, _ in feed.shuffled_batches(_chunks([50, 50]), 10, 40, np.random.default_rng(3))]

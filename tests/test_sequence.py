@@ -93,13 +93,10 @@ def test_sunspots_preprocess_reconciles_splits_by_time_and_normalises_on_train(s
     assert last_time["train"][1] < last_time["val"][0] <= last_time["val"][1] < last_time["test"][0]
 
 
-def test_co2_missing_weeks_are_filled_or_quarantined(spark, tmp_path_factory):
+def test_co2_missing_weeks_are_filled_or_quarantined(co2_curated):
     import statsmodels.api as sm
 
-    root = tmp_path_factory.mktemp("co2")
-    cfg = load_config("conf/co2.yaml", [f"lake.root={root}"])
-    sample_data.write_series(cfg, DATE)
-    m = preprocess.run(spark, cfg)
+    cfg, m = co2_curated
     data = sm.datasets.co2.load_pandas().data["co2"].to_numpy()[:-4]
     missing = np.isnan(data)
     edges = np.flatnonzero(np.diff(np.r_[0, missing.astype(int), 0]))

@@ -7,7 +7,9 @@ the files and deals them, with their id, label and split, to one task per output
 (``plan``, written as one small Parquet file per task). Each task (``run_task``) reads and
 decodes its files, writes one Parquet file per split straight to the lake with pyarrow, and
 writes its bad records to the quarantine; only counts per (split, class), pixel sums per split
-and counts of bad records by reason go back to Spark.
+and counts of bad records by reason go back to Spark. With a ``drift_uri``, each task also writes
+its train images' channel statistics there (``images.channel_stats``: a few floats per image,
+from the arrays it decoded anyway), which the driver turns into the drift reference.
 
 A task writes ``<out>/<split>/part-<partition>.parquet`` through ``lake.ParquetPart``: a hidden
 temporary name and a rename, so a retried or speculative attempt replaces the file whole and
@@ -29,7 +31,7 @@ import pyarrow as pa
 from pipeline.core import lake, quarantine, splits
 from pipeline.spark import tasks
 from pipeline.core.config import SplitConf
-from pipeline.ingest.images import ImageSpec, Rejected, decode_image
+from pipeline.ingest.images import ImageSpec, Rejected, channel_stats, decode_image
 
 MISSING_LABEL = "missing_label"
 # write_splits: one row per (split, class) with counts and pixel sums, or per bad record.
@@ -69,9 +71,10 @@ def plan(source_uri: str, labels: dict[str, str] | None, split: SplitConf, n_tas
 class _SplitWriter:
     """One split's Parquet file: buffers rows, writes row groups of about row_group_bytes, counts
     rows per class and, for the train split, histograms pixel values per channel (exact, and
-    cheaper than summing floats image by image: bench/README.md)."""
+    cheaper than summing floats image by image: bench/README.md) and, with ``stats``, keeps each
+    image's channel statistics (the drift reference's features: ``images.channel_stats``)."""
 
-    def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool):
+    def __init__(self, uri: str, row_group_bytes: int, channels: int, moments: bool, stats: bool = False):
         self.row_group_bytes, self.channels = row_group_bytes, channels
         # Row groups are cut here (flush), so the file writes each flush as one.
         self.file = lake.ParquetPart(uri, SCHEMA, 0, tasks.attempt())
@@ -79,6 +82,8 @@ class _SplitWriter:
         self.buffered = 0
         self.counts: dict[int, int] = {}
         self.hist = np.zeros((channels, 256), np.int64) if moments else None
+        self.keep_stats = moments and stats
+        self.stats: list[np.ndarray] = []
 
     def add(self, id_: str, path: str, image: bytes, label: int) -> None:
         for k, v in zip(SCHEMA.names, (id_, path, image, label)):
@@ -97,6 +102,8 @@ class _SplitWriter:
             px = np.frombuffer(b"".join(self.rows["image"]), np.uint8).reshape(-1, self.channels)
             for c in range(self.channels):
                 self.hist[c] += np.bincount(px[:, c], minlength=256)
+            if self.keep_stats:
+                self.stats.append(channel_stats(px.reshape(len(self.rows["id"]), -1, self.channels).transpose(0, 2, 1)))
         self.file.write(pa.Table.from_pydict(self.rows, SCHEMA))
         self.rows = {k: [] for k in SCHEMA.names}
         self.buffered = 0
@@ -114,11 +121,13 @@ class _SplitWriter:
 
 
 def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, split_uris: dict[str, str], label_names: list[str],
-                 row_group_bytes: int, part: int | None = None) -> Iterator[pd.DataFrame]:
+                 row_group_bytes: int, part: int | None = None, drift_uri: str | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (uri, path, id, label_name, split) -> RESULT_COLUMNS, writing the good images.
     With a ``content`` column instead of ``uri`` the images come in the frames (a table source).
 
-    ``part`` numbers the output files; in a Spark task it is the partition.
+    ``part`` numbers the output files; in a Spark task it is the partition. With ``drift_uri``,
+    the train images' channel statistics go to ``<drift_uri>/part-<part>.parquet`` (columns
+    ``f0``, ``f1``, ... in ``images.stat_names`` order), for the drift reference.
     """
     if part is None:
         part = tasks.partition()
@@ -145,11 +154,13 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, split_uris: di
                 continue
             if split not in writers:
                 writers[split] = _SplitWriter(f"{split_uris[split]}/part-{part:05d}.parquet", row_group_bytes,
-                                              spec.channels, moments=split == "train")
+                                              spec.channels, moments=split == "train", stats=drift_uri is not None)
             writers[split].add(id_, path, arr.tobytes(), index[label_name])
     rows = []
     for split, w in writers.items():
         w.close()
+        if w.stats:
+            _write_stats(np.concatenate(w.stats), f"{drift_uri}/part-{part:05d}.parquet")
         s, q = w.moments()
         # The split's pixel sums ride on its first class's row; the statistics add them up per split.
         for i, (label, n) in enumerate(sorted(w.counts.items())):
@@ -158,8 +169,15 @@ def write_splits(frames: Iterator[pd.DataFrame], spec: ImageSpec, split_uris: di
     yield tasks.to_spark(pd.DataFrame(rows, columns=RESULT_COLUMNS))
 
 
+def _write_stats(stats: np.ndarray, uri: str) -> None:
+    table = pa.table({f"f{j}": stats[:, j] for j in range(stats.shape[1])})
+    part = lake.ParquetPart(uri, table.schema, 1 << 62, tasks.attempt())
+    part.write(table)
+    part.close()
+
+
 def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, split_uris: dict[str, str], label_names: list[str],
-             row_group_bytes: int, quarantine_uri: str, step: str) -> Iterator[pd.DataFrame]:
+             row_group_bytes: int, quarantine_uri: str, step: str, drift_uri: str | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body over task numbers (pipeline/tasks.py) -> TASK_DDL: each task reads its
     plan (``<plan_uri>/part-<task>.parquet``), runs write_splits over it and writes its bad
     records to the quarantine; what comes back is counts and pixel sums, and counts of the bad
@@ -167,8 +185,8 @@ def run_task(frames: Iterator[pd.DataFrame], plan_uri: str, spec: ImageSpec, spl
     for t in tasks.each(frames):
         planned = tasks.read_plan(plan_uri, t)
         batches = (planned.iloc[i:i + 1024] for i in range(0, len(planned), 1024))
-        yield _finish(write_splits(batches, spec, split_uris, label_names, row_group_bytes, part=t), t, quarantine_uri,
-                      step)
+        yield _finish(write_splits(batches, spec, split_uris, label_names, row_group_bytes, part=t, drift_uri=drift_uri),
+                      t, quarantine_uri, step)
 
 
 def content_ids(content: pd.Series) -> list[str]:
@@ -177,8 +195,8 @@ def content_ids(content: pd.Series) -> list[str]:
 
 
 def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: ImageSpec, split_uris: dict[str, str],
-                   label_names: list[str], row_group_bytes: int, quarantine_uri: str, step: str
-                   ) -> Iterator[pd.DataFrame]:
+                   label_names: list[str], row_group_bytes: int, quarantine_uri: str, step: str,
+                   drift_uri: str | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body over a table's (content, label_name) rows -> TASK_DDL, as run_task; the
     part number is the Spark partition."""
     def planned():
@@ -187,8 +205,8 @@ def run_table_task(frames: Iterator[pd.DataFrame], split: SplitConf, spec: Image
             yield pd.DataFrame({"content": pdf["content"], "path": ids, "id": ids, "label_name": pdf["label_name"],
                                 "split": np.asarray(splits.NAMES)[splits.assign(ids, split)]})
     part = tasks.partition()
-    yield _finish(write_splits(planned(), spec, split_uris, label_names, row_group_bytes, part=part), part,
-                  quarantine_uri, step)
+    yield _finish(write_splits(planned(), spec, split_uris, label_names, row_group_bytes, part=part,
+                               drift_uri=drift_uri), part, quarantine_uri, step)
 
 
 def _finish(results: Iterator[pd.DataFrame], part: int, quarantine_uri: str, step: str) -> pd.DataFrame:

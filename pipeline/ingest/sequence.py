@@ -26,6 +26,9 @@ What happens to each row, in order:
 
 Scoring takes each series' most recent ``window`` rows from the date's input (validated and
 filled the same way, with the training statistics) and writes the next ``horizon`` values.
+
+Drift (README: Drift) compares values, not windows: the train split's rows as they came (a
+filled value counts as missing) against the valid rows of the date's input.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.core import lake, privacy, quarantine
+from pipeline.core import drift, lake, privacy, quarantine
 from pipeline.ingest import tabular
 from pipeline.core.config import Config, SequenceConf, SplitConf
 from pipeline.core.privacy import Pii
@@ -60,8 +63,8 @@ SHORT_HISTORY = "short_history"
 
 _CORRUPT = "_corrupt_record"
 VALIDATED_DDL = "series string, time string, t double, is_number boolean, v array<double>, source string"
-PREPARED_DDL = ("series string, time string, t double, is_number boolean, v array<double>, split string, "
-                "segment int, step double, filled boolean, reason string, detail string, source string")
+PREPARED_DDL = ("series string, time string, t double, is_number boolean, v array<double>, raw array<double>, "
+                "split string, segment int, step double, filled boolean, reason string, detail string, source string")
 WINDOW_DDL = "id string, series string, time string, split string, features array<float>, label array<float>"
 
 
@@ -165,6 +168,7 @@ def prepare_series(pdf: pd.DataFrame, max_fill: int, split: SplitConf) -> pd.Dat
     keep = ~dup
     t = pdf["t"].to_numpy(np.float64)
     v = np.stack(pdf["v"].to_numpy()).astype(np.float64) if n else np.zeros((0, 0))
+    raw = v.copy()  # before filling: drift counts missing values as missing
     idx = np.flatnonzero(keep)
     step = step_of(t[idx])
     # segments: a jump of more than 1.5 steps in time starts a new one
@@ -207,7 +211,7 @@ def prepare_series(pdf: pd.DataFrame, max_fill: int, split: SplitConf) -> pd.Dat
         split_name[gidx] = np.where(u < split.train, "train", np.where(u < split.train + split.val, "val", "test"))
     return pd.DataFrame({
         "series": pdf["series"].to_numpy(), "time": pdf["time"].to_numpy(), "t": t,
-        "is_number": pdf["is_number"].to_numpy(), "v": list(v), "split": split_name, "segment": segment,
+        "is_number": pdf["is_number"].to_numpy(), "v": list(v), "raw": list(raw), "split": split_name, "segment": segment,
         "step": step_of(t[gidx]), "filled": filled, "reason": reason, "detail": detail, "source": pdf["source"].to_numpy(),
     })
 
@@ -242,8 +246,12 @@ def _bad(df: DataFrame) -> DataFrame:
     return df.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
 
 
-def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[str, str], quarantine_uri: str):
-    """preprocess.run's sequence step: (stats, label_names, fitted, schema) as for the other kinds."""
+def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[str, str], quarantine_uri: str,
+               reference: Callable[[DataFrame], dict[str, Any]]):
+    """preprocess.run's sequence step: (stats, label_names, fitted, schema) as for the other kinds,
+    and what ``reference`` (the drift reference) makes of the train split's rows: one column per
+    value column (``f0`` the target, then the covariates), in original units, NaN where the input
+    had no value (filled or not), as scoring counts them."""
     seq, split = cfg.dataset.sequence, cfg.preprocess.split
     pii = privacy.from_config(cfg.dataset.privacy)
     validated = validate(read(spark, seq, source, pii), seq).persist()
@@ -270,6 +278,8 @@ def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[s
         moments = sorted(moments, key=lambda r: r["j"])
         mean = np.array([r["mean"] for r in moments])
         std = np.array([r["std"] or 1.0 for r in moments])
+        train_rows = good.filter(F.col("split") == "train").select(*[F.col("raw")[j].alias(f"f{j}") for j in range(k)])
+        drift_reference = reference(train_rows)
         filled = good.filter("filled").count()
         first = good.select("is_number").first()
         steps = [r["step"] for r in good.groupBy("series").agg(F.first("step").alias("step")).collect()]
@@ -306,7 +316,7 @@ def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[s
     schema = {"id": "string", "series": "string", "time": "string (first forecast step)",
               "features": f"array<float>[{seq.window}x{len(columns)}] standardised, {columns} per step",
               "label": f"array<float>[{seq.horizon}] {seq.target_column}, original units"}
-    return stats, [], fitted, schema
+    return stats, [], fitted, schema, drift_reference
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -357,8 +367,11 @@ def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str) -> pd.D
     return pd.concat(frames, ignore_index=True)
 
 
-def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable[[], Any]) -> DataFrame:
-    """FORECAST_DDL rows for the date's input: forecasts (reason null) and quarantined rows."""
+def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable[[], Any]
+          ) -> tuple[DataFrame, DataFrame]:
+    """(FORECAST_DDL rows for the date's input: forecasts (reason null) and quarantined rows;
+    the input's valid rows as drift.VALUES, the value columns in original units, NaN where
+    missing, for drift: Spark reads the input again for these, without Python)."""
     seq_spec = spec["input"]["sequence"]
     seq = SequenceConf(**{k: seq_spec[k] for k in SequenceConf.__dataclass_fields__})
     validated = validate(read(spark, seq, source, privacy.of(spec["input"].get("privacy"))), seq)
@@ -369,4 +382,4 @@ def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable
                                    F.lit(None).cast("string").alias("time"),
                                    F.lit(None).cast("double").alias("prediction"), F.lit(0).cast("long").alias("used"),
                                    "reason", "detail", "source")
-    return forecasts.unionByName(early)
+    return forecasts.unionByName(early), validated.filter(F.col("reason").isNull()).select(F.col("v").alias(drift.VALUES))

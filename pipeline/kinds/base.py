@@ -86,6 +86,9 @@ class Scored:
     counts_used: bool = False
     # Run on the scored frame (persisted) before anything is written; raises to stop the job.
     check: Callable[[DataFrame], None] | None = None
+    # Where the input rows drift compares are not the scored rows (a forecast: one window of
+    # many rows in, ``horizon`` rows out): a frame of the input rows' ``_drift`` values.
+    drift: DataFrame | None = None
 
 
 class Kind:

@@ -58,18 +58,34 @@ def numeric_references(df: DataFrame, columns: dict[str, str], bins: int) -> dic
     return {name: drift.numeric_reference(e, n) for name, e, n in zip(columns, edges, counts)}
 
 
-def scored_counts(df: DataFrame, reference: dict[str, Any], prediction: Column | None
-                  ) -> tuple[dict[str, list[int]], list[int] | None]:
+def numeric_features(df: DataFrame | None, names: list[str], bins: int) -> dict[str, dict[str, Any]]:
+    """The references of numeric features held in ``df``'s columns ``f0``, ``f1``, ... (``names``
+    in that order), each with its ``position`` in the scoring values; a feature without rows
+    (``df`` None: no train rows) gets an empty reference."""
+    found = numeric_references(df, {n: f"f{j}" for j, n in enumerate(names)}, bins) if df is not None else {}
+    return {n: {**(found.get(n) or drift.numeric_reference([], [0, 0])), "position": j} for j, n in enumerate(names)}
+
+
+def scored_counts(df: DataFrame, reference: dict[str, Any], prediction: Column | None,
+                  values_df: DataFrame | None = None) -> tuple[dict[str, list[int]], list[int] | None]:
     """(the scored rows' counts per bucket of each reference feature, from ``df``'s ``VALUES``
     column in the reference's order; those of the predictions, ``prediction`` being the class
-    index or the predicted value), as ``drift.report`` takes them, in one aggregation."""
+    index or the predicted value), as ``drift.report`` takes them, in one aggregation. With
+    ``values_df`` the features are counted there instead (where the input rows are not the
+    prediction rows: a forecast), in a second aggregation."""
     # The manifest keeps its keys sorted: each feature names its place in the values.
     features = dict(sorted(reference["features"].items(), key=lambda kv: kv[1]["position"]))
     refs = list(features.values())
     values = F.col(drift.VALUES).cast("array<double>")
     pred = reference.get("prediction")
-    if pred and prediction is not None:
-        refs.append(pred)
-        values = F.concat(values, F.array(prediction.cast("double")))
-    counts = count_values(df, values, refs)
+    counts: list[list[int]] = []
+    if values_df is not None:
+        counts = count_values(values_df, values, refs)
+        if pred and prediction is not None:
+            counts += count_values(df, F.array(prediction.cast("double")), [pred])
+    else:
+        if pred and prediction is not None:
+            refs.append(pred)
+            values = F.concat(values, F.array(prediction.cast("double")))
+        counts = count_values(df, values, refs)
     return dict(zip(features, counts)), counts[len(features)] if len(counts) > len(features) else None

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from pipeline.core import lake
+from pipeline.core import drift, lake
 from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Prepared, Scored, Target
-from pipeline.ingest.images import ImageLayout, ImageSpec, Rejected, decode_image, images_to_tensor_layout
+from pipeline.ingest.images import (ImageLayout, ImageSpec, Rejected, channel_stats, decode_image,
+                                    images_to_tensor_layout, stat_names)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +49,8 @@ class Images(Kind):
         n_tasks = tasks.num_tasks(spark, cfg.preprocess.files_per_split)
         quarantine_uri = target.quarantine
         common: dict[str, Any] = dict(spec=ImageSpec.from_conf(ds.image), split_uris=target.splits(), quarantine_uri=quarantine_uri,
-                      row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, step="preprocess.validate")
+                      row_group_bytes=cfg.preprocess.row_group_mb * 1024 * 1024, step="preprocess.validate",
+                      drift_uri=target.plan("drift"))
         if sources.kind(source) != "path":  # a table or query with a binary content column
             df = image_table(spark, source, cfg)
             label_names = sort_labels([r[0] for r in df.select("label_name").distinct().collect() if r[0] is not None])
@@ -60,16 +62,17 @@ class Images(Kind):
             labels = _labels_file(cfg.resolve(ds.labels_file)) if ds.label_source == "file" else None
             plans, label_names = image_tasks.plan(source, labels, cfg.preprocess.split, n_tasks)
             label_names = sort_labels(label_names)
-            plan_uri = target.staging
+            plan_uri = target.plan("stage")
             tasks.write_plans(plans, plan_uri)
             body = partial(image_tasks.run_task, plan_uri=plan_uri, label_names=label_names, **common)
             rows = tasks.numbers(spark, n_tasks).mapInPandas(body, image_tasks.TASK_DDL).collect()
-            lake.remove(plan_uri)
         if not rows or sum(r["n"] for r in rows) == 0:
             raise sources.SourceError(f"source {source} has no records")
         curated = _curated(rows, label_names, ds.image.channels, ds.image.height * ds.image.width)
         quarantine.check_fraction(curated.by_reason, curated.input_count, cfg.preprocess.max_bad_fraction,
                                   quarantine_uri)
+        curated.drift_reference = _drift_reference(spark, cfg, target, curated)
+        lake.remove(target.staging)
         curated.schema = {"id": "string", "path": "string", "label": "int32",
                           "image": f"binary: uint8 HxWxC {ds.image.height}x{ds.image.width}x{ds.image.channels}, "
                                    f"row-major"}
@@ -101,7 +104,8 @@ class Images(Kind):
         from pipeline.kinds import predict
         from pipeline.spark import tasks
 
-        body = partial(predict.score_frames, prepare=prepare_images, key="path", **kw)
+        body = partial(predict.score_frames, prepare=prepare_images, key="path", drift_values=channel_stats, **kw)
+        ddl = f"{predict.scored_ddl(spec)}, {drift.VALUES} array<double>"
         columns = predict.prediction_columns(spec)
         if sources.kind(source) != "path":  # a table with a binary column
             df = image_table(spark, source, cfg, date).drop("label_name")
@@ -109,7 +113,7 @@ class Images(Kind):
             def with_ids(frames):
                 for pdf in frames:
                     yield pdf.assign(path=image_tasks.content_ids(pdf["content"]))
-            return Scored(df.mapInPandas(lambda it: body(frames=with_ids(it)), predict.scored_ddl(spec)), "path", columns)
+            return Scored(df.mapInPandas(lambda it: body(frames=with_ids(it)), ddl), "path", columns)
         files = sources.listing(source)  # zero-byte files included: they are quarantined
         n = sources.num_read_tasks(spark, sum(size for _, size in files))
         uris = [u for u, _ in files]
@@ -117,8 +121,7 @@ class Images(Kind):
         tasks.write_plans([pa.table({"uri": uris[t::n], "path": [lake.spark_path(u) for u in uris[t::n]]}, schema=plan)
                            for t in range(n)], plan_uri)
         frames = partial(_image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
-        return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=frames(it)), predict.scored_ddl(spec)),
-                      "path", columns)
+        return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=frames(it)), ddl), "path", columns)
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         return prepare_images(pdf, spec)
@@ -183,6 +186,24 @@ def image_table(spark: SparkSession, source: str, cfg: Config, date: str | None 
                                   f"it has {df.columns}")
     label = F.lit(None).cast("string") if absent else F.col(f"`{img.label_column}`").cast("string")
     return df.select(F.col(f"`{img.content_column}`").cast("binary").alias("content"), label.alias("label_name"))
+
+
+def _drift_reference(spark: SparkSession, cfg: Config, target: Target, curated: Curated) -> dict[str, Any]:
+    """The train split's reference for drift (pipeline/core/drift.py): quantile bins of each
+    image's channel means and standard deviations, which the preprocess tasks computed from the
+    decoded images as they wrote them (under ``target.plan("drift")``), and the class shares."""
+    from pipeline.kinds import drift as spark_drift
+
+    uri = target.plan("drift")
+    df = spark.read.parquet(lake.spark_path(uri)).persist() if lake.list_files(uri) else None
+    try:
+        features = spark_drift.numeric_features(df, stat_names(cfg.dataset.image.channels), cfg.score.drift.bins)
+    finally:
+        if df is not None:
+            df.unpersist()
+    names = curated.label_names
+    counts = [curated.split_class_counts.get(("train", n), 0) for n in names]
+    return {"features": features, "prediction": drift.categorical_reference(names, [*counts, 0])}
 
 
 def _labels_file(uri: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.core import drift
 from pipeline.kinds.base import Prepared
 from pipeline.model import artifact
 
@@ -58,10 +59,12 @@ def cached_model(lake_root: str, ref: str, loads=None) -> artifact.LoadedModel:
 
 def score_frames(frames: Iterable[pd.DataFrame], prepare: Callable[[pd.DataFrame, dict[str, Any]], Prepared],
                  key: str, lake_root: str, ref: str, loads=None, batch_size: int = 256,
-                 carry: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+                 carry: Sequence[str] = (), drift_values: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body -> scored_ddl(spec): the objective's prediction columns, or a reason for
     rows that cannot be scored (their prediction columns are null); then the input's ``carry``
-    columns."""
+    columns; then, with ``drift_values`` (the network inputs -> one row of drift features per
+    input), drift.VALUES, computed from the inputs ``prepare`` gave (null for the rows it could not)."""
     from pipeline.spark import tasks
 
     m = cached_model(lake_root, ref, loads)
@@ -76,6 +79,12 @@ def score_frames(frames: Iterable[pd.DataFrame], prepare: Callable[[pd.DataFrame
                 values = preds[name]
                 full[ok] = [v.tolist() for v in values] if values.ndim > 1 else values
             columns[name] = full
+        extra = {c: pdf[c].values for c in carry}
+        if drift_values is not None:
+            values = np.full(len(pdf), None, dtype=object)
+            for i, v in zip(ok, drift_values(x).tolist()):
+                values[i] = v
+            extra[drift.VALUES] = values
         yield pd.DataFrame({**columns, "reason": reasons, "detail": details,
                             "source": (pdf["source"] if "source" in pdf else pdf[key]).values,
-                            **{c: pdf[c].values for c in carry}}).pipe(tasks.to_spark)
+                            **extra}).pipe(tasks.to_spark)

@@ -11,7 +11,7 @@ from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Scored, Target
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from pipeline.core.config import Config
 
@@ -47,11 +47,13 @@ class Sequence(Kind):
     def preprocess(self, spark: SparkSession, cfg: Config, source: str, target: Target) -> Curated:
         from pipeline.ingest import sequence
 
-        stats, label_names, fitted, schema = sequence.preprocess(spark, cfg, source, target.splits(), target.quarantine)
+        stats, label_names, fitted, schema, reference = sequence.preprocess(
+            spark, cfg, source, target.splits(), target.quarantine,
+            partial(_drift_reference, columns=sequence.value_columns(cfg.dataset.sequence), bins=cfg.score.drift.bins))
         return Curated(input_count=stats["input_count"], output_count=stats["output_count"],
                        by_reason=stats["by_reason"], split_counts=stats["split_counts"],
                        split_class_counts=stats["split_class_counts"], label_names=label_names, fitted=fitted,
-                       schema=schema)
+                       schema=schema, drift_reference=reference)
 
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         seq = m["sequence"]
@@ -68,5 +70,20 @@ class Sequence(Kind):
         from pipeline.kinds import predict
 
         load = partial(predict.cached_model, kw["lake_root"], kw["ref"], kw.get("loads"))
-        frame = sequence.score(spark, spec, source, load).withColumnRenamed("series", "key")
-        return Scored(frame, "series", ["step", "time", "prediction"], counts_used=True)
+        frame, values = sequence.score(spark, spec, source, load)
+        return Scored(frame.withColumnRenamed("series", "key"), "series", ["step", "time", "prediction"],
+                      counts_used=True, drift=values)
+
+
+def _drift_reference(train_rows: DataFrame, columns: list[str], bins: int) -> dict[str, Any]:
+    """The train split's reference for drift (pipeline/core/drift.py): quantile bins of each value
+    column over the train rows (the values themselves, in original units: every row of a window
+    is a row of the series), and, for the forecasts, the target's bins again."""
+    from pipeline.kinds import drift as spark_drift
+
+    train_rows = train_rows.persist()
+    try:
+        features = spark_drift.numeric_features(train_rows, columns, bins)
+    finally:
+        train_rows.unpersist()
+    return {"features": features, "prediction": {k: v for k, v in features[columns[0]].items() if k != "position"}}

@@ -202,7 +202,7 @@ def shuffled_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size
         kept_x, kept_y = _take(kept_x, x, perm[n_emit:]), _take(kept_y, y, perm[n_emit:])
     if kept_x is not None and kept_y is not None and len(kept_y):
         perm = rng.permutation(len(kept_y)) if buffer and rng is not None else np.arange(len(kept_y))
-        out_x, out_y = kept_x.take(perm, axis=0), kept_y.take(perm)
+        out_x, out_y = kept_x.take(perm, axis=0), kept_y.take(perm, axis=0)  # axis 0: multi-step labels are 2-D
         for i in range(0, len(kept_y), batch_size):
             yield out_x[i:i + batch_size], out_y[i:i + batch_size]
 
