@@ -6,13 +6,16 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Scored, Target
+from pipeline.model import explain
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from pipeline.core.config import Config
+    from pipeline.core.config import Config, ExplainConf
 
 
 class Sequence(Kind):
@@ -59,5 +62,20 @@ class Sequence(Kind):
         from pipeline.kinds import predict
 
         load = partial(predict.cached_model, kw["lake_root"], kw["ref"], kw.get("loads"))
-        frame = sequence.score(spark, spec, source, load).withColumnRenamed("series", "key")
-        return Scored(frame, "series", ["step", "time", "prediction"], counts_used=True)
+        ex = kw["explain"]
+        explained = None if ex is None else (partial(predict.explained_columns, ex), predict.explain_ddl(ex))
+        frame = sequence.score(spark, spec, source, load, explained).withColumnRenamed("series", "key")
+        return Scored(frame, "series", ["step", "time", "prediction", *([ex.column] if ex else [])], counts_used=True)
+
+    def explaining(self, spec: dict[str, Any], conf: ExplainConf) -> explain.Request:
+        """Attributions of the forecast's sum over the horizon, summed over the window per input
+        column (the target, then the covariates), from the train split's means (0 once standardised)."""
+        seq = spec["input"]["sequence"]
+        names = list(seq["columns"])
+        return explain.Request(conf.method, conf.n_steps, np.zeros(seq["window"] * len(names)), "top_features",
+                               explain.TOP_FEATURES_DDL, partial(_top_columns, names=names, k=conf.top_k))
+
+
+def _top_columns(attr: np.ndarray, names: list[str], k: int) -> list:
+    """(windows, window x columns) attributions -> each window's top ``k`` input columns."""
+    return explain.top_features(attr.reshape(len(attr), -1, len(names)).sum(1), names, k)
