@@ -98,20 +98,24 @@ def test_the_catalog_table_gains_the_column_and_holds_nulls_when_off(spark, canc
 
 
 def test_a_planted_signal_is_the_top_two(spark, tmp_path):
-    """A table whose label depends on 2 of its 10 features: those two are the top 2 of nearly every row."""
+    """A table whose label depends on 2 of its 10 columns (a regression, so what is explained is
+    the prediction itself): those two are the top 2 of nearly every row. Every column is two
+    clusters, at -1 and +1: a row whose value sits at the train mean (the baseline) owes its
+    prediction nothing to it, so with normal columns the top 2 miss wherever a signal column is
+    near 0 (about 10% of rows here), which is the attributions being right, not finding the signal."""
     rng = np.random.default_rng(0)
-    n = 3000
-    x = rng.normal(size=(n, 10))
-    label = np.where(x[:, 2] - x[:, 7] > 0, "up", "down")
+    n = 2000
+    x = rng.choice([-1.0, 1.0], size=(n, 10)) + rng.normal(scale=0.25, size=(n, 10))
     names = [f"x{i}" for i in range(10)]
-    frame = pd.DataFrame(x, columns=names).assign(id=[f"r{i}" for i in range(n)], label=label)
+    frame = pd.DataFrame(x, columns=names).assign(id=[f"r{i}" for i in range(n)], label=2 * x[:, 2] - 2 * x[:, 7])
     cfg = load_config("conf/breast_cancer.yaml", [
         f"lake.root={tmp_path}", "dataset.name=planted", "dataset.source=raw/planted/labelled",
         "dataset.score_source=raw/planted/incoming", "dataset.tabular.label_column=label",
-        f"dataset.tabular.numeric=[{', '.join(names)}]", "dataset.tabular.categorical=[]",
-        "train.model_name=planted", "train.epochs=4", "train.batch_size=64", "score.model=planted@latest",
+        f"dataset.tabular.numeric=[{', '.join(names)}]", "dataset.tabular.categorical=[]", "train.task=regression",
+        "train.model_name=planted", "train.epochs=5", "train.batch_size=32", "train.optimizer=adam", "train.lr=0.003",
+        "train.weight_decay=0.0", "score.model=planted@latest",
         "tracking.enabled=false", "preprocess.files_per_split=1", IG, "score.explain.top_k=2"])
-    for where, rows in [("labelled", frame.iloc[:2500]), (f"incoming/dt={CLEAN_DATE}", frame.iloc[2500:].drop(columns="label"))]:
+    for where, rows in [("labelled", frame.iloc[:1700]), (f"incoming/dt={CLEAN_DATE}", frame.iloc[1700:].drop(columns="label"))]:
         os.makedirs(tmp_path / "raw" / "planted" / where)
         rows.to_csv(tmp_path / "raw" / "planted" / where / "rows.csv", index=False)
     preprocess.run(spark, cfg)
@@ -120,7 +124,7 @@ def test_a_planted_signal_is_the_top_two(spark, tmp_path):
     t = _published(cfg, "planted", CLEAN_DATE)
     found = np.mean([{f["feature"] for f in top} == {"x2", "x7"} for top in t["top_features"]])
     print(f"\nplanted signal: top 2 = {{x2, x7}} on {found:.4f} of {len(t)} rows; explain {m['explain']}")
-    assert len(t) == 500 and found >= 0.95, found
+    assert len(t) == 300 and found >= 0.95, found
     assert m["explain"]["completeness"] >= 0.99, m["explain"]
 
 
