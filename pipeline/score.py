@@ -25,6 +25,7 @@ from pipeline.ingest import sources
 from pipeline.kinds import drift as spark_drift
 from pipeline.kinds import predict
 from pipeline.model import artifact
+from pipeline.model import explain as explaining
 from pipeline.ops import tracking
 from pipeline.ops.registry import resolve_ref
 from pipeline.spark.cli import Drifted, NoInput
@@ -58,14 +59,15 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
     loads = spark.sparkContext.accumulator(0)
-    kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size)
+    kind = kinds.get(spec["input"]["kind"])
+    explain = kind.explaining(spec, cfg.score.explain) if cfg.score.explain.method else None
+    kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size, explain=explain)
     layout = LakeLayout.of(cfg)
     job_dir = layout.score_job(name, job_id)
     final = layout.predictions_partition(name, score_date)
     staging = layout.score_staging(name, job_id, score_date)
     try:
-        s = kinds.get(spec["input"]["kind"]).score(spark, cfg, spec, source, score_date,
-                                                   layout.score_plan(name, job_id), kw)
+        s = kind.score(spark, cfg, spec, source, score_date, layout.score_plan(name, job_id), kw)
     except sources.SourceError as e:
         lake.remove(job_dir)
         raise NoInput(f"nothing to score for {score_date}: {e}") from None
@@ -97,6 +99,10 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
          .coalesce(max(1, min(8, written // 500_000 + 1)))
          .write.mode("overwrite").parquet(staging))
         report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()), s.drift)
+        explained = None if explain is None else _explained(cfg, scored.filter(F.col("reason").isNull()))
+        if explain is not None and job.tracker.active:
+            for file, data in kind.explain_artifacts(scored.filter(F.col("reason").isNull()), spec).items():
+                job.tracker.log_file(file, data, "explanations")
     except BaseException:
         job.fail()
         lake.remove(job_dir)  # nothing was published; the previous partition is untouched
@@ -111,6 +117,7 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
                "registry": registry},
         model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
         drift=report, warnings=warnings,
+        **({"explain": explained} if explained is not None else {}),
         **job.fields(),
         **({"forecast_rows": written} if s.counts_used else {}),
     )
@@ -125,7 +132,8 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
         log.warning("drift (PSI against the train split), the features that moved most: %s; predictions: %s",
                     ", ".join(f"{c} {v:.4f}" for c, v in drift.most_moved(report)), report["prediction"])
         job.tracker.set_tags({"drift": str(bool(report["failed"])).lower()})
-    job.finish(m, _drift_metrics(report))
+    job.finish(m, {**_drift_metrics(report), **({f"explain_{k}": v for k, v in explained.items()
+                                                    if isinstance(v, float)} if explained else {})})
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     if report is not None and report["failed"]:
         moved = ", ".join(f"{c} ({report['features'][c]:.3f})" for c in report["failed"])
@@ -153,6 +161,26 @@ def _drift(cfg: Config, spec: dict[str, Any], good, values=None) -> tuple[dict[s
     return drift.report(reference, counts, prediction, cfg.score.drift.fail_above), []
 
 
+def _explained(cfg: Config, good) -> dict[str, Any]:
+    """The manifest's ``explain`` entry: the settings and how closely each explained row's
+    attributions sum to f(input) - f(baseline) (completeness; exact for integrated gradients up to
+    the path integral's error)."""
+    a, e = F.col(explaining.ATTRIBUTED), F.col(explaining.EXPLAINED)
+    gap = F.abs(a - e)
+    row = good.filter(e.isNotNull()).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum((gap <= 0.01 * F.abs(e) + 1e-4).cast("long")).alias("complete"),
+        F.max(gap).alias("max_gap"), F.max(gap / F.greatest(F.abs(e), F.lit(1e-12))).alias("max_relative_gap"),
+        F.expr(f"percentile_approx(abs({explaining.ATTRIBUTED} - {explaining.EXPLAINED}) / "
+               f"greatest(abs({explaining.EXPLAINED}), 1e-12), 0.99)").alias("p99_relative_gap")).first()
+    n = row["rows"]
+    ex = cfg.score.explain
+    return {"method": ex.method, "top_k": ex.top_k, "n_steps": ex.n_steps, "rows": n,
+            "completeness": float(row["complete"] or 0) / n if n else None,
+            "max_gap": row["max_gap"], "max_relative_gap": row["max_relative_gap"],
+            "p99_relative_gap": row["p99_relative_gap"]}
+
+
 def _drift_metrics(report: dict[str, Any] | None) -> dict[str, float]:
     """MLflow metrics drift_psi_<feature> (the name cleaned to MLflow's characters) and drift_psi_prediction."""
     if report is None:
@@ -170,11 +198,19 @@ def write_table(spark: SparkSession, partition: str, table: str, score_date: str
     if not spark.catalog.tableExists(table):
         preds.write.format("parquet").partitionBy("dt").saveAsTable(table)
     else:
+        # A column the table lacks (an explanation) is added to it; one these predictions lack is null.
+        existing = spark.table(table).schema
+        new = [f for f in preds.schema.fields if f.name not in existing.names]
+        if new:
+            spark.sql(f"ALTER TABLE {table} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in new)})")
+            existing = spark.table(table).schema
+        cols = [F.col(f"`{f.name}`") if f.name in preds.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in existing.fields]
         key = "spark.sql.sources.partitionOverwriteMode"
         before = spark.conf.get(key)
         spark.conf.set(key, "dynamic")
         try:
-            preds.select(*spark.table(table).columns).write.insertInto(table, overwrite=True)
+            preds.select(*cols).write.insertInto(table, overwrite=True)
         finally:
             spark.conf.unset(key) if before is None else spark.conf.set(key, before)
     log.info("predictions for dt=%s written to table %s", score_date, table)

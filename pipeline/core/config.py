@@ -243,6 +243,20 @@ class DriftConf:
     bins: int = 10
 
 
+EXPLAIN_METHODS = ("", "integrated_gradients", "input_x_gradient", "saliency")
+
+
+@dataclass
+class ExplainConf:
+    # Attributions of each scored row (README: Explanations), computed with Captum in the scoring
+    # batch: integrated_gradients, input_x_gradient or saliency; "" = off.
+    method: str = ""
+    # Tabular and sequence models: the features with the largest |attribution| kept per row.
+    top_k: int = 3
+    # integrated_gradients: points on the path from the baseline to the input.
+    n_steps: int = 50
+
+
 @dataclass
 class ScoreConf:
     # NAME@RUN_ID or NAME@latest (the lake), NAME@ALIAS or models:/NAME@ALIAS (the MLflow registry).
@@ -254,6 +268,7 @@ class ScoreConf:
     output_table: str = ""
     # Drift of the scored data against the train split (the README's Drift section).
     drift: DriftConf = field(default_factory=DriftConf)
+    explain: ExplainConf = field(default_factory=ExplainConf)
 
 
 @dataclass
@@ -468,6 +483,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"train.max_restarts must be >= 0 (0 = no restarts), got {cfg.train.max_restarts}")
     if not cfg.score.drift.fail_above >= 0:  # NaN too
         raise ConfigError(f"score.drift.fail_above must be >= 0 (0 = report only), got {cfg.score.drift.fail_above}")
+    ex = cfg.score.explain
+    if ex.method not in EXPLAIN_METHODS:
+        raise ConfigError(f"score.explain.method: {ex.method!r} is not one of {list(EXPLAIN_METHODS)} (\"\" = off)")
+    for key, v in [("score.explain.top_k", ex.top_k), ("score.explain.n_steps", ex.n_steps)]:
+        if v < 1:
+            raise ConfigError(f"{key} must be >= 1, got {v}")
     if cfg.score.drift.bins < 2:
         raise ConfigError(f"score.drift.bins must be >= 2, got {cfg.score.drift.bins}")
     if not 0 <= cfg.preprocess.max_bad_fraction <= 1:

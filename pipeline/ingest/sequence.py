@@ -323,6 +323,9 @@ def preprocess(spark: SparkSession, cfg: Config, source: str, split_uris: dict[s
 
 FORECAST_DDL = ("series string, step int, time string, prediction double, used long, reason string, "
                 "detail string, source string")
+# Explaining a forecast (pipeline/kinds/sequence.py): (a function (model, windows, outputs, rows ok,
+# rows) -> the explanation's columns, their DDL).
+Explained = tuple[Callable[..., dict[str, np.ndarray]], str]
 
 
 def _time_after(t_last: float, k: int, step: float, is_number: bool, tz: str) -> str:
@@ -332,10 +335,12 @@ def _time_after(t_last: float, k: int, step: float, is_number: bool, tz: str) ->
     return pd.Timestamp(t, unit="s", tz="UTC").tz_convert(tz).tz_localize(None).isoformat()
 
 
-def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str) -> pd.DataFrame:
+def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str,
+                    explained: Explained | None = None) -> pd.DataFrame:
     """One series' validated rows -> its forecast rows (reason null; ``used`` = the series' good
     rows, on the first one), or its rows quarantined when fewer than ``window`` contiguous rows
-    end the history. Gaps are filled exactly as in preprocess."""
+    end the history. Gaps are filled exactly as in preprocess. With ``explained``, each forecast
+    row carries the series' explanation (of the sum over the horizon), and the first its check."""
     m = load()  # the model, once per Python worker
     seq = m.spec["input"]["sequence"]
     window, horizon = seq["window"], seq["horizon"]
@@ -355,7 +360,8 @@ def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str) -> pd.D
         norm = seq["normalization"]
         hist = np.stack(last_segment["v"].to_numpy()[-window:]).astype(np.float64)
         x = ((hist - np.asarray(norm["mean"])) / np.asarray(norm["std"])).astype(np.float32).reshape(1, -1)
-        pred = np.asarray(m.objective.predictions(m.predict_raw(x))["prediction"], np.float64).reshape(-1)
+        out = m.predict_raw(x)
+        pred = np.asarray(m.objective.predictions(out)["prediction"], np.float64).reshape(-1)
         step = step_of(last_segment["t"].to_numpy())
         step = step if np.isfinite(step) else float(seq["step"])
         t_last, is_number = float(last_segment["t"].iloc[-1]), bool(last_segment["is_number"].iloc[-1])
@@ -363,23 +369,36 @@ def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str) -> pd.D
             "series": pdf["series"].iloc[0], "step": np.arange(1, horizon + 1),
             "time": [_time_after(t_last, k, step, is_number, tz) for k in range(1, horizon + 1)],
             "prediction": pred[:horizon], "used": [len(good)] + [0] * (horizon - 1),
-            "reason": None, "detail": None, "source": None}))
-    return pd.concat(frames, ignore_index=True)
+            "reason": None, "detail": None, "source": None,
+            **({} if explained is None else {c: [v[0]] * horizon if v.dtype == object else [v[0]] + [np.nan] * (horizon - 1)
+                                             for c, v in explained[0](m, x, out, [0], 1).items()})}))
+    frame = pd.concat(frames, ignore_index=True)
+    if explained is not None:  # the quarantined rows' explanations are null
+        frame = frame.astype({c: object for c in frame.columns if c not in FORECAST_COLUMNS})
+        frame = frame.where(frame.notna(), None)
+    return frame
 
 
-def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable[[], Any]
-          ) -> tuple[DataFrame, DataFrame]:
-    """(FORECAST_DDL rows for the date's input: forecasts (reason null) and quarantined rows;
-    the input's valid rows as drift.VALUES, the value columns in original units, NaN where
-    missing, for drift: Spark reads the input again for these, without Python)."""
+FORECAST_COLUMNS = [c.split()[0] for c in FORECAST_DDL.split(", ")]
+
+
+def score(spark: SparkSession, spec: dict[str, Any], source: str, load: Callable[[], Any],
+          explained: Explained | None = None) -> tuple[DataFrame, DataFrame]:
+    """(FORECAST_DDL rows for the date's input (and the explanation's columns): forecasts (reason
+    null) and quarantined rows; the input's valid rows as drift.VALUES, the value columns in
+    original units, NaN where missing, for drift: Spark reads the input again for these, without
+    Python)."""
     seq_spec = spec["input"]["sequence"]
     seq = SequenceConf(**{k: seq_spec[k] for k in SequenceConf.__dataclass_fields__})
     validated = validate(read(spark, seq, source, privacy.of(spec["input"].get("privacy"))), seq)
     tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"  # always set; tz_convert(None) is UTC too
+    ddl = FORECAST_DDL if explained is None else f"{FORECAST_DDL}, {explained[1]}"
     forecasts = validated.filter(F.col("reason").isNull()).drop("reason", "detail").groupBy("series").applyInPandas(
-        partial(forecast_series, load=load, tz=tz), FORECAST_DDL)
+        partial(forecast_series, load=load, tz=tz, explained=explained), ddl)
     early = _bad(validated).select(F.lit(None).cast("string").alias("series"), F.lit(0).alias("step"),
                                    F.lit(None).cast("string").alias("time"),
                                    F.lit(None).cast("double").alias("prediction"), F.lit(0).cast("long").alias("used"),
-                                   "reason", "detail", "source")
+                                   "reason", "detail", "source",
+                                   *[F.lit(None).cast(f.dataType).alias(f.name) for f in forecasts.schema.fields
+                                     if f.name not in FORECAST_COLUMNS])
     return forecasts.unionByName(early), validated.filter(F.col("reason").isNull()).select(F.col("v").alias(drift.VALUES))

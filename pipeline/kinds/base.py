@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipeline.core.config import Config
+    from pipeline.core.config import Config, ExplainConf
+    from pipeline.model.explain import Request
 
 SPLITS = ("train", "val", "test")
 Prepared = tuple[list[int], np.ndarray, list, list]  # rows that can be scored, their network inputs, reasons, details
@@ -137,6 +138,18 @@ class Kind:
         ref, loads, batch_size for ``predict.cached_model``; ``plan_uri``: where the driver may
         write the tasks' plans)."""
         raise NotImplementedError
+
+    def explaining(self, spec: dict[str, Any], conf: ExplainConf) -> Request:
+        """What scoring needs to explain this kind's rows (``score.explain``; README:
+        Explanations): the baseline in the network's input space (the train split's means), and
+        how a batch's attributions become the explanation column (reduced and named)."""
+        from pipeline.core.config import ConfigError
+
+        raise ConfigError(f"score.explain.method: {self.name} models cannot be explained")
+
+    def explain_artifacts(self, explained: DataFrame, spec: dict[str, Any]) -> dict[str, bytes]:
+        """Files for the score's MLflow run, from the published rows with their explanations."""
+        return {}
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records in a pandas frame (as ``input_example`` gives) -> network inputs."""

@@ -14,12 +14,13 @@ from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Prepared, Scored, Target
 from pipeline.ingest.images import (ImageLayout, ImageSpec, Rejected, channel_stats, decode_image,
                                     images_to_tensor_layout, stat_names)
+from pipeline.model import explain
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipeline.core.config import Config
+    from pipeline.core.config import Config, ExplainConf
 
 
 def sort_labels(names: list[str]) -> list[str]:
@@ -105,8 +106,8 @@ class Images(Kind):
         from pipeline.spark import tasks
 
         body = partial(predict.score_frames, prepare=prepare_images, key="path", drift_values=channel_stats, **kw)
-        ddl = f"{predict.scored_ddl(spec)}, {drift.VALUES} array<double>"
-        columns = predict.prediction_columns(spec)
+        columns = predict.prediction_columns(spec, kw["explain"])
+        ddl = f"{predict.scored_ddl(spec, kw['explain'])}, {drift.VALUES} array<double>"
         if sources.kind(source) != "path":  # a table with a binary column
             df = image_table(spark, source, cfg, date).drop("label_name")
 
@@ -123,6 +124,31 @@ class Images(Kind):
         frames = partial(_image_frames, plan_uri=plan_uri, batch_size=kw["batch_size"])
         return Scored(tasks.numbers(spark, n).mapInPandas(lambda it: body(frames=frames(it)), ddl), "path", columns)
 
+    def explaining(self, spec: dict[str, Any], conf: ExplainConf) -> explain.Request:
+        """A map per image at the model's input size, summed over channels, from a baseline image
+        of the train split's mean pixel (0 once normalised)."""
+        img = spec["input"]["image"]
+        return explain.Request(conf.method, conf.n_steps, np.zeros((img["channels"], img["height"], img["width"])),
+                               ATTRIBUTION, "binary", _attribution_maps)
+
+    def explain_artifacts(self, explained: DataFrame, spec: dict[str, Any]) -> dict[str, bytes]:
+        """PNG overlays of the attribution maps on the first OVERLAYS images by path (red: towards
+        the explained output, blue: against it)."""
+        img = spec["input"]["image"]
+        ispec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
+        rows = explained.select("key", ATTRIBUTION).orderBy("key").limit(OVERLAYS).collect()
+        out = {}
+        for i, r in enumerate(rows):
+            attr = np.frombuffer(r[ATTRIBUTION], np.float32).reshape(ispec.height, ispec.width)
+            try:  # the file the path names; a table source's content ids name none
+                pixels = decode_image(lake.read_bytes(r["key"]), ispec)
+            except (OSError, ValueError, Rejected):
+                pixels = None
+            stem = r["key"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in stem)[-80:]
+            out[f"{i:02d}_{name}.png"] = overlay_png(attr, pixels)
+        return out
+
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         return prepare_images(pdf, spec)
 
@@ -134,6 +160,33 @@ class Images(Kind):
         source = manifest.read(spec["dataset"]["uri"])["source"]
         files = sorted(u for u, size in lake.list_files(source) if size > 0)
         return pd.DataFrame({"content": [lake.read_bytes(u) for u in files[:rows]]})
+
+
+ATTRIBUTION = "attribution"  # float32 HxW, row-major, summed over channels
+OVERLAYS = 8
+
+
+def _attribution_maps(attr: np.ndarray) -> list[bytes]:
+    """(rows, C, H, W) attributions -> each row's HxW float32 map, summed over channels, as bytes."""
+    return [m.tobytes() for m in attr.sum(1).astype(np.float32)]
+
+
+def overlay_png(attr: np.ndarray, pixels: np.ndarray | None, side: int = 256) -> bytes:
+    """An attribution map over its image in grey (or alone): red where it pushes the explained
+    output up, blue where down, more opaque the larger it is; scaled up to about ``side`` pixels."""
+    from PIL import Image
+
+    h, w = attr.shape
+    grey = np.full((h, w), 255.0) if pixels is None else pixels.astype(np.float64).mean(2)
+    top = float(np.abs(attr).max()) or 1.0
+    alpha = (np.abs(attr) / top)[..., None] * 0.8
+    colour = np.where((attr >= 0)[..., None], [255.0, 0.0, 0.0], [0.0, 64.0, 255.0])
+    rgb = grey[..., None] * (1 - alpha) + colour * alpha
+    scale = max(1, side // max(h, w))
+    im = Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB").resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def prepare_images(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:

@@ -6,14 +6,17 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pipeline.core import privacy
 from pipeline.core.config import ConfigError
 from pipeline.kinds.base import Curated, Kind, Scored, Target
+from pipeline.model import explain
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipeline.core.config import Config
+    from pipeline.core.config import Config, ExplainConf
 
 
 class Sequence(Kind):
@@ -70,9 +73,24 @@ class Sequence(Kind):
         from pipeline.kinds import predict
 
         load = partial(predict.cached_model, kw["lake_root"], kw["ref"], kw.get("loads"))
-        frame, values = sequence.score(spark, spec, source, load)
-        return Scored(frame.withColumnRenamed("series", "key"), "series", ["step", "time", "prediction"],
-                      counts_used=True, drift=values)
+        ex = kw["explain"]
+        explained = None if ex is None else (partial(predict.explained_columns, ex), predict.explain_ddl(ex))
+        frame, values = sequence.score(spark, spec, source, load, explained)
+        return Scored(frame.withColumnRenamed("series", "key"), "series",
+                      ["step", "time", "prediction", *([ex.column] if ex else [])], counts_used=True, drift=values)
+
+    def explaining(self, spec: dict[str, Any], conf: ExplainConf) -> explain.Request:
+        """Attributions of the forecast's sum over the horizon, summed over the window per input
+        column (the target, then the covariates), from the train split's means (0 once standardised)."""
+        seq = spec["input"]["sequence"]
+        names = list(seq["columns"])
+        return explain.Request(conf.method, conf.n_steps, np.zeros(seq["window"] * len(names)), "top_features",
+                               explain.TOP_FEATURES_DDL, partial(_top_columns, names=names, k=conf.top_k))
+
+
+def _top_columns(attr: np.ndarray, names: list[str], k: int) -> list:
+    """(windows, window x columns) attributions -> each window's top ``k`` input columns."""
+    return explain.top_features(attr.reshape(len(attr), -1, len(names)).sum(1), names, k)
 
 
 def _drift_reference(train_rows: DataFrame, columns: list[str], bins: int) -> dict[str, Any]:

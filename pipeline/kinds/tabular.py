@@ -13,13 +13,14 @@ from pipeline.core import drift, lake, privacy
 from pipeline.core.config import ConfigError, TabularConf
 from pipeline.kinds.base import SPLITS, Curated, Kind, Prepared, Scored, Target
 from pipeline.kinds.images import sort_labels
+from pipeline.model import explain
 from pipeline.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
 
-    from pipeline.core.config import Config
+    from pipeline.core.config import Config, ExplainConf
 
 
 class Tabular(Kind):
@@ -147,10 +148,10 @@ class Tabular(Kind):
             if dropped:
                 raise ConfigError(f"score.passthrough: {dropped} are dropped personal columns "
                                   f"(dataset.privacy.pii_columns); hash them to pass them through")
-        columns = predict.prediction_columns(spec)
+        columns = predict.prediction_columns(spec, kw["explain"])
         max_bytes = cfg.preprocess.max_category_bytes
         carry = [tabular_tasks.HASH, tabular_tasks.FILE, tabular_tasks.POS, drift.VALUES]
-        ddl = f"{predict.scored_ddl(spec)}, {tabular_tasks.CARRY_DDL}"
+        ddl = f"{predict.scored_ddl(spec, kw['explain'])}, {tabular_tasks.CARRY_DDL}"
         files = sources.listing(source) if sources.kind(source) == "path" else []
         if sources.fast_path(source, tab, files, passthrough):
             n = sources.num_read_tasks(spark, sum(size for _, size in files))
@@ -188,6 +189,33 @@ class Tabular(Kind):
                 yield pa.RecordBatch.from_arrays(cols, schema=arrow)
         frame, check = tabular_tasks.scored_duplicates(df.mapInArrow(scored_batches, out), tab)
         return Scored(frame, "id", columns, check=check)
+
+    def explaining(self, spec: dict[str, Any], conf: ExplainConf) -> explain.Request:
+        """Attributions summed per declared column (a categorical's one-hot block into its name),
+        from the train split's means: 0 for a standardised numeric, each value's share of the
+        train rows for a one-hot block (from the dataset version's drift reference; 0 without one)."""
+        from pipeline.core import manifest
+
+        tab = TabularConf(**spec["input"]["columns"])
+        params = spec["input"]["tabular"]
+        try:
+            reference = (manifest.read(spec["dataset"]["uri"]).get("drift_reference") or {}).get("features", {})
+        except FileNotFoundError:
+            reference = {}
+        baseline = np.zeros(params["num_features"])
+        member = np.zeros((params["num_features"], len(tab.numeric) + len(tab.categorical)))
+        member[np.arange(len(tab.numeric)), np.arange(len(tab.numeric))] = 1.0
+        col = len(tab.numeric)
+        for j, c in enumerate(tab.categorical, start=len(tab.numeric)):
+            width = len(params["categorical"][c]) + 1  # slot 0: unknown, then the vocabulary
+            member[col:col + width, j] = 1.0
+            ref = reference.get(c)
+            if ref is not None and len(ref["shares"]) == width - 1:
+                baseline[col:col + width] = [ref["unknown_share"], *ref["shares"]]
+            col += width
+        return explain.Request(conf.method, conf.n_steps, baseline, "top_features", explain.TOP_FEATURES_DDL,
+                               partial(_top_declared, member=member, names=[*tab.numeric, *tab.categorical],
+                                       k=conf.top_k))
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
@@ -234,6 +262,11 @@ class Tabular(Kind):
             if c in pdf:
                 pdf[c] = [f"example-{i}" for i in range(len(pdf))]
         return pdf[[tab.id_column, *tab.numeric, *tab.categorical]]
+
+
+def _top_declared(attr: np.ndarray, member: np.ndarray, names: list[str], k: int) -> list:
+    """(rows, encoded features) attributions -> each row's top ``k`` declared columns."""
+    return explain.top_features(attr @ member, names, k)
 
 
 def _drift_reference(spark: SparkSession, cfg: Config, tab: TabularConf, target: Target, results: list[dict[str, Any]],

@@ -109,6 +109,13 @@ class Classification:
         return {"prediction": names[idx], "label_index": idx,
                 "probability": probs[np.arange(len(idx)), idx], "probabilities": probs}
 
+    # What explanations explain (pipeline/model/explain.py): the predicted class's logit.
+    def explained_forward(self, model):
+        return model
+
+    def explained_target(self, out: np.ndarray) -> np.ndarray | None:
+        return out.argmax(1)
+
     higher_is_better = staticmethod(higher_is_better)
 
 
@@ -174,6 +181,14 @@ class Regression:
         if self.outputs == 1:
             return {"prediction": pred.reshape(-1)}
         return {"prediction": pred}  # (rows, horizon): one value per future step
+
+    # What explanations explain (pipeline/model/explain.py): the prediction in the label's units,
+    # summed over the outputs (a forecast's horizon).
+    def explained_forward(self, model):
+        return lambda x: (model(x) * self.std + self.mean).sum(1)
+
+    def explained_target(self, out: np.ndarray) -> np.ndarray | None:
+        return None
 
     higher_is_better = staticmethod(higher_is_better)
 
