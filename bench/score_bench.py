@@ -75,7 +75,7 @@ from pipeline.samples import sample_data, synthetic
 from pipeline.core.config import Config, load_config  # noqa: E402
 from pipeline.ingest.images import ImageSpec, Rejected, decode_image  # noqa: E402
 from pipeline.spark.session import get_spark  # noqa: E402
-from measure import cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
+from measure import MemoryPoller, cpu_seconds, timed  # noqa: E402  (bench/, first on sys.path)
 
 # --data: the config, and what each scored file is. digits: the bundled 8x8 PNGs (about 120
 # bytes each, so Spark's cost per file dominates); synthetic: 64x64 RGB JPEGs the job resizes
@@ -145,7 +145,7 @@ def replicate(contents: list[tuple[bytes, str]], out_dir: str, n: int) -> None:
 def loop_score(cfg: Config, m: artifact.LoadedModel, date: str, out_dir: str) -> dict:
     """What score.run does for images, in one process: list, read, decode, predict, write, manifest."""
     img = m.spec["input"]["image"]
-    spec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
+    spec = ImageSpec.from_dict(img)
     batch = cfg.score.batch_size
     names = np.asarray(m.label_names, dtype=object)
     source = lake.local_path(LakeLayout.dated(cfg.resolve(cfg.dataset.score_source), date))
@@ -204,96 +204,6 @@ def check_same(cfg: Config, date: str, loop: dict) -> list[str]:
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-class MemoryPoller:
-    """Peak RSS of this driver and of its Spark descendants, sampled from a background thread.
-
-    The process tree is re-read every ``tree_every`` samples (workers are reused, so they live
-    long); in between only the known processes' RSS is read, which is cheap.
-    """
-
-    def __init__(self, interval_s: float = 0.05, tree_every: int = 10):
-        import psutil
-
-        self._psutil = psutil
-        self.interval_s, self.tree_every = interval_s, tree_every
-        self.me = psutil.Process()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _classify(self) -> dict[int, tuple[str, object]]:
-        """pid -> (role, Process) for the Spark JVM, the pyspark daemon and the Python workers."""
-        found = []
-        for p in self.me.children(recursive=True):
-            try:
-                found.append((p, " ".join(p.cmdline()), p.ppid(), p.name()))
-            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
-                continue
-        jvms = {p.pid for p, cmd, _, _ in found if "org.apache.spark.deploy.SparkSubmit" in cmd}
-        daemons = {p.pid for p, cmd, parent, _ in found if "pyspark.daemon" in cmd and parent in jvms}
-        out = {}
-        for p, cmd, parent, name in found:
-            if p.pid in jvms:
-                out[p.pid] = ("jvm", p)
-            elif p.pid in daemons:
-                out[p.pid] = ("daemon", p)
-            elif parent in daemons or "pyspark.worker" in cmd or "pyspark/worker" in cmd \
-                    or (parent in jvms and "python" in name):
-                out[p.pid] = ("worker", p)
-        return out
-
-    def _run(self) -> None:
-        procs: dict[int, tuple[str, object]] = {}
-        i = 0
-        t0 = time.thread_time()
-        while not self._stop.is_set():
-            if i % self.tree_every == 0:
-                procs = self._classify()
-            i += 1
-            self.samples += 1
-            rss_sum = {"worker": 0, "daemon": 0, "jvm": 0}
-            for pid, (role, p) in list(procs.items()):
-                try:
-                    rss = p.memory_info().rss
-                except self._psutil.NoSuchProcess:
-                    del procs[pid]
-                    continue
-                self.per_pid[pid] = (role, max(self.per_pid.get(pid, (role, 0))[1], rss))
-                rss_sum[role] += rss
-            self.worker_sum = max(self.worker_sum, rss_sum["worker"])
-            self.jvm_sum = max(self.jvm_sum, rss_sum["jvm"])
-            driver = self.me.memory_info().rss
-            self.driver_start = self.driver_start or driver
-            self.driver = max(self.driver, driver)
-            self._stop.wait(self.interval_s)
-        self.cpu_seconds = time.thread_time() - t0
-
-    def __enter__(self) -> "MemoryPoller":
-        self.per_pid: dict[int, tuple[str, int]] = {}
-        self.worker_sum = self.jvm_sum = self.driver = self.driver_start = self.samples = 0
-        self.cpu_seconds = 0.0
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rss-poller", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def peaks(self) -> dict[str, float]:
-        by_role: dict[str, list[int]] = {"worker": [], "daemon": [], "jvm": []}
-        for role, rss in self.per_pid.values():
-            by_role[role].append(rss)
-        return {"workers": len(by_role["worker"]),
-                "worker_mb": max(by_role["worker"], default=0) / MB,
-                "worker_sum_mb": self.worker_sum / MB,
-                "daemon_mb": max(by_role["daemon"], default=0) / MB,
-                "jvm_mb": self.jvm_sum / MB,
-                "driver_mb": self.driver / MB,
-                "driver_growth_mb": (self.driver - self.driver_start) / MB,
-                "samples": self.samples, "poller_cpu_s": self.cpu_seconds}
-
 
 def _timed_job(spark, fn, timeout_s: float):
     """timed, but the Spark jobs are cancelled after timeout_s; then the result is None."""

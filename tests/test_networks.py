@@ -108,6 +108,16 @@ def test_resnet18_costs_1_8_gmac_at_224_px():
     assert flops == pytest.approx(3.64e9, rel=0.02), flops
 
 
+def test_strided_cnn_costs_under_0_2_gflop_at_224_px_and_takes_any_size():
+    model = build_model(ModelSpec(arch="strided_cnn", input_shape=[3, 224, 224], num_classes=10)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
+    assert counter.get_total_flops() == pytest.approx(0.0975e9, rel=0.02), counter.get_total_flops()
+    assert _params(model) == 98_970
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
+
+
 def test_cnn_size_does_not_depend_on_the_input_size():
     sizes = {hw: _params(build_model(ModelSpec(arch="cnn", input_shape=[3, hw, hw], num_classes=10, head="pool")))
              for hw in (8, 32, 224)}

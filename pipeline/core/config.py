@@ -51,6 +51,9 @@ class ImageConf:
     resize: Literal["stretch", "crop", "pad"] = "stretch"
     # Images with more pixels than this are quarantined before decoding (decompression bombs).
     max_pixels: int = 40_000_000
+    # JPEGs at least twice the target size on both sides are decoded at 1/2, 1/4 or 1/8 scale
+    # (Pillow's draft mode: the decoder skips detail the resize would drop), then resized.
+    draft: bool = True
     # An images source that is a table or query (table:/query:): its binary column of encoded
     # image bytes and its label column. Folders of files ignore these.
     content_column: str = "content"
@@ -184,7 +187,7 @@ class DPConf:
 @dataclass
 class TrainConf:
     model_name: str = "digits-cnn"
-    # cnn, resnet, resnet18, mlp, lstm, gru, torchvision:<name> or module.path:factory (a callable given
+    # cnn, resnet, resnet18, strided_cnn, mlp, lstm, gru, torchvision:<name> or module.path:factory (a callable given
     # the model spec that returns an nn.Module; ship the module with --py-files).
     arch: str = "cnn"
     num_proc: int = 2
@@ -517,7 +520,7 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
 
 
-BUILT_IN_ARCHS = ("cnn", "resnet", "resnet18", "mlp", "lstm", "gru")
+BUILT_IN_ARCHS = ("cnn", "resnet", "resnet18", "strided_cnn", "mlp", "lstm", "gru")
 
 
 def _check_task(cfg: Config) -> None:

@@ -30,11 +30,18 @@ class ImageSpec:
     channels: int
     resize: str
     max_pixels: int
+    draft: bool = False  # JPEG draft mode (ImageConf.draft); False for a model spec written before it
 
     @classmethod
     def from_conf(cls, image_conf) -> "ImageSpec":
         c = image_conf
-        return cls(c.height, c.width, c.channels, c.resize, c.max_pixels)
+        return cls(c.height, c.width, c.channels, c.resize, c.max_pixels, c.draft)
+
+    @classmethod
+    def from_dict(cls, img: dict) -> "ImageSpec":
+        """From a manifest's or model spec's ``image`` entry."""
+        return cls(img["height"], img["width"], img["channels"], img["resize"], img["max_pixels"],
+                   bool(img.get("draft", False)))
 
     @property
     def num_bytes(self) -> int:
@@ -75,6 +82,10 @@ def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
         raise Rejected(TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels > dataset.image.max_pixels={spec.max_pixels}")
     if img.mode not in SUPPORTED_MODES:
         raise Rejected(UNSUPPORTED_MODE, f"mode {img.mode!r} not in {sorted(SUPPORTED_MODES)}")
+    if spec.draft and img.format == "JPEG":
+        # The decoder scales by 1/2, 1/4 or 1/8 in the DCT while both sides stay >= the target:
+        # a 512 px photo going to 224 decodes a quarter of the pixels (bench/README.md, photos).
+        img.draft(None, (spec.width, spec.height))
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:

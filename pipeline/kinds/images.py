@@ -30,7 +30,7 @@ def sort_labels(names: list[str]) -> list[str]:
 
 class Images(Kind):
     name = "images"
-    archs = ("cnn", "resnet", "resnet18")
+    archs = ("cnn", "resnet", "resnet18", "strided_cnn")
     takes_torchvision = True
     augmentable = True
 
@@ -82,7 +82,8 @@ class Images(Kind):
     def manifest_fields(self, cfg: Config) -> dict[str, Any]:
         img = cfg.dataset.image
         return {"image": {"height": img.height, "width": img.width, "channels": img.channels,
-                          "resize": img.resize, "max_pixels": img.max_pixels}}
+                          "resize": img.resize, "max_pixels": img.max_pixels,
+                          "draft": img.draft}}
 
     # --- model -----------------------------------------------------------------------------------
     def input_spec(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -192,7 +193,7 @@ def overlay_png(attr: np.ndarray, pixels: np.ndarray | None, side: int = 256) ->
 def prepare_images(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
     """A ``content`` column of encoded images -> uint8 (N, C, H, W), bad images with a reason."""
     img = spec["input"]["image"]
-    ispec = ImageSpec(**{k: img[k] for k in ("height", "width", "channels", "resize", "max_pixels")})
+    ispec = ImageSpec.from_dict(img)
     ok, arrays = [], []
     reasons: list[str | None] = [None] * len(pdf)
     details: list[str | None] = [None] * len(pdf)

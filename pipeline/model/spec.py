@@ -13,7 +13,7 @@ CNN_HEADS = ("pool", "flatten")  # cnn: pooled to a fixed grid (specs built toda
 
 @dataclass(frozen=True)
 class ModelSpec:
-    arch: str                    # cnn, resnet, resnet18, mlp, lstm, gru, torchvision:<name> or module.path:factory
+    arch: str                    # cnn, resnet, resnet18, strided_cnn, mlp, lstm, gru, torchvision:<name> or module.path:factory
     input_shape: list[int]       # [C, H, W], [F] or [window, F]
     num_classes: int             # the size of the output head
     task: str | None = None      # the ML task (objectives); absent in artifacts older than tasks

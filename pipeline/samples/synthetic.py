@@ -3,6 +3,7 @@
     python -m pipeline.samples.synthetic --config conf/synthetic_images.yaml  --rows 100000 [--partitions 64]
     python -m pipeline.samples.synthetic --config conf/synthetic_tabular.yaml --rows 5000000
     python -m pipeline.samples.synthetic --config conf/synthetic_images.yaml  --rows 2000 --score-date 2026-01-15
+    python -m pipeline.samples.synthetic --config conf/synthetic_photos.yaml  --rows 2500 --style photos
       [--seed 0] [--classes K] [--noise X] [--image-format png|jpeg] [--image-size HxW]
       [--overwrite] [--set key=value ...]
 
@@ -15,6 +16,13 @@ images   ``<source>/<class>/<id>.png`` (or ``.jpg``), ``dataset.image.channels``
          background, with random colour, size and position jitter. At most 20 classes. (With
          the defaults, logistic regression on raw pixels reaches about 0.85 from 2,400 images;
          a CNN does better.)
+         With ``--style photos``: JPEG photos (unless ``--image-format png``) whose height and
+         width are each drawn from 256-512 pixels, so preprocess downscales every one (to
+         224x224 with ``conf/synthetic_photos.yaml``). Class k is a texture and a colour: a
+         sinusoidal grating at one of five orientations (k mod 5) and one of four frequencies
+         (k div 5, in cycles per image, so a resize keeps it), in a class hue (k / classes)
+         against its complement, with jittered orientation, frequency, phase, hue and contrast
+         and pixel noise.
 tabular  CSV files with a header (or ``dataset.tabular.format``) whose columns are exactly
          ``dataset.tabular``'s: id, label, the numeric columns (Gaussian, each with its own
          offset and scale), the categorical columns (skewed values ``v0``, ``v1``, ... from a
@@ -62,6 +70,9 @@ SHAPES = ("square", "disk", "ring", "hbar", "vbar")
 ANCHORS = ((0.3, 0.3), (0.7, 0.7), (0.3, 0.7), (0.7, 0.3))  # (row, column) as fractions
 MAX_IMAGE_CLASSES = len(SHAPES) * len(ANCHORS)
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+STYLES = ("shapes", "photos")
+PHOTO_SIDES = (256, 512)                       # each side of a photo, drawn per image, inclusive
+PHOTO_FREQUENCIES = (5.0, 9.0, 14.0, 20.0)     # grating cycles per image, one per group of five classes
 MARKER = "_synthetic.json"
 # What the generator makes for each kind of dataset it can make (pipeline.kinds names).
 DEFAULT_CLASSES = {"images": 10, "tabular": 3}
@@ -81,6 +92,7 @@ class Options:
     image_format: str = "png"
     jpeg_quality: int = 90
     image_size: tuple[int, int] | None = None  # raw (height, width); None: dataset.image's
+    style: str = "shapes"          # shapes: fixed-size shapes; photos: 256-512 px textures (PHOTO_SIDES)
     categories: int = 8            # values per categorical column
     score_date: str | None = None  # set: write the held-out set for this date instead
     overwrite: bool = False
@@ -118,6 +130,35 @@ def render_image(i: int, seed: int, stream: int, classes: int, height: int, widt
     return label, (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def _hue_rgb(h: float) -> np.ndarray:
+    """A saturated colour of hue h in [0, 1) (the HSV hexcone at full saturation and value)."""
+    return np.clip(np.abs(((h * 6.0 + np.array([0.0, 4.0, 2.0])) % 6.0) - 3.0) - 1.0, 0.0, 1.0)
+
+
+def render_photo(i: int, seed: int, stream: int, classes: int, channels: int, noise: float,
+                 sides: tuple[int, int] = PHOTO_SIDES) -> tuple[int, np.ndarray]:
+    """(class, uint8 array of shape (height, width, channels)) for record i, its sides drawn from
+    ``sides``; the class is a grating's orientation and frequency and a hue (module docstring)."""
+    rng = np.random.default_rng([seed, stream, i])
+    label = int(rng.integers(classes))
+    height, width = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
+    theta = np.pi * (label % 5) / 5 + rng.uniform(-0.12, 0.12)
+    cycles = PHOTO_FREQUENCIES[label // 5 % len(PHOTO_FREQUENCIES)] * rng.uniform(0.9, 1.1)
+    # Coordinates in image units (0-1 on each side), so the texture survives any resize.
+    y = ((np.arange(height, dtype=np.float32) + 0.5) / height)[:, None]
+    x = ((np.arange(width, dtype=np.float32) + 0.5) / width)[None, :]
+    phase = 2 * np.pi * cycles * (x * np.float32(np.cos(theta)) + y * np.float32(np.sin(theta)))
+    g = (0.5 + 0.5 * np.sin(phase + np.float32(rng.uniform(0, 2 * np.pi))))[:, :, None]
+    hue = label / classes + rng.uniform(-0.03, 0.03)
+    fg = _hue_rgb(hue % 1.0) * rng.uniform(0.7, 1.0)
+    bg = _hue_rgb((hue + 0.5) % 1.0) * rng.uniform(0.15, 0.35)
+    if channels == 1:
+        fg, bg = fg.mean(keepdims=True), bg.mean(keepdims=True)
+    img = bg.astype(np.float32) + (fg - bg).astype(np.float32) * g
+    img += np.float32(noise) * rng.standard_normal((height, width, channels), dtype=np.float32)
+    return label, (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def encode_image(arr: np.ndarray, image_format: str, jpeg_quality: int = 90) -> bytes:
     from PIL import Image
 
@@ -132,7 +173,7 @@ def encode_image(arr: np.ndarray, image_format: str, jpeg_quality: int = 90) -> 
 
 def write_image_partition(batches: Iterator[pd.DataFrame], out_uri: str, truth_uri: str | None, seed: int,
                           stream: int, classes: int, height: int, width: int, channels: int, noise: float,
-                          image_format: str, jpeg_quality: int) -> Iterator[pd.DataFrame]:
+                          image_format: str, jpeg_quality: int, style: str = "shapes") -> Iterator[pd.DataFrame]:
     """mapInPandas body: row ids in, one (files, bytes) row per partition out.
 
     Labelled images go to ``<out>/<class>/<id>.<ext>``; with ``truth_uri`` (held-out set) to
@@ -145,7 +186,10 @@ def write_image_partition(batches: Iterator[pd.DataFrame], out_uri: str, truth_u
     truth: list[str] = []
     for pdf in batches:
         for i in pdf["id"].tolist():
-            label, arr = render_image(i, seed, stream, classes, height, width, channels, noise)
+            if style == "photos":
+                label, arr = render_photo(i, seed, stream, classes, channels, noise)
+            else:
+                label, arr = render_image(i, seed, stream, classes, height, width, channels, noise)
             data = encode_image(arr, image_format, jpeg_quality)
             name = f"{record_name(i)}.{ext}"
             if truth_uri is None:
@@ -172,7 +216,7 @@ def generate_images(spark: SparkSession, cfg: Config, opts: Options, out_uri: st
                                         math.ceil(opts.rows / IMAGES_PER_PARTITION))
     body = partial(write_image_partition, out_uri=out_uri, truth_uri=truth_uri, seed=opts.seed, stream=stream,
                    classes=classes, height=height, width=width, channels=img.channels, noise=noise,
-                   image_format=opts.image_format, jpeg_quality=opts.jpeg_quality)
+                   image_format=opts.image_format, jpeg_quality=opts.jpeg_quality, style=opts.style)
     written = (spark.range(opts.rows, numPartitions=partitions)
                .mapInPandas(body, "files long, bytes long")
                .agg(F.sum("files").alias("files"), F.sum("bytes").alias("bytes")).first())
@@ -180,8 +224,10 @@ def generate_images(spark: SparkSession, cfg: Config, opts: Options, out_uri: st
     files = int(written["files"] or 0)
     if files != opts.rows:
         raise RuntimeError(f"synthetic images: {files} files written for {opts.rows} rows under {out_uri}")
+    size: dict[str, Any] = ({"sides": list(PHOTO_SIDES)} if opts.style == "photos"
+                            else {"height": height, "width": width})
     return {"rows": files, "bytes": int(written["bytes"] or 0), "partitions": partitions,
-            "classes": classes, "height": height, "width": width, "channels": img.channels}
+            "classes": classes, **size, "channels": img.channels}
 
 
 # --- tabular: Spark column expressions, each value a hash of (seed, stream, column, id) -------
@@ -311,6 +357,10 @@ def _check(cfg: Config, opts: Options) -> None:
         raise ValueError(f"--noise must be >= 0, got {opts.noise}")
     if opts.image_format not in EXTENSIONS:
         raise ValueError(f"--image-format must be one of {sorted(EXTENSIONS)}, got {opts.image_format!r}")
+    if opts.style not in STYLES:
+        raise ValueError(f"--style must be one of {list(STYLES)}, got {opts.style!r}")
+    if opts.style == "photos" and opts.image_size is not None:
+        raise ValueError(f"--image-size does not apply to --style photos (each side is drawn from {PHOTO_SIDES})")
     if not 1 <= opts.categories <= 10_000:
         raise ValueError(f"--categories must be between 1 and 10000, got {opts.categories}")
 
@@ -346,7 +396,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, help="images: 2-20 (default 10); tabular: 2-100 (default 3)")
     p.add_argument("--noise", type=float, help="image pixel noise std in [0,1] units (default 0.15); "
                                                "tabular label-score noise (default 0.35)")
-    p.add_argument("--image-format", choices=sorted(EXTENSIONS), default="png")
+    p.add_argument("--style", choices=STYLES, default="shapes",
+                   help="images: shapes at dataset.image's size, or photos (textures, 256-512 px per side)")
+    p.add_argument("--image-format", choices=sorted(EXTENSIONS), help="default: jpeg for photos, png for shapes")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--image-size", type=_size, help="raw HEIGHTxWIDTH (default: dataset.image's); "
                                                     "preprocess resizes to dataset.image")
@@ -357,8 +409,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     return Options(rows=args.rows, partitions=args.partitions, seed=args.seed, classes=args.classes,
-                   noise=args.noise, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-                   image_size=args.image_size, categories=args.categories, score_date=args.score_date,
+                   noise=args.noise, jpeg_quality=args.jpeg_quality, image_size=args.image_size, style=args.style,
+                   image_format=args.image_format or ("jpeg" if args.style == "photos" else "png"), categories=args.categories, score_date=args.score_date,
                    overwrite=args.overwrite)
 
 
