@@ -128,15 +128,15 @@ class Horovod:
         self.hvd.shutdown()
 
 
-def _attempt_store(td):
+def _attempt_store(td, rank: int, size: int):
     """torchrun's store, with this attempt's keys apart. torchrun's agent serves one store for
     the whole job, and after a restart the ranks would otherwise read the dead attempt's Gloo
     addresses from it and fail to connect (seen with torch 2.13's --standalone rendezvous)."""
     from datetime import timedelta
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent serves it, else rank 0
-    store = td.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
-                        is_master=not agent and os.environ["RANK"] == "0", timeout=timedelta(minutes=10),
+    store = td.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                        is_master=not agent and rank == 0, timeout=timedelta(minutes=10),
                         multi_tenant=not agent)
     return td.PrefixStore(f"/pipeline/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
@@ -164,7 +164,7 @@ class TorchDDP:
         if not td.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             if "TORCHELASTIC_RESTART_COUNT" in os.environ:
-                td.init_process_group(backend, store=_attempt_store(td), rank=self.rank, world_size=self.size)
+                td.init_process_group(backend, store=_attempt_store(td, self.rank, self.size), rank=self.rank, world_size=self.size)
             elif launched:
                 td.init_process_group(backend)
             else:
