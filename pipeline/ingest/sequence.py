@@ -47,6 +47,7 @@ from pipeline.core import drift, lake, privacy, quarantine
 from pipeline.ingest import tabular
 from pipeline.core.config import Config, SequenceConf, SplitConf
 from pipeline.core.privacy import Pii
+from pipeline.spark import tasks
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,22 @@ def _read(spark: SparkSession, seq: SequenceConf, source: str) -> DataFrame:
             .option("columnNameOfCorruptRecord", _CORRUPT).schema(schema).csv(paths))
 
 
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
+
+
+def _try_cast(sql: str, to: str):
+    """Null where the text is not a ``to``: Spark 4's ANSI casts fail the task instead."""
+    return F.expr(f"try_cast({sql} AS {to})")
+
+
 def validate(df: DataFrame, seq: SequenceConf) -> DataFrame:
     """Adds ``reason``/``detail`` (null for good rows), ``t`` (seconds since the epoch or the
     number itself), ``is_number`` and ``v`` (the values, NaN where missing)."""
     declared = declared_columns(seq)
     raw_time = F.col(seq.time_column)
-    as_number = raw_time.cast("double")
-    t = F.coalesce(as_number, raw_time.cast("timestamp").cast("double"))
+    as_number = _try_cast(_quoted(seq.time_column), "DOUBLE")
+    t = F.coalesce(as_number, _try_cast(_quoted(seq.time_column), "TIMESTAMP").cast("double"))
     checks: list[tuple[Any, str, Any]] = [(F.col(_CORRUPT).isNotNull(), MALFORMED, F.lit("wrong number of fields"))]
     if seq.series_column:
         checks.append((F.col(seq.series_column).isNull(), MISSING_SERIES, F.lit(seq.series_column)))
@@ -132,7 +142,7 @@ def validate(df: DataFrame, seq: SequenceConf) -> DataFrame:
     values = []
     for c in value_columns(seq):
         raw = F.trim(F.col(c))
-        num = raw.cast("double")
+        num = _try_cast(f"trim({_quoted(c)})", "DOUBLE")
         missing = raw.isNull() | (raw == "") | F.isnan(num)
         checks.append((~missing & num.isNull(), WRONG_TYPE, F.concat(F.lit(f"{c}="), raw)))
         checks.append((~missing & ((num == float("inf")) | (num == float("-inf"))), NON_FINITE, F.concat(F.lit(f"{c}="), raw)))
@@ -376,7 +386,7 @@ def forecast_series(pdf: pd.DataFrame, load: Callable[[], Any], tz: str,
     if explained is not None:  # the quarantined rows' explanations are null
         frame = frame.astype({c: object for c in frame.columns if c not in FORECAST_COLUMNS})
         frame = frame.where(frame.notna(), None)
-    return frame
+    return tasks.to_spark(frame)
 
 
 FORECAST_COLUMNS = [c.split()[0] for c in FORECAST_DDL.split(", ")]
