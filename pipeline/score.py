@@ -71,7 +71,10 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
     except sources.SourceError as e:
         lake.remove(job_dir)
         raise NoInput(f"nothing to score for {score_date}: {e}") from None
-    scored = s.frame.persist(StorageLevel.MEMORY_AND_DISK)
+    # Scored once, read four times (counts, output, drift, explanations). On disk, not in memory:
+    # a partition of the scored frame is about the size of its input split, and building it in
+    # the executor's heap first (MEMORY_AND_DISK) ran a 1 GB heap out of memory at 2M rows.
+    scored = s.frame.persist(StorageLevel.DISK_ONLY)
     try:
         if s.check is not None:
             s.check(scored)

@@ -35,24 +35,36 @@ def _lower_contrast(x: np.ndarray) -> np.ndarray:
     return np.rint(m + (x - m) / 2).astype(np.uint8)
 
 
+def _assert_run_tagged(cfg, m):
+    """The drifted score's MLflow run ended FINISHED, tagged drift=true, with the PSIs as metrics."""
+    from mlflow import MlflowClient
+
+    from pipeline.ops import tracking
+
+    run = MlflowClient(tracking_uri=tracking.settings(cfg)["uri"]).get_run(m["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["drift"] == "true"
+    for c in m["drift"]["failed"]:
+        assert run.data.metrics[f"drift_psi_{c}"] == pytest.approx(m["drift"]["features"][c])
+
+
 @pytest.fixture(scope="module")
 def digits_model(spark, digits_curated):
     """A one-epoch CNN of its own on the session's curated digits, and two dates to score."""
     base, m = digits_curated
-    cfg = load_config("conf/digits.yaml", [f"lake.root={base.lake.root}", "train.model_name=drift-cnn",
-                                           "train.epochs=1", "tracking.enabled=false", "score.model=drift-cnn@latest",
-                                           "dataset.score_source=raw/digits/drift", f"score.drift.fail_above={FAIL_ABOVE}"])
+    sets = [f"lake.root={base.lake.root}", "train.model_name=drift-cnn", "train.epochs=1", "score.model=drift-cnn@latest",
+            "dataset.score_source=raw/digits/drift", f"score.drift.fail_above={FAIL_ABOVE}"]
+    cfg = load_config("conf/digits.yaml", [*sets, "tracking.enabled=false"])
     x = _scans()
     incoming = cfg.resolve(cfg.dataset.score_source)
     for date, images in ((SAME, x), (SHIFTED, _lower_contrast(x))):
         for i, img in enumerate(images):
             lake.write_bytes(f"{LakeLayout.dated(incoming, date)}/{i:04d}.png", png_bytes(img))
     train.run_local(cfg)
-    return cfg, m
+    return cfg, m, sets
 
 
 def test_images_reference_is_the_train_split_channel_statistics(digits_model, spark):
-    _, m = digits_model
+    _, m, _ = digits_model
     ref = m["drift_reference"]
     assert sorted(ref["features"], key=lambda c: ref["features"][c]["position"]) == ["gray_mean", "gray_std"]
     # The exact statistics of the curated train images (the decoded 8x8 arrays the model trains on).
@@ -73,14 +85,16 @@ def test_images_reference_is_the_train_split_channel_statistics(digits_model, sp
 
 
 def test_images_scored_again_flag_nothing_and_lower_contrast_is_flagged(digits_model, spark):
-    cfg, _ = digits_model
+    cfg, _, sets = digits_model
     same = score.run(spark, cfg, SAME)
     d = same["drift"]
     assert same["output_count"] == 1797 and d["failed"] == [] and same["warnings"] == []
     assert set(d["features"]) == {"gray_mean", "gray_std"} and max(d["features"].values()) < 0.1, d
+    tracked = load_config("conf/digits.yaml", sets)  # the lake's own MLflow store
     with pytest.raises(Drifted) as e:
-        score.run(spark, cfg, SHIFTED)
+        score.run(spark, tracked, SHIFTED)
     m = e.value.manifest
+    _assert_run_tagged(tracked, m)
     d = m["drift"]
     assert d["failed"] == ["gray_std"] and d["features"]["gray_std"] > 1.0 and d["features"]["gray_mean"] < 0.1, d
     assert pq.read_table(lake.local_path(m["uri"])).num_rows == 1797  # the predictions are still published
@@ -93,10 +107,10 @@ def co2(co2_curated):
     inputs: the train weeks as they came (missing values left empty), and the same weeks 20 ppm
     higher."""
     base, m = co2_curated
-    cfg = load_config("conf/co2.yaml", [f"lake.root={base.lake.root}", "train.model_name=drift-lstm",
-                                        "train.hidden=[8]", "train.epochs=1", "train.num_proc=1",
-                                        "tracking.enabled=false", "score.model=drift-lstm@latest",
-                                        "dataset.score_source=raw/co2/drift", f"score.drift.fail_above={FAIL_ABOVE}"])
+    sets = [f"lake.root={base.lake.root}", "train.model_name=drift-lstm", "train.hidden=[8]", "train.epochs=1",
+            "train.num_proc=1", "score.model=drift-lstm@latest", "dataset.score_source=raw/co2/drift",
+            f"score.drift.fail_above={FAIL_ABOVE}"]
+    cfg = load_config("conf/co2.yaml", [*sets, "tracking.enabled=false"])
     raw = lake.read_bytes(f"{cfg.resolve(cfg.dataset.source)}/series.csv").decode().splitlines()
     head, rows = raw[0], raw[1:]
     weeks = rows[:int(len(rows) * cfg.preprocess.split.train)]  # about the train split
@@ -105,13 +119,13 @@ def co2(co2_curated):
     for date, lines in ((SAME, weeks), (SHIFTED, shifted)):
         lake.write_bytes(f"{LakeLayout.dated(incoming, date)}/series.csv", "\n".join([head, *lines, ""]).encode())
     train.run_local(cfg)
-    return cfg, m, weeks
+    return cfg, m, weeks, sets
 
 
 def test_sequence_reference_is_the_train_values_with_missing_as_null(co2):
     import statsmodels.api as sm
 
-    cfg, m, _ = co2
+    cfg, m, _, _ = co2
     ref = m["drift_reference"]
     assert list(ref["features"]) == ["co2"] and ref["features"]["co2"]["position"] == 0
     f = ref["features"]["co2"]
@@ -138,12 +152,14 @@ def test_sequence_reference_is_the_train_values_with_missing_as_null(co2):
 
 
 def test_sequence_train_weeks_flag_nothing_and_a_shifted_series_is_flagged(co2, spark):
-    cfg, _, weeks = co2
+    cfg, _, weeks, sets = co2
     same = score.run(spark, cfg, SAME)
     assert same["drift"]["failed"] == [] and same["drift"]["features"]["co2"] < 0.1, same["drift"]
     assert same["output_count"] + same["quarantined_count"] == len(weeks)
+    tracked = load_config("conf/co2.yaml", sets)
     with pytest.raises(Drifted) as e:
-        score.run(spark, cfg, SHIFTED)
+        score.run(spark, tracked, SHIFTED)
+    _assert_run_tagged(tracked, e.value.manifest)
     d = e.value.manifest["drift"]
     assert d["failed"] == ["co2"] and d["features"]["co2"] > 1.0, d
     assert d["prediction"] is not None

@@ -154,3 +154,23 @@ def test_images_get_a_map_at_the_input_size_and_overlays_in_the_run(spark, digit
             [f"{p.rsplit('/', 1)[-1].rsplit('.', 1)[0]}.png" for p in first]
         local = client.download_artifacts(m["mlflow_run_id"], sorted(files)[0])
         assert Image.open(local).size == (256, 256)
+
+
+def test_a_forecast_is_explained_per_input_column_and_its_sum_is_the_forecast_change(spark, co2_curated):
+    """An LSTM on the weekly CO2: what is explained is the forecast's sum over the horizon; the
+    window's attributions summed per input column (here the one, co2) are that sum's change from
+    the baseline window (the train means), and every forecast row of the series carries it."""
+    base, _ = co2_curated
+    sets = [f"lake.root={base.lake.root}", "train.model_name=co2-explained", "train.hidden=[8]", "train.epochs=1",
+            "train.num_proc=1", "tracking.enabled=false", "score.model=co2-explained@latest"]
+    train.run_local(load_config("conf/co2.yaml", sets))
+    cfg = load_config("conf/co2.yaml", [*sets, IG])
+    m = score.run(spark, cfg, CLEAN_DATE)
+    ex = m["explain"]
+    assert ex["rows"] == 1 and ex["completeness"] == 1.0, ex  # one series, one forecast explained
+    t = _published(cfg, "co2-explained", CLEAN_DATE)
+    assert len(t) == cfg.dataset.sequence.horizon
+    tops = [list(v) for v in t["top_features"]]
+    assert all(top == tops[0] for top in tops) and [f["feature"] for f in tops[0]] == ["co2"]
+    # The one column's attribution is the explained change itself, so it matches the manifest's gap.
+    assert abs(tops[0][0]["attribution"]) > 0 and ex["max_gap"] <= 0.01 * abs(tops[0][0]["attribution"]) + 1e-4
