@@ -102,6 +102,7 @@ def measure(spark, cfg: Config, poll_ms: float) -> dict:
         peaks.append(poller.peaks())
     out["memory"] = {k: max(p[k] for p in peaks) for k in ("worker_mb", "worker_sum_mb", "jvm_mb", "driver_mb")}
     out["memory"]["driver_growth_mb"] = out["memory"]["driver_mb"] - peaks[0]["driver_mb"] + peaks[0]["driver_growth_mb"]
+    out["memory"]["worker_mb_by_stage"] = {s: p["worker_mb"] for s, p in zip(STAGES, peaks)}
     out["wall_s"] = sum(out[s][0] for s in STAGES)
     out["core_s"] = sum(out[s][1] for s in STAGES)
     return out
@@ -158,7 +159,8 @@ def run_kind(kind: str, base: int, args, out_root: str) -> list[dict]:
             print(f"  {kind} {f}x: " + ", ".join(f"{s} {r[s][0]:.1f} s" for s in STAGES)
                   + f" | {r['wall_s']:.1f} s wall, {r['core_s']:.0f} core-s | peak RSS MB: driver {mem['driver_mb']:.0f} "
                   f"(+{mem['driver_growth_mb']:.0f}), JVM {mem['jvm_mb']:.0f}, largest worker {mem['worker_mb']:.0f}, "
-                  f"workers together {mem['worker_sum_mb']:.0f} | test accuracy "
+                  f"workers together {mem['worker_sum_mb']:.0f} (largest by stage: "
+                  + ", ".join(f"{s} {v:.0f}" for s, v in mem["worker_mb_by_stage"].items()) + ") | test accuracy "
                   f"{r['train_metrics'].get('test_accuracy', float('nan')):.3f}", flush=True)
             if kind == "images" and args.resnet and f == args.factors[0]:
                 r["resnet"] = resnet_at(spark, lake_dir, args)
