@@ -172,6 +172,28 @@ def test_planted_personal_values_never_reach_the_lake_or_mlflow(spark, tmp_path,
         model.predict(row)
 
 
+def test_spark_reader_path_hashes_before_anything_is_written(spark, tmp_path, monkeypatch, capfd):
+    """The same table through Spark's reader (dataset.tabular.reader=spark) in preprocess and
+    score: no planted value and not the key anywhere in the lake, the same keyed hashes."""
+    from pipeline import preprocess, score, train
+
+    raw, people = _write(tmp_path)
+    monkeypatch.setenv("PIPELINE_PII_KEY", KEY)
+    cfg = _cfg(tmp_path, raw, "dataset.tabular.reader=spark", "train.epochs=1", "tracking.enabled=false")
+    m = preprocess.run(spark, cfg)
+    train.run_local(cfg)
+    s = score.run(spark, cfg, DATE)
+    assert _leaks(tmp_path / "lake", _needles(people)) == []
+    out, err = capfd.readouterr()
+    assert KEY not in out + err
+    assert m["quarantined_by_reason"] == {"wrong_type": 1, "malformed_record": 1, "duplicate_row": 1}
+    curated = pq.read_table(m["splits"]["train"]["uri"])
+    assert set(curated.column("id").to_pylist()) <= {_hmac(f"case-{i:04d}") for i in range(500)}
+    preds = pq.read_table(s["uri"]).to_pandas()
+    assert s["output_count"] == 69 and s["quarantined_count"] == 1 and "name" not in preds.columns
+    assert sorted(preds["email"]) == sorted(_hmac(people[i]["email"]) for i in range(500, 569))
+
+
 @pytest.mark.parametrize("override, message", [
     ("dataset.privacy.pii_columns={nobody: hash}", "'nobody' is not a declared column"),
     ("dataset.privacy.pii_columns={diagnosis: hash}", "the label (diagnosis) cannot be a personal column"),
