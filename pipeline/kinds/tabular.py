@@ -7,7 +7,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from pipeline.core import drift, lake, privacy
@@ -18,6 +17,7 @@ from pipeline.model import explain
 from pipeline.model.spec import ModelSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import SparkSession
 
     from pipeline.core.config import Config, ExplainConf
@@ -219,6 +219,7 @@ class Tabular(Kind):
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
         """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
+        import pandas as pd
         import pyarrow as pa
 
         from pipeline.ingest import tabular
@@ -244,6 +245,7 @@ class Tabular(Kind):
         return _prepare_encoded(pd.DataFrame({"reason": rec.reason, "detail": rec.detail, "features": features}), spec)
 
     def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        import pandas as pd
 
         from pipeline.core import manifest
         from pipeline.ingest import tabular
@@ -310,6 +312,8 @@ def _drift_reference(spark: SparkSession, cfg: Config, tab: TabularConf, target:
 
 def _prepare_encoded(pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
     """Frames of (reason, detail, features) from the scoring tasks -> the good rows' features."""
+    import pandas as pd  # not at the top: the training ranks import this module without pandas
+
     # pandas 3 infers a text dtype for a column of text and None, where a missing value reads NaN.
     reasons = [None if pd.isna(r) else r for r in pdf["reason"]]
     ok = [i for i, r in enumerate(reasons) if r is None]
