@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.core import drift, lake, privacy, quarantine
-from pipeline.ingest import tabular
+from pipeline.ingest import sources, tabular
 from pipeline.core.config import Config, SequenceConf, SplitConf
 from pipeline.core.privacy import Pii
 from pipeline.spark import tasks
@@ -118,10 +118,6 @@ def _read(spark: SparkSession, seq: SequenceConf, source: str) -> DataFrame:
             .option("columnNameOfCorruptRecord", _CORRUPT).schema(schema).csv(paths))
 
 
-def _quoted(column: str) -> str:
-    return "`" + column.replace("`", "``") + "`"
-
-
 def _try_cast(sql: str, to: str):
     """Null where the text is not a ``to``: Spark 4's ANSI casts fail the task instead."""
     return F.expr(f"try_cast({sql} AS {to})")
@@ -132,8 +128,9 @@ def validate(df: DataFrame, seq: SequenceConf) -> DataFrame:
     number itself), ``is_number`` and ``v`` (the values, NaN where missing)."""
     declared = declared_columns(seq)
     raw_time = F.col(seq.time_column)
-    as_number = _try_cast(_quoted(seq.time_column), "DOUBLE")
-    t = F.coalesce(as_number, _try_cast(_quoted(seq.time_column), "TIMESTAMP").cast("double"))
+    time_sql = sources.quoted(seq.time_column)
+    as_number = _try_cast(time_sql, "DOUBLE")
+    t = F.coalesce(as_number, _try_cast(time_sql, "TIMESTAMP").cast("double"))
     checks: list[tuple[Any, str, Any]] = [(F.col(_CORRUPT).isNotNull(), MALFORMED, F.lit("wrong number of fields"))]
     if seq.series_column:
         checks.append((F.col(seq.series_column).isNull(), MISSING_SERIES, F.lit(seq.series_column)))
@@ -142,7 +139,7 @@ def validate(df: DataFrame, seq: SequenceConf) -> DataFrame:
     values = []
     for c in value_columns(seq):
         raw = F.trim(F.col(c))
-        num = _try_cast(f"trim({_quoted(c)})", "DOUBLE")
+        num = _try_cast(f"trim({sources.quoted(c)})", "DOUBLE")
         missing = raw.isNull() | (raw == "") | F.isnan(num)
         checks.append((~missing & num.isNull(), WRONG_TYPE, F.concat(F.lit(f"{c}="), raw)))
         checks.append((~missing & ((num == float("inf")) | (num == float("-inf"))), NON_FINITE, F.concat(F.lit(f"{c}="), raw)))

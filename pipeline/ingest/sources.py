@@ -257,10 +257,15 @@ def _expressions(node):
         todo += [children.apply(i) for i in range(children.size())]
 
 
+def quoted(name: str) -> str:
+    """``name`` as one Spark SQL identifier, whatever characters it holds."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def _function_class(spark: SparkSession, parts: list[str]) -> str | None:
     """The class the session's catalog implements a function with (None for an unknown function,
     which the analyser then refuses)."""
-    name = ".".join("`" + p.replace("`", "``") + "`" for p in parts)
+    name = ".".join(quoted(p) for p in parts)
     try:
         return spark.catalog.getFunction(name).className
     except Exception:  # noqa: BLE001 - AnalysisException: no such function
