@@ -7,6 +7,7 @@
 Under spark-submit, train.backend picks horovod.spark.run (horovod) or TorchDistributor (torch).
 Add --resume RUN_ID to continue a run from its latest checkpoint.
 """
+import logging
 import os
 import sys
 from typing import Any
@@ -51,5 +52,17 @@ def main(spark, cfg, args):
                 print(f"test {k.removeprefix('test_')}: {m[k]:.4f} (model {m['model_uri']})")
 
 
+def leave(code: int) -> None:
+    if code and "TORCHELASTIC_RUN_ID" in os.environ:
+        # A torchrun rank that failed still holds its process group: torch's C++ threads can abort
+        # the interpreter's shutdown (SIGABRT, "terminate called without an active exception"),
+        # which torchrun would report instead of the job's exit code. Leave without that shutdown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run_job("train", __doc__, main, add_args, needs_spark=lambda a: launcher(a) == "spark"))
+    leave(cli.run_job("train", __doc__, main, add_args, needs_spark=lambda a: launcher(a) == "spark"))
