@@ -28,7 +28,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, TEST_JVM_OPTS, job_env, spark_submit, write_sample
+from conftest import DIGITS_EPOCHS as EPOCHS, ROOT, TEST_JVM_OPTS, job_env, spark_submit, write_sample
 from pipeline.core import lake, manifest
 from pipeline.core.config import load_config
 
@@ -38,7 +38,6 @@ DATE = "2026-01-15"
 MODEL = "cluster-cnn"
 DRIVER_PREFIX = Path(sys.prefix)  # the driver's virtualenv: executors must never use it
 JOB_TIMEOUT_S = 600
-EPOCHS = "train.epochs=8"  # the digits pass 0.95 in 8 of conf/digits.yaml's 15 epochs
 
 
 def _free_port() -> int:
