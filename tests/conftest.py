@@ -298,6 +298,9 @@ def mlflow_server(tmp_path_factory):
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db", "--artifacts-destination", f"file://{tmp}/artifacts",
              "--workers", "1"],
+            # no job runner: its eight consumer processes cost CPU that the tests, which run no
+            # server-side jobs, need
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
