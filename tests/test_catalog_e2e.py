@@ -2,6 +2,8 @@
 the next (Spark's Hive support, a Derby metastore and warehouse in a temporary directory). The
 wine table has no id column: preprocess reads a catalog table, train fits the MLP, score reads
 a query for the date, copies business keys into the predictions and writes a catalog table."""
+from collections import Counter
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -69,3 +71,29 @@ def test_bad_sources_name_themselves_with_their_exit_code(run):
         p.stdout + p.stderr
     for p in (run["unknown_table"], run["missing_path"]):  # the one line, not a traceback above it
         assert "Traceback" not in p.stdout + p.stderr, p.stderr[-2000:]
+
+
+def test_a_model_of_a_catalog_table_is_registered_and_predicts_raw_rows(run):
+    """A catalog table has no files to read an input example from: the registered model's comes
+    from the fitted encoding. MLflow's own loader then predicts the day's rows as score did."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.ops import tracking
+
+    cfg = run["cfg"]
+    d = cfg.uri("models", "wine-mlp", lake.get_latest(cfg.uri("models", "wine-mlp")))
+    registry = manifest.read(d)["registry"]
+    assert registry and registry["alias"] == "candidate", run["train"].stdout[-3000:]
+    uri = tracking.settings(cfg)["uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/wine-mlp@candidate")
+    columns = lake.read_json(f"{d}/model.json")["input"]["columns"]
+    incoming = lake.local_path(cfg.resolve(cfg.dataset.score_source)) + f"/dt={DATE}"
+    raw = pd.concat(pd.read_csv(f"{incoming}/{f}") for f in sorted(lake.listdir(f"file://{incoming}")))
+    frame = raw[[*columns["numeric"], *columns["categorical"]]].astype({c: float for c in columns["numeric"]})
+    out = model.predict(frame)
+    _, scored = run["predictions"]
+    # Lots are not unique: the same (lot, prediction) pairs, each as often.
+    assert Counter(zip(raw["lot"], out["prediction"])) == Counter(zip(scored["lot"], scored["prediction"]))

@@ -159,8 +159,16 @@ class Images(Kind):
         from pipeline.core import manifest
 
         source = manifest.read(spec["dataset"]["uri"])["source"]
-        files = sorted(u for u, size in lake.list_files(source) if size > 0)
-        return pd.DataFrame({"content": [lake.read_bytes(u) for u in files[:rows]]})
+        files = sorted(u for u, size in lake.list_files(source) if size > 0)[:rows]
+        if files:
+            return pd.DataFrame({"content": [lake.read_bytes(u) for u in files]})
+        # A catalog table or a query has no files: grey PNGs at the model's input size instead.
+        from PIL import Image
+
+        layout = spec["input"]["image"]
+        buf = io.BytesIO()
+        Image.new("L" if layout["channels"] == 1 else "RGB", (layout["width"], layout["height"]), 128).save(buf, "PNG")
+        return pd.DataFrame({"content": [buf.getvalue()] * rows})
 
 
 ATTRIBUTION = "attribution"  # float32 HxW, row-major, summed over channels

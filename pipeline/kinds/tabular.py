@@ -218,14 +218,14 @@ class Tabular(Kind):
                                        k=conf.top_k))
 
     def prepare_frame(self, pdf: pd.DataFrame, spec: dict[str, Any]) -> Prepared:
-        """Raw records (the declared id, numeric and categorical columns, as text or numbers)."""
+        """Raw records (the declared id, if any, numeric and categorical columns, as text or numbers)."""
         import pandas as pd
         import pyarrow as pa
 
         from pipeline.ingest import tabular
 
         tab = TabularConf(**spec["input"]["columns"])
-        needed = [tab.id_column, *tab.numeric, *tab.categorical]
+        needed = [*([tab.id_column] if tab.id_column else []), *tab.numeric, *tab.categorical]
         missing = [c for c in needed if c not in pdf.columns]
         if missing:
             raise ValueError(f"input frame lacks the columns {missing}; the model needs {needed}")
@@ -245,23 +245,22 @@ class Tabular(Kind):
         return _prepare_encoded(pd.DataFrame({"reason": rec.reason, "detail": rec.detail, "features": features}), spec)
 
     def input_example(self, spec: dict[str, Any], rows: int = 2) -> pd.DataFrame:
+        """Raw rows made from the fitted encoding (each numeric column's train mean, each
+        categorical column's first category), not read from the source: a catalog table or a
+        query has no files to read, and no personal value can reach the registry this way."""
         import pandas as pd
 
-        from pipeline.core import manifest
-        from pipeline.ingest import tabular
-
-        source = manifest.read(spec["dataset"]["uri"])["source"]
-        files = sorted(u for u, size in lake.list_files(source) if size > 0)
         tab = TabularConf(**spec["input"]["columns"])
-        t, _ = tabular.read_piece((files[0], 0, -1), tab, label_required=False)
-        pdf = t.slice(0, rows).to_pandas()
+        fitted = spec["input"]["tabular"]
+        pdf = pd.DataFrame({tab.id_column: [f"example-{i}" for i in range(rows)]} if tab.id_column else {})
         for c in tab.numeric:
-            pdf[c] = pd.to_numeric(pdf[c], errors="coerce")
-        # Logged with the model: a personal column's values are never in it, only stand-ins.
-        for c in (spec["input"].get("privacy") or {}).get("columns", {}):
+            pdf[c] = [float(fitted["numeric"][c]["mean"])] * rows
+        for c in tab.categorical:
+            pdf[c] = [(fitted["categorical"].get(c) or [""])[0]] * rows
+        for c in (spec["input"].get("privacy") or {}).get("columns", {}):  # stand-ins, not even hashes
             if c in pdf:
-                pdf[c] = [f"example-{i}" for i in range(len(pdf))]
-        return pdf[[tab.id_column, *tab.numeric, *tab.categorical]]
+                pdf[c] = [f"example-{i}" for i in range(rows)]
+        return pdf
 
 
 def _top_declared(attr: np.ndarray, member: np.ndarray, names: list[str], k: int) -> list:
