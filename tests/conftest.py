@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ os.environ.setdefault("SPARK_SUBMIT_OPTS", TEST_JVM_OPTS)
 # With pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup), the tests that share
 # one of these expensive session fixtures run on the same worker, and so do the tests of one
 # file (its module fixtures), so each is built once per session, not once per worker.
-SHARED_RUNS = ("cluster", "digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated", "co2_curated")
+SHARED_RUNS = ("digits_pipeline", "wine_pipeline", "digits_curated", "cancer_curated", "co2_curated")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -189,13 +191,26 @@ DIGITS_DATE = "2026-01-15"
 DIGITS_EPOCHS = "train.epochs=8"
 
 
+def _on_a_cluster() -> bool:
+    """Where the default profile runs (Horovod installed, Linux's /proc for the executor watch),
+    the digits pipeline runs on a standalone cluster; elsewhere on local[2]."""
+    from pipeline.training import distributed
+
+    return distributed.installed("horovod") and Path("/proc/self/maps").exists()
+
+
 @pytest.fixture(scope="session")
 def digits_pipeline(request, tmp_path_factory):
     """The digits through the jobs, as the README runs them: sample data, preprocess, train
-    (2 ranks on local[2]), and where the full MLflow is installed (the default profile) tracked
-    on the session's MLflow server with the promotion gates run; then score, against
-    ``models:/digits-cnn@champion`` where promoted. test_e2e and test_tracking read its outputs;
-    nothing may move its ``_latest`` pointers."""
+    (2 ranks), and where the full MLflow is installed tracked on the session's MLflow server
+    with the promotion gates run; then score, against ``models:/digits-cnn@champion`` where
+    promoted. test_e2e, test_tracking and test_cluster read its outputs; nothing may move its
+    ``_latest`` pointers.
+
+    On the default profile the jobs run on a standalone master and two workers on 127.0.0.1
+    (tests/standalone.py), shipped with scripts/package.sh, while a watch records the executors'
+    Python processes; training loses an executor after its first checkpoint and restarts its
+    ranks (train.max_restarts=1). On the modern profile they run on local[2]."""
     from pipeline.core.config import load_config
 
     root = tmp_path_factory.mktemp("digits-lake")
@@ -206,20 +221,45 @@ def digits_pipeline(request, tmp_path_factory):
         overrides.append(f"tracking.uri={uri}")
     s = ["--config", "conf/digits.yaml", *sets(*overrides)]
     write_sample("conf/digits.yaml", root, DIGITS_DATE, *overrides[2:])
-    out = {"root": root, "s": s, "uri": uri, "tracked": tracked, "date": DIGITS_DATE}
-    out["preprocess"] = spark_submit("jobs/preprocess.py", *s)
-    out["train"] = spark_submit("jobs/train.py", *s)
-    model = []
-    if tracked:
-        promote = [sys.executable, "jobs/promote.py", *s, "--model", "digits-cnn", "--from", "candidate",
-                   "--to", "champion"]
-        out["gate_fails"] = run([*promote, "--require", "test_accuracy>=1.01"], check=False)
-        out["gate_unknown"] = run([sys.executable, "jobs/promote.py", *s, "--require", "test_f1>=0.5"], check=False)
-        out["promote"] = run([*promote, "--require", "test_accuracy>=0.5", "--require", "best_val_accuracy>0.5"])
-        model = ["--model", "models:/digits-cnn@champion"]
-    out["score"] = spark_submit("jobs/score.py", *s, "--date", DIGITS_DATE, *model)
+    out = {"root": root, "s": s, "uri": uri, "tracked": tracked, "date": DIGITS_DATE, "on_cluster": _on_a_cluster()}
+    with ExitStack() as stack:
+        if out["on_cluster"]:
+            import standalone
+
+            cluster = stack.enter_context(standalone.standalone(tmp_path_factory.mktemp("standalone")))
+            packaged = standalone.package()
+            submit = partial(spark_submit, master=cluster.master_url, spark_args=standalone.spark_args(packaged),
+                             env=standalone.submit_env(), timeout=standalone.JOB_TIMEOUT_S)
+            watch = out["watch"] = standalone.ExecutorWatch(cluster.work_dirs)
+            kill = standalone.ExecutorKill(root / "models" / "digits-cnn", cluster.work_dirs)
+            watch.start()
+            stack.callback(watch.stop)
+            stack.callback(kill.stop)
+            heal = ["--set", "train.max_restarts=1"]
+        else:
+            submit, watch, kill, heal = spark_submit, None, None, []
+        for job, args in (("preprocess", []), ("train", heal)):
+            if watch:
+                watch.job = job
+            if kill and job == "train":
+                kill.start()
+            out[job] = submit(f"jobs/{job}.py", *s, *args)
+        model = []
+        if tracked:
+            promote = [sys.executable, "jobs/promote.py", *s, "--model", "digits-cnn", "--from", "candidate",
+                       "--to", "champion"]
+            out["gate_fails"] = run([*promote, "--require", "test_accuracy>=1.01"], check=False)
+            out["gate_unknown"] = run([sys.executable, "jobs/promote.py", *s, "--require", "test_f1>=0.5"],
+                                      check=False)
+            out["promote"] = run([*promote, "--require", "test_accuracy>=0.5", "--require", "best_val_accuracy>0.5"])
+            model = ["--model", "models:/digits-cnn@champion"]
+        if watch:
+            watch.job = "score"
+        out["score"] = submit("jobs/score.py", *s, "--date", DIGITS_DATE, *model)
+    out["executor_killed"] = kill.killed if kill else []
     out["cfg"] = load_config("conf/digits.yaml", overrides)
-    print("\ndigits pipeline: " + ", ".join(f"{k} {out[k].wall_s:.0f} s" for k in ("preprocess", "train", "score")))
+    print(f"\ndigits pipeline ({'standalone cluster' if out['on_cluster'] else 'local[2]'}): "
+          + ", ".join(f"{k} {out[k].wall_s:.0f} s" for k in ("preprocess", "train", "score")))
     return out
 
 

@@ -55,7 +55,8 @@ def test_training_run_is_tracked(tracked):
     tags = run.data.tags
     assert tags["dataset"] == "digits" and tags["dataset_version"] == pre["version"]
     assert tags["world_size"] == "2" and tags["launcher"] == "spark" and tags["device"] == "cpu"
-    assert tags["spark_application_id"].startswith("local-") and tags["code_version"] == train["code_version"]
+    app = "app-" if tracked["on_cluster"] else "local-"  # a standalone master's application, or local[2]'s
+    assert tags["spark_application_id"].startswith(app) and tags["code_version"] == train["code_version"]
     assert train["metrics"]["epochs_tracked"] is True  # rank 0 logged them, on a Spark executor, as they ran
     history = lake.read_json(f"{train['uri']}/history.json")
     for key in ("train_loss", "val_loss", "val_accuracy", "samples_per_s", "data_wait_fraction", "lr"):
