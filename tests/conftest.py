@@ -82,6 +82,31 @@ def job_env() -> dict[str, str]:
     return env
 
 
+# The two stack profiles' environments in this checkout (scripts/setup.sh), for the tests that run
+# a command under a given profile's interpreter whichever profile runs pytest.
+PROFILES = {"default": ROOT / ".venv", "modern": ROOT / ".venv-modern"}
+
+
+def profile_python(profile: str) -> Path:
+    """The profile's interpreter; the test skips where that profile is not set up."""
+    py = PROFILES[profile] / "bin" / "python"
+    if not py.exists():
+        pytest.skip(f"the {profile} profile is not set up here ({py}): "
+                    f"run {'PROFILE=modern ' if profile == 'modern' else ''}bash scripts/setup.sh")
+    return py
+
+
+def profile_env(profile: str) -> dict[str, str]:
+    """The jobs' environment with the profile's venv first on PATH (horovodrun and torchrun start
+    its python)."""
+    bin_dir = str(PROFILES[profile] / "bin")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYSPARK_PYTHON=f"{bin_dir}/python",
+               PYSPARK_DRIVER_PYTHON=f"{bin_dir}/python", SPARK_CONF_DIR=str(ROOT / "conf" / "spark"),
+               PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning")
+    return env
+
+
 def hive_conf(directory) -> list[str]:
     """spark-submit flags for a persistent catalog: Spark's Hive support with a local Derby
     metastore and warehouse under ``directory``, shared by every application given them."""
@@ -214,13 +239,12 @@ def digits_pipeline(request, tmp_path_factory):
     from pipeline.core.config import load_config
 
     root = tmp_path_factory.mktemp("digits-lake")
-    overrides = [f"lake.root={root}", DIGITS_EPOCHS]
     tracked = _has_mlflow_server()
     uri = request.getfixturevalue("mlflow_server") if tracked else None
-    if tracked:
-        overrides.append(f"tracking.uri={uri}")
+    tracking = [f"tracking.uri={uri}"] if tracked else []
+    overrides = [f"lake.root={root}", DIGITS_EPOCHS, *tracking]
     s = ["--config", "conf/digits.yaml", *sets(*overrides)]
-    write_sample("conf/digits.yaml", root, DIGITS_DATE, *overrides[2:])
+    write_sample("conf/digits.yaml", root, DIGITS_DATE, *tracking)
     out = {"root": root, "s": s, "uri": uri, "tracked": tracked, "date": DIGITS_DATE, "on_cluster": _on_a_cluster()}
     with ExitStack() as stack:
         if out["on_cluster"]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,16 +23,10 @@ from typing import Iterator
 
 import psutil
 
-from conftest import ROOT, TEST_JVM_OPTS, job_env
+from conftest import ROOT, TEST_JVM_OPTS, free_port, job_env
 
 DRIVER_PREFIX = Path(sys.prefix)  # the driver's virtualenv: executors must never use it
 JOB_TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spark_home() -> Path:
@@ -133,7 +126,7 @@ def _wait_for(cluster: Cluster, what: str, ready, timeout: float = 120) -> None:
 @contextmanager
 def standalone(tmp: Path) -> Iterator[Cluster]:
     """A master and two 1-core, 3 GB workers on 127.0.0.1 under ``tmp``; stopped on exit."""
-    port, webui = _free_port(), _free_port()
+    port, webui = free_port(), free_port()
     c = Cluster(master_url=f"spark://127.0.0.1:{port}", webui_url=f"http://127.0.0.1:{webui}",
                 work_dirs=[tmp / "worker-1", tmp / "worker-2"])
     t0 = time.monotonic()
@@ -145,7 +138,7 @@ def standalone(tmp: Path) -> Iterator[Cluster]:
             work.mkdir()
             _start(c, f"worker-{i}", ["org.apache.spark.deploy.worker.Worker", c.master_url,
                                       "--cores", "1", "--memory", "3g", "--host", "127.0.0.1",
-                                      "--webui-port", str(_free_port()), "--work-dir", str(work)],
+                                      "--webui-port", str(free_port()), "--work-dir", str(work)],
                    tmp / f"worker-{i}.log")
         _wait_for(c, "2 workers registered", lambda s: s.get("aliveworkers") == 2)
         print(f"\ncluster: master {c.master_url} + 2 workers up in {time.monotonic() - t0:.0f} s")

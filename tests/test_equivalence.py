@@ -24,34 +24,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from conftest import PROFILES, ROOT, profile_env as _env, profile_python as _python
 from pipeline.core import lake
 from pipeline import preprocess
 from pipeline.samples import sample_data
 from pipeline.core.config import load_config
 
 DATE = "2026-02-01"
-PROFILES = {"default": ROOT / ".venv", "modern": ROOT / ".venv-modern"}
 READER = {"default": "petastorm", "modern": "arrow"}
 SEED, BATCH, BUFFER = 42, 32, 2048
-
-
-def _python(profile: str) -> Path:
-    py = PROFILES[profile] / "bin" / "python"
-    if not py.exists():
-        pytest.skip(f"the {profile} profile is not set up here ({py}): "
-                    f"run {'PROFILE=modern ' if profile == 'modern' else ''}bash scripts/setup.sh")
-    return py
-
-
-def _env(profile: str) -> dict[str, str]:
-    """The profile's venv first on PATH (horovodrun and torchrun start its python)."""
-    bin_dir = str(PROFILES[profile] / "bin")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PYSPARK_PYTHON=f"{bin_dir}/python",
-               PYSPARK_DRIVER_PYTHON=f"{bin_dir}/python", SPARK_CONF_DIR=str(ROOT / "conf" / "spark"),
-               PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning")
-    return env
 
 
 def _run(profile: str, args: list[str], timeout: int = 900) -> str:
