@@ -37,49 +37,48 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
     out, quarantine_uri = target.uri, target.quarantine
     kind = kinds.for_config(cfg)  # the kind's own settings, before a run is opened or anything written
     log.info("preprocess %s (%s): %s -> %s", ds.name, ds.kind, source, out)
-    job = tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
-                       tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict(),
-                       output={"dataset": ds.name})
-    try:
-        c = kind.preprocess(spark, cfg, source, target)
-    except BaseException as e:
-        job.fail()
-        lake.remove(out)  # never marked latest, but do not leave a partial version behind
-        if not isinstance(e, quarantine.TooManyBadRecords):  # that one's message points at the quarantine
-            lake.remove(quarantine_uri)
-        raise
-    for uri in (out, quarantine_uri):  # left by task attempts that died mid-write, if any
-        if n := lake.remove_temporaries(uri):
-            log.warning("removed %d temporary files of failed task attempts under %s", n, uri)
-    by_reason = c.by_reason
-    warnings = c.warnings + _classes_without_training_rows(c)
-    for w in warnings:
-        log.warning("preprocess %s: %s (%s): %s", ds.name, w["code"], w["column"], w["detail"])
-    m = manifest.build(
-        "preprocess", version, cfg.to_dict(),
-        input_count=c.input_count, output_count=c.output_count,
-        quarantined_by_reason=by_reason,
-        dataset=ds.name, kind=ds.kind, version=version, source=source, uri=out,
-        quarantine_uri=quarantine_uri if by_reason else None,
-        splits={s: {"count": c.split_counts.get(s, 0),
-                    "class_counts": {n: c.split_class_counts.get((s, n), 0) for n in c.label_names},
-                    "uri": target.split(s)} for s in SPLITS},
-        label_names=c.label_names,
-        schema=c.schema,
-        warnings=warnings,
-        drift_reference=c.drift_reference,
-        **kind.manifest_fields(cfg),
-        **c.fitted,
-        **job.fields(),
-    )
-    manifest.write(out, m)
-    lake.set_latest(layout.curated_root(ds.name), version_dir_name(version))
-    if warnings:
-        job.tracker.log_json("warnings.json", warnings)
-    job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()} | {"warnings": len(warnings)})
-    log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
-             m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
-    return m
+    with tracking.Job(cfg, spark, "preprocess", f"preprocess {ds.name} v={version}",
+                      tags={"dataset": ds.name, "dataset_version": version}, params=cfg.to_dict(),
+                      output={"dataset": ds.name}) as job:
+        try:
+            c = kind.preprocess(spark, cfg, source, target)
+        except BaseException as e:  # the run ends FAILED, or KILLED on SIGTERM, as the with exits
+            lake.remove(out)  # never marked latest, but do not leave a partial version behind
+            if not isinstance(e, quarantine.TooManyBadRecords):  # that one's message points at the quarantine
+                lake.remove(quarantine_uri)
+            raise
+        for uri in (out, quarantine_uri):  # left by task attempts that died mid-write, if any
+            if n := lake.remove_temporaries(uri):
+                log.warning("removed %d temporary files of failed task attempts under %s", n, uri)
+        by_reason = c.by_reason
+        warnings = c.warnings + _classes_without_training_rows(c)
+        for w in warnings:
+            log.warning("preprocess %s: %s (%s): %s", ds.name, w["code"], w["column"], w["detail"])
+        m = manifest.build(
+            "preprocess", version, cfg.to_dict(),
+            input_count=c.input_count, output_count=c.output_count,
+            quarantined_by_reason=by_reason,
+            dataset=ds.name, kind=ds.kind, version=version, source=source, uri=out,
+            quarantine_uri=quarantine_uri if by_reason else None,
+            splits={s: {"count": c.split_counts.get(s, 0),
+                        "class_counts": {n: c.split_class_counts.get((s, n), 0) for n in c.label_names},
+                        "uri": target.split(s)} for s in SPLITS},
+            label_names=c.label_names,
+            schema=c.schema,
+            warnings=warnings,
+            drift_reference=c.drift_reference,
+            **kind.manifest_fields(cfg),
+            **c.fitted,
+            **job.fields(),
+        )
+        manifest.write(out, m)
+        lake.set_latest(layout.curated_root(ds.name), version_dir_name(version))
+        if warnings:
+            job.tracker.log_json("warnings.json", warnings)
+        job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()} | {"warnings": len(warnings)})
+        log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
+                 m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
+        return m
 
 
 def _classes_without_training_rows(c: Curated) -> list[dict[str, str]]:

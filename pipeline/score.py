@@ -52,91 +52,89 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
     scored_at = datetime.now(timezone.utc)
     ref = f"{name}@{run_id}"  # pinned: a new _latest mid-run must not change the model
     log.info("scoring %s with %s", source, ref)
-    job = tracking.Job(cfg, spark, "score", f"score {name} dt={score_date}", params=cfg.to_dict(), tags={
-        "date": score_date, "model_name": name, "model_run_id": run_id, "model_ref": model_ref or cfg.score.model,
-        "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]},
-        output={"model_name": name, "date": score_date})
+    tags = {"date": score_date, "model_name": name, "model_run_id": run_id, "model_ref": model_ref or cfg.score.model,
+            "model_version": (registry or {}).get("version", ""), "dataset_version": spec["dataset"]["version"]}
+    with tracking.Job(cfg, spark, "score", f"score {name} dt={score_date}", params=cfg.to_dict(), tags=tags,
+                      output={"model_name": name, "date": score_date}) as job:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
+        loads = spark.sparkContext.accumulator(0)
+        kind = kinds.get(spec["input"]["kind"])
+        explain = kind.explaining(spec, cfg.score.explain) if cfg.score.explain.method else None
+        kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size, explain=explain)
+        layout = LakeLayout.of(cfg)
+        job_dir = layout.score_job(name, job_id)
+        final = layout.predictions_partition(name, score_date)
+        staging = layout.score_staging(name, job_id, score_date)
+        try:
+            s = kind.score(spark, cfg, spec, source, score_date, layout.score_plan(name, job_id), kw)
+        except sources.SourceError as e:
+            lake.remove(job_dir)
+            raise NoInput(f"nothing to score for {score_date}: {e}") from None
+        # Scored once, read four times (counts, output, drift, explanations). On disk, not in memory:
+        # a partition of the scored frame is about the size of its input split, and building it in
+        # the executor's heap first (MEMORY_AND_DISK) ran a 1 GB heap out of memory at 2M rows.
+        scored = s.frame.persist(StorageLevel.DISK_ONLY)
+        try:
+            if s.check is not None:
+                s.check(scored)
+            # Where outputs are not one per input row (forecasts), ``used`` counts the input rows.
+            used = [F.sum("used").alias("used")] if s.counts_used else []
+            with sources.reading(spark):  # the cache holds what this reads
+                rows = scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n"), *used).collect()
+            counts = {r["reason"]: r["n"] for r in rows}
+            written = counts.pop(None, 0)
+            output_count = next((r["used"] for r in rows if r["reason"] is None), 0) if s.counts_used else written
+            input_count = output_count + sum(counts.values())
+            if input_count == 0:
+                raise NoInput(f"nothing to score for {score_date}: {source} has no records")
+            quarantine_uri = layout.quarantine_score(cfg.dataset.name, job_id)
+            if counts:
+                bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
+                quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
 
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
-    loads = spark.sparkContext.accumulator(0)
-    kind = kinds.get(spec["input"]["kind"])
-    explain = kind.explaining(spec, cfg.score.explain) if cfg.score.explain.method else None
-    kw = dict(lake_root=cfg.lake.root, ref=ref, loads=loads, batch_size=cfg.score.batch_size, explain=explain)
-    layout = LakeLayout.of(cfg)
-    job_dir = layout.score_job(name, job_id)
-    final = layout.predictions_partition(name, score_date)
-    staging = layout.score_staging(name, job_id, score_date)
-    try:
-        s = kind.score(spark, cfg, spec, source, score_date, layout.score_plan(name, job_id), kw)
-    except sources.SourceError as e:
+            (scored.filter(F.col("reason").isNull())
+             .select(F.col("key").alias(s.key),
+                     *[F.col(f"`{c}`") for c in cfg.score.passthrough], *s.columns,
+                     F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
+                     F.lit(spec["dataset"]["version"]).alias("dataset_version"),
+                     F.lit(scored_at).cast("timestamp").alias("scored_at"))
+             .coalesce(max(1, min(8, written // 500_000 + 1)))
+             .write.mode("overwrite").parquet(staging))
+            report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()), s.drift)
+            explained = None if explain is None else _explained(cfg, scored.filter(F.col("reason").isNull()))
+            if explain is not None and job.tracker.active:
+                for file, data in kind.explain_artifacts(scored.filter(F.col("reason").isNull()), spec).items():
+                    job.tracker.log_file(file, data, "explanations")
+        except BaseException:  # the run ends FAILED, or KILLED on SIGTERM, as the with exits
+            lake.remove(job_dir)  # nothing was published; the previous partition is untouched
+            raise
+        finally:
+            scored.unpersist()
+
+        m = manifest.build(
+            "score", job_id, cfg.to_dict(), input_count=input_count, output_count=output_count,
+            quarantined_by_reason=counts, date=score_date, source=source, uri=final,
+            model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"],
+                   "registry": registry},
+            model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
+            drift=report, warnings=warnings,
+            **({"explain": explained} if explained is not None else {}),
+            **job.fields(),
+            **({"forecast_rows": written} if s.counts_used else {}),
+        )
+        manifest.write(staging, m)
+        _swap_in(staging, final, layout.predictions_trash(name, job_id))
         lake.remove(job_dir)
-        raise NoInput(f"nothing to score for {score_date}: {e}") from None
-    # Scored once, read four times (counts, output, drift, explanations). On disk, not in memory:
-    # a partition of the scored frame is about the size of its input split, and building it in
-    # the executor's heap first (MEMORY_AND_DISK) ran a 1 GB heap out of memory at 2M rows.
-    scored = s.frame.persist(StorageLevel.DISK_ONLY)
-    try:
-        if s.check is not None:
-            s.check(scored)
-        # Where outputs are not one per input row (forecasts), ``used`` counts the input rows.
-        used = [F.sum("used").alias("used")] if s.counts_used else []
-        with sources.reading(spark):  # the cache holds what this reads
-            rows = scored.groupBy("reason").agg(F.count(F.lit(1)).alias("n"), *used).collect()
-        counts = {r["reason"]: r["n"] for r in rows}
-        written = counts.pop(None, 0)
-        output_count = next((r["used"] for r in rows if r["reason"] is None), 0) if s.counts_used else written
-        input_count = output_count + sum(counts.values())
-        if input_count == 0:
-            raise NoInput(f"nothing to score for {score_date}: {source} has no records")
-        quarantine_uri = layout.quarantine_score(cfg.dataset.name, job_id)
-        if counts:
-            bad = scored.filter(F.col("reason").isNotNull()).select("source", "reason", "detail")
-            quarantine.write(quarantine.with_stage(bad, "score.prepare"), quarantine_uri)
-
-        (scored.filter(F.col("reason").isNull())
-         .select(F.col("key").alias(s.key),
-                 *[F.col(f"`{c}`") for c in cfg.score.passthrough], *s.columns,
-                 F.lit(name).alias("model_name"), F.lit(run_id).alias("run_id"),
-                 F.lit(spec["dataset"]["version"]).alias("dataset_version"),
-                 F.lit(scored_at).cast("timestamp").alias("scored_at"))
-         .coalesce(max(1, min(8, written // 500_000 + 1)))
-         .write.mode("overwrite").parquet(staging))
-        report, warnings = _drift(cfg, spec, scored.filter(F.col("reason").isNull()), s.drift)
-        explained = None if explain is None else _explained(cfg, scored.filter(F.col("reason").isNull()))
-        if explain is not None and job.tracker.active:
-            for file, data in kind.explain_artifacts(scored.filter(F.col("reason").isNull()), spec).items():
-                job.tracker.log_file(file, data, "explanations")
-    except BaseException:
-        job.fail()
-        lake.remove(job_dir)  # nothing was published; the previous partition is untouched
-        raise
-    finally:
-        scored.unpersist()
-
-    m = manifest.build(
-        "score", job_id, cfg.to_dict(), input_count=input_count, output_count=output_count,
-        quarantined_by_reason=counts, date=score_date, source=source, uri=final,
-        model={"name": name, "run_id": run_id, "uri": model_uri, "dataset_version": spec["dataset"]["version"],
-               "registry": registry},
-        model_loads=loads.value, quarantine_uri=quarantine_uri if counts else None,
-        drift=report, warnings=warnings,
-        **({"explain": explained} if explained is not None else {}),
-        **job.fields(),
-        **({"forecast_rows": written} if s.counts_used else {}),
-    )
-    manifest.write(staging, m)
-    _swap_in(staging, final, layout.predictions_trash(name, job_id))
-    lake.remove(job_dir)
-    if cfg.score.output_table:
-        write_table(spark, final, cfg.score.output_table, score_date)
-    for w in warnings:
-        log.warning("score %s: %s: %s", name, w["code"], w["detail"])
-    if report is not None:
-        log.warning("drift (PSI against the train split), the features that moved most: %s; predictions: %s",
-                    ", ".join(f"{c} {v:.4f}" for c, v in drift.most_moved(report)), report["prediction"])
-        job.tracker.set_tags({"drift": str(bool(report["failed"])).lower()})
-    job.finish(m, {**_drift_metrics(report), **({f"explain_{k}": v for k, v in explained.items()
-                                                    if isinstance(v, float)} if explained else {})})
+        if cfg.score.output_table:
+            write_table(spark, final, cfg.score.output_table, score_date)
+        for w in warnings:
+            log.warning("score %s: %s: %s", name, w["code"], w["detail"])
+        if report is not None:
+            log.warning("drift (PSI against the train split), the features that moved most: %s; predictions: %s",
+                        ", ".join(f"{c} {v:.4f}" for c, v in drift.most_moved(report)), report["prediction"])
+            job.tracker.set_tags({"drift": str(bool(report["failed"])).lower()})
+        job.finish(m, {**_drift_metrics(report), **({f"explain_{k}": v for k, v in explained.items()
+                                                        if isinstance(v, float)} if explained else {})})
     log.info("scored %d of %d records (%d quarantined) -> %s", output_count, input_count, sum(counts.values()), final)
     if report is not None and report["failed"]:
         moved = ", ".join(f"{c} ({report['features'][c]:.3f})" for c in report["failed"])

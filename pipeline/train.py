@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from typing import Any, Callable, Iterator
 
@@ -175,17 +175,13 @@ def _run_on_spark(spark, cfg: Config, run_id: str | None) -> dict[str, Any]:
     backend = params.train["backend"]
     log.info("training %s run %s on %d Spark tasks (%s, %s reader), %d steps/epoch", cfg.train.model_name, run_id,
              n, backend, params.train["reader"], params.steps_per_epoch)
-    job = _start_tracking(cfg, spark, params, "spark", n)
-    try:
+    with _start_tracking(cfg, spark, params, "spark", n) as job:
         # A rank (or its executor) that dies fails the whole launch: launch again, resuming.
         metrics, restarts = retry(lambda k: _launch_on_spark(spark, cfg, _resuming(params, k)),
                                   cfg.train.max_restarts, f"training run {run_id}")
-    except BaseException:
-        job.fail()
-        raise
-    if metrics is None:  # TorchDistributor returns rank 0's result
-        raise RuntimeError(f"training run {run_id}: rank 0 returned no metrics")
-    return finish(cfg, params, metrics, job, restarts)
+        if metrics is None:  # TorchDistributor returns rank 0's result
+            raise RuntimeError(f"training run {run_id}: rank 0 returned no metrics")
+        return finish(cfg, params, metrics, job, restarts)
 
 
 def _resuming(params: RankParams, restarts: int) -> RankParams:
@@ -235,9 +231,9 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
         if hvd.rank() == 0:
             log.info("training %s run %s on %d horovodrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
                      hvd.size(), params.steps_per_epoch)
-        job = _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else None
-        metrics = train_rank(params)
-        return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
+        with _start_tracking(cfg, None, params, "horovodrun", hvd.size()) if hvd.rank() == 0 else nullcontext() as job:
+            metrics = train_rank(params)
+            return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
 def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
@@ -268,9 +264,9 @@ def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | Non
         if dist.rank == 0:
             log.info("training %s run %s on %d torchrun ranks, %d steps/epoch", cfg.train.model_name, run_id,
                      dist.size, params.steps_per_epoch)
-        job = _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else None
-        metrics = train_rank(params)
-        return finish(cfg, params, metrics, job, restarts) if metrics["rank"] == 0 else None
+        with _start_tracking(cfg, None, params, "torchrun", dist.size) if dist.rank == 0 else nullcontext() as job:
+            metrics = train_rank(params)
+            return finish(cfg, params, metrics, job, restarts) if metrics["rank"] == 0 else None
 
 
 def _torchrun_run(cfg: Config, run_id: str | None, restarts: int) -> tuple[str, bool]:
@@ -299,17 +295,13 @@ def _run_local(cfg: Config, run_id: str | None) -> dict[str, Any]:
     params = plan(cfg, run_id, 1, resume=resume)
     log.info("training %s run %s in-process (size 1), %d steps/epoch", cfg.train.model_name, run_id,
              params.steps_per_epoch)
-    job = _start_tracking(cfg, None, params, "local", 1)
-    try:
+    with _start_tracking(cfg, None, params, "local", 1) as job:
         if cfg.train.max_restarts:
             metrics, restarts = retry(lambda k: _rank_in_child(_resuming(params, k)), cfg.train.max_restarts,
                                       f"training run {run_id}", retry_on=(RankDied,))
         else:
             metrics, restarts = train_rank(params), 0
-    except BaseException:
-        job.fail()
-        raise
-    return finish(cfg, params, metrics, job, restarts)
+        return finish(cfg, params, metrics, job, restarts)
 
 
 def _rank_in_child(params: RankParams) -> dict[str, Any]:

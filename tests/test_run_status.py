@@ -1,6 +1,7 @@
 """MLflow runs end with the true status: KILLED on SIGTERM; a run left RUNNING by a SIGKILLed job
 is marked FAILED by the next run of the same model; --resume continues the same MLflow run, so
 its metric history is whole. Training in one process (--launcher local) on the session's digits."""
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import pytest
 
 from conftest import ROOT, job_env, sets
 from pipeline.core.config import load_config
+from pipeline.core.locks import Terminated
 from pipeline.ops import tracking
+from pipeline.spark import cli
 from untouched import Fence
 
 mlflow = pytest.importorskip("mlflow")
@@ -85,3 +88,48 @@ def test_sigterm_sigkill_and_resume_leave_true_run_statuses(digits_curated):
     assert [r.info.status for r in _runs(cfg, "orphan-cnn")] == ["FINISHED", "FAILED"]
     # The three models and their MLflow store; nothing else in the lake or next to it.
     fence.check(may_write=("models/term-cnn", "models/status-cnn", "models/orphan-cnn", "mlflow"))
+
+
+def test_whatever_stops_a_job_once_its_run_exists_ends_the_run(tmp_path, monkeypatch):
+    """A job's run ends KILLED on SIGTERM and FAILED on an error from the moment MLflow created
+    it, even while its parameters are still being logged; a finished run stays FINISHED."""
+    cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path}"])
+    s = tracking.settings(cfg)
+    client = mlflow.MlflowClient(s["uri"])
+    previous = signal.signal(signal.SIGTERM, cli._terminate)  # as every job installs it
+    try:
+        log_params = tracking.Tracker.log_params
+
+        def stopped_while_logging(self, params):
+            log_params(self, params)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises Terminated here
+
+        monkeypatch.setattr(tracking.Tracker, "log_params", stopped_while_logging)
+        with pytest.raises(Terminated):
+            _job(cfg, "starting", params={"epochs": 1})
+        monkeypatch.undo()
+        [started] = _statuses(s, "starting")
+        assert started == "KILLED"
+
+        with pytest.raises(Terminated), _job(cfg, "stopped"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        with pytest.raises(ValueError), _job(cfg, "fails"):
+            raise ValueError("a bad batch")
+        with pytest.raises(ValueError), _job(cfg, "done") as job:
+            job.tracker.end()  # finished, then an error (as score's drift exit after publishing)
+            raise ValueError("after the run finished")
+        assert [_statuses(s, m) for m in ("stopped", "fails", "done")] == [["KILLED"], ["FAILED"], ["FINISHED"]]
+        assert client.search_experiments()  # the real store answered
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _job(cfg, model, **kw):
+    return tracking.Job(cfg, None, "train", f"train {model}", tags={"model_name": model},
+                        output={"model_name": model}, **kw)
+
+
+def _statuses(s, model):
+    return [r.info.status for r in tracking._runs(s, {"stage": "train", "model_name": model})]

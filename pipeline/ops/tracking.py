@@ -96,6 +96,7 @@ class Tracker:
         self.s = s
         self.run_id = run_id
         self.client = None
+        self.ended = False
         if s["enabled"] and run_id is not None:
             try:
                 from mlflow import MlflowClient
@@ -152,8 +153,12 @@ class Tracker:
             off._failed("starting a run", e)
             return off
         t = cls(s, run.info.run_id)
-        if params:
-            t.log_params(params)
+        try:  # the run exists now: a SIGTERM or a required tracking's failure must still end it
+            if params:
+                t.log_params(params)
+        except BaseException as e:
+            t.end(ending_status(e))
+            raise
         log.info("MLflow run %s in experiment %r at %s", t.run_id, s["experiment"], s["uri"])
         if ui_command(s):
             log.info("open the MLflow UI with: %s", ui_command(s))
@@ -189,6 +194,10 @@ class Tracker:
         return cls(s, run_id if s["enabled"] else None)
 
     def end(self, status: str = "FINISHED") -> None:
+        """End the run once; a second call (a failure after the run finished) changes nothing."""
+        if self.ended:
+            return
+        self.ended = True
         self._call("ending the run", "set_terminated", self.run_id, status)
 
     # --- logging -------------------------------------------------------------------------------
@@ -378,11 +387,24 @@ class Job:
         t.log_json("_manifest.json", m)
         t.end()
 
-    def fail(self) -> None:
+    def fail(self, error: BaseException | None = None) -> None:
         """End the run FAILED, or KILLED when the job is being stopped (SIGTERM)."""
-        from pipeline.core.locks import Terminated
+        self.tracker.end(ending_status(error or sys.exc_info()[1]))
 
-        self.tracker.end("KILLED" if isinstance(sys.exc_info()[1], Terminated) else "FAILED")
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        """Whatever stops the job once its run exists (an error, SIGTERM) ends the run; a run the
+        job finished stays FINISHED."""
+        if error is not None:
+            self.fail(error)
+
+
+def ending_status(error: BaseException | None) -> str:
+    from pipeline.core.locks import Terminated
+
+    return "KILLED" if isinstance(error, Terminated) else "FAILED"
 
 
 # --- training --------------------------------------------------------------------------------------
