@@ -53,7 +53,7 @@ def main() -> None:
             for name, extra in variants.items():
                 m = train.run_local(load_config(str(ROOT / "conf/breast_cancer.yaml"),
                                                 [*base, f"train.seed={42 + seed}", *extra]))
-                results[name].append(m)
+                results[name].append(m.metrics)
     ref = statistics.median(m["test_accuracy"] for m in results["no DP"])
     print(f"{'variant':<16} {'test acc':>9} {'macro F1':>9} {'epsilon':>8} {'acc / no DP':>12}")
     for name, ms in results.items():

@@ -58,7 +58,7 @@ def _image_partition(cfg, images: int) -> None:
 def _time(spark, cfg) -> tuple[float, dict]:
     t0 = time.perf_counter()
     m = score.run(spark, cfg, BENCH_DATE)
-    return time.perf_counter() - t0, m
+    return time.perf_counter() - t0, m.manifest
 
 
 def bench(spark, conf: str, root: str, write, make_partition, size: int, args) -> None:

@@ -46,8 +46,8 @@ def figures(spark, conf: str, root: str, args) -> None:
     trained = train.run_local(cfg)
     m = score.run(spark, cfg, DATE)
     t = pq.read_table(lake.local_path(cfg.uri("predictions", cfg.train.model_name, f"dt={DATE}"))).to_pandas()
-    ex = m["explain"]
-    test = {k: round(float(trained[k]), 3) for k in ("test_accuracy", "test_r2") if k in trained}
+    ex = m.manifest["explain"]
+    test = {k: round(float(v), 3) for k, v in trained.metrics.items() if k in ("test_accuracy", "test_r2")}
     print(f"{cfg.dataset.name} ({cfg.train.task}, {test}): {ex['rows']} rows explained, completeness "
           f"{ex['completeness']:.4f} of rows (max relative gap {ex['max_relative_gap']:.2e}, "
           f"p99 {ex['p99_relative_gap']:.2e})", flush=True)

@@ -86,7 +86,7 @@ def job(spark, cfg: Config, poll_ms: float) -> tuple[int, float, float]:
         t0 = time.perf_counter()
         m = preprocess.run(spark, cfg)
         wall = time.perf_counter() - t0
-    return m["output_count"], wall, poller.core_seconds()
+    return m.output_count, wall, poller.core_seconds()
 
 
 def check_same_pixels(lake_dir: str, loop_dir: Path, cfg: Config, sample: int = 20) -> None:

@@ -92,11 +92,11 @@ def measure(spark, cfg: Config, poll_ms: float) -> dict:
         with MemoryPoller(poll_ms / 1000.0, tree_every=1, ranks=True) as poller:
             t0 = time.perf_counter()
             if stage == "preprocess":
-                out["curated_rows"] = preprocess.run(spark, cfg)["output_count"]
+                out["curated_rows"] = preprocess.run(spark, cfg).output_count
             elif stage == "train":
-                out["train_metrics"] = train.run(spark, cfg)
+                out["train_metrics"] = train.run(spark, cfg).metrics
             else:
-                out["scored_rows"] = score.run(spark, cfg, DATE)["output_count"]
+                out["scored_rows"] = score.run(spark, cfg, DATE).output_count
             wall = time.perf_counter() - t0
         out[stage] = (wall, poller.core_seconds())
         peaks.append(poller.peaks())
@@ -190,7 +190,7 @@ def resnet_at(spark, lake_dir: str, args) -> dict:
     cfg = make_config("images", lake_dir, args, arch="resnet18")
     with MemoryPoller(args.poll_ms / 1000.0, tree_every=1, ranks=True) as poller:
         t0 = time.perf_counter()
-        m = train.run(spark, cfg)
+        m = train.run(spark, cfg).metrics
         wall = time.perf_counter() - t0
     cpu = poller.core_seconds()
     mem = poller.peaks()

@@ -104,7 +104,7 @@ def build_lake(lake_dir: str, args) -> tuple[Config, dict[str, int]]:
         preprocess.run(spark, cfg)
     finally:
         spark.stop()
-    metrics = train.run_local(cfg)
+    metrics = train.run_local(cfg).metrics
     one_torch_thread()
     print(f"  lake: {args.data} written, preprocessed, CNN trained for 2 epochs in-process "
           f"(test accuracy {metrics['test_accuracy']:.3f}) in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -269,9 +269,9 @@ def bench(cfg: Config, sizes: dict[str, int], args, lake_dir: str) -> dict:
             return r
         # A model load in a timed run means a worker was replaced (e.g. idle timeout): it is shown.
         print(f"  {label}: spark {r[0]:.2f} s = {expected / r[0]:.0f} rows/s "
-              f"(model loads {mf['model_loads']}, peak worker RSS {peak:.0f} MB)", flush=True)
-        if mf["output_count"] != expected:
-            mismatches.append(f"{label}: output_count {mf['output_count']} of {expected}")
+              f"(model loads {mf.manifest['model_loads']}, peak worker RSS {peak:.0f} MB)", flush=True)
+        if mf.output_count != expected:
+            mismatches.append(f"{label}: output_count {mf.output_count} of {expected}")
         return r
 
     for c in args.cores:

@@ -7,8 +7,7 @@ from pipeline import preprocess
 
 def main(spark, cfg, args):
     m = preprocess.run(spark, cfg)
-    print(f"curated {m['output_count']} of {m['input_count']} records "
-          f"({m['quarantined_count']} quarantined) -> {m['uri']}")
+    print(f"curated {m.output_count} of {m.input_count} records ({m.quarantined_count} quarantined) -> {m.uri}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def add_args(p):
 
 def main(spark, cfg, args):
     m = score.run(spark, cfg, args.date, args.model)
-    print(f"predictions: {m['output_count']} rows ({m['quarantined_count']} quarantined) -> {m['uri']}")
+    print(f"predictions: {m.output_count} rows ({m.quarantined_count} quarantined) -> {m.uri}")
 
 
 if __name__ == "__main__":

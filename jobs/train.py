@@ -10,7 +10,6 @@ Add --resume RUN_ID to continue a run from its latest checkpoint.
 import logging
 import os
 import sys
-from typing import Any
 
 from pipeline.core.layout import validate_run_id
 from pipeline.spark import cli
@@ -34,22 +33,19 @@ def launcher(args):
 
 def main(spark, cfg, args):
     mode = launcher(args)
-    m: dict[str, Any] | None
+    result: train.TrainResult | None
     if mode == "spark":
-        m = train.run(spark, cfg, run_id=args.resume)
+        result = train.run(spark, cfg, run_id=args.resume)
     elif mode == "horovodrun":
-        m = train.run_horovodrun(cfg, run_id=args.resume)
+        result = train.run_horovodrun(cfg, run_id=args.resume)
     elif mode == "torchrun":
-        m = train.run_torchrun(cfg, run_id=args.resume)
+        result = train.run_torchrun(cfg, run_id=args.resume)
     else:
-        m = train.run_local(cfg, run_id=args.resume)
-    if m is not None:  # rank 0
+        result = train.run_local(cfg, run_id=args.resume)
+    if result is not None:  # rank 0
         # One line per test metric, the monitored one first: "test accuracy: 0.9812 (model ...)".
-        first = m["monitor"].replace("val_", "test_", 1)
-        names = [first] + [k for k in m if k.startswith("test_") and k != first and isinstance(m[k], float)]
-        for k in names:
-            if k in m:
-                print(f"test {k.removeprefix('test_')}: {m[k]:.4f} (model {m['model_uri']})")
+        for k, v in result.test_metrics().items():
+            print(f"test {k.removeprefix('test_')}: {v:.4f} (model {result.model_uri})")
 
 
 def leave(code: int) -> None:

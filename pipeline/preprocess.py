@@ -21,7 +21,7 @@ from pipeline.ops import tracking
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+def run(spark: SparkSession, cfg: Config) -> manifest.JobResult:
     """One preprocess run of the dataset at a time (pipeline/core/locks.py)."""
     layout = LakeLayout.of(cfg)
     with locks.output_lock(layout.preprocess_lock(cfg.dataset.name), f"dataset {cfg.dataset.name}",
@@ -29,7 +29,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         return _run(spark, cfg, layout)
 
 
-def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]:
+def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> manifest.JobResult:
     ds = cfg.dataset
     version = lake.new_run_id()
     source = cfg.resolve(ds.source)
@@ -78,7 +78,7 @@ def _run(spark: SparkSession, cfg: Config, layout: LakeLayout) -> dict[str, Any]
         job.finish(m, {f"split_{s}_count": v["count"] for s, v in m["splits"].items()} | {"warnings": len(warnings)})
         log.info("preprocess %s: %d in, %d out, %d quarantined %s", ds.name, m["input_count"],
                  m["output_count"], m["quarantined_count"], m["quarantined_by_reason"])
-        return m
+        return manifest.JobResult.of(m)
 
 
 def _classes_without_training_rows(c: Curated) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ from pipeline.spark.cli import Drifted, NoInput
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> dict[str, Any]:
+def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None = None) -> manifest.JobResult:
     """One score job per model and date at a time (pipeline/core/locks.py)."""
     name, run_id, model_uri, registry = resolve_ref(cfg.lake.root, model_ref or cfg.score.model,
                                                     tracking.settings(cfg))
@@ -45,7 +45,7 @@ def run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None
 
 
 def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | None,
-         resolved: tuple[str, str, str, dict[str, str] | None], spec: dict[str, Any]) -> dict[str, Any]:
+         resolved: tuple[str, str, str, dict[str, str] | None], spec: dict[str, Any]) -> manifest.JobResult:
     name, run_id, model_uri, registry = resolved
     source = sources.for_date(cfg.resolve(cfg.dataset.score_source), score_date)
     job_id = lake.new_run_id()
@@ -141,7 +141,7 @@ def _run(spark: SparkSession, cfg: Config, score_date: str, model_ref: str | Non
         raise Drifted(f"PSI above score.drift.fail_above={cfg.score.drift.fail_above} for {moved}; the predictions "
                       f"are published at {final}. Check the input of {score_date} against the train split, or retrain "
                       f"on newer data (README: Drift)", m)
-    return m
+    return manifest.JobResult.of(m)
 
 
 def _drift(cfg: Config, spec: dict[str, Any], good, values=None) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:

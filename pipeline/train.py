@@ -41,6 +41,24 @@ from pipeline.core.layout import LakeLayout
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training returns (rank 0; the other ranks of horovodrun and torchrun return None)."""
+    run_id: str
+    model_uri: str
+    metrics: dict[str, Any]  # rank 0's metrics.json: test_<metric>, monitor, world_size, steps, ranks, ...
+    restarts: int            # launches after a rank died (train.max_restarts)
+    mlflow_run_id: str | None
+    registry: dict[str, Any] | None  # the registered version and its alias, where tracked
+    cost: dict[str, Any] | None
+
+    def test_metrics(self) -> dict[str, float]:
+        """test_<metric>: value, the monitored metric first."""
+        first = self.metrics["monitor"].replace("val_", "test_", 1)
+        found = {k: v for k, v in self.metrics.items() if k.startswith("test_") and isinstance(v, float)}
+        return {k: found[k] for k in sorted(found, key=lambda k: k != first)}
+
+
 class TrainingSetupError(ValueError):
     pass
 
@@ -161,13 +179,13 @@ def _held_by_rank_0(cfg: Config, rank: int, share: Callable[[str | None], str | 
         yield
 
 
-def run(spark, cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+def run(spark, cfg: Config, run_id: str | None = None) -> TrainResult:
     """Launcher 1: ranks on the Spark executors (the default under spark-submit)."""
     with _one_at_a_time(cfg):
         return _run_on_spark(spark, cfg, run_id)
 
 
-def _run_on_spark(spark, cfg: Config, run_id: str | None) -> dict[str, Any]:
+def _run_on_spark(spark, cfg: Config, run_id: str | None) -> TrainResult:
     resume = run_id is not None
     run_id = run_id or lake.new_run_id()
     n = cfg.train.num_proc
@@ -213,7 +231,7 @@ def _launch_on_spark(spark, cfg: Config, params: RankParams) -> dict[str, Any] |
                              env={"PYTHONPATH": os.pathsep.join(py_files)} if py_files else None)[0]
 
 
-def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
+def run_horovodrun(cfg: Config, run_id: str | None = None) -> TrainResult | None:
     """Launcher 2: every process started by ``horovodrun -np N`` calls this; no Spark involved."""
     import horovod.torch as hvd
 
@@ -236,7 +254,7 @@ def run_horovodrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | N
             return finish(cfg, params, metrics, job) if metrics["rank"] == 0 else None
 
 
-def run_torchrun(cfg: Config, run_id: str | None = None) -> dict[str, Any] | None:
+def run_torchrun(cfg: Config, run_id: str | None = None) -> TrainResult | None:
     """Launcher 3: every process started by ``torchrun --nproc_per_node N`` calls this; no Spark."""
     import torch.distributed as td
 
@@ -281,13 +299,13 @@ def _torchrun_run(cfg: Config, run_id: str | None, restarts: int) -> tuple[str, 
     return run_id, resume
 
 
-def run_local(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+def run_local(cfg: Config, run_id: str | None = None) -> TrainResult:
     """Launcher 4: one process, world size 1, for debugging (pdb and print work)."""
     with _one_at_a_time(cfg):
         return _run_local(cfg, run_id)
 
 
-def _run_local(cfg: Config, run_id: str | None) -> dict[str, Any]:
+def _run_local(cfg: Config, run_id: str | None) -> TrainResult:
     from pipeline.training.trainer import train_rank
 
     resume = run_id is not None
@@ -344,7 +362,7 @@ def _child_rank(params: RankParams, send) -> None:
 
 
 def finish(cfg: Config, params: RankParams, metrics: dict[str, Any],
-           job: tracking.Job | None = None, restarts: int = 0) -> dict[str, Any]:
+           job: tracking.Job | None = None, restarts: int = 0) -> TrainResult:
     """After training: check every rank ran the same steps, point _latest at the artifact."""
     steps = {r["rank"]: r["steps_run"] for r in metrics["ranks"]}
     if len(set(steps.values())) != 1:
@@ -356,8 +374,8 @@ def finish(cfg: Config, params: RankParams, metrics: dict[str, Any],
     log.info("%s; model %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                        if k.startswith("test_") and isinstance(v, float)), uri)
     m = _finish_tracking(job, cfg, params, metrics, restarts) if job is not None else {}
-    return {**metrics, "model_uri": uri, "mlflow_run_id": m.get("mlflow_run_id"), "registry": m.get("registry"),
-            "cost": m.get("cost"), "restarts": restarts}
+    return TrainResult(run_id=params.run_id, model_uri=uri, metrics=metrics, restarts=restarts,
+                       mlflow_run_id=m.get("mlflow_run_id"), registry=m.get("registry"), cost=m.get("cost"))
 
 
 # --- MLflow ------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def digits_curated(spark, tmp_path_factory):
     cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path_factory.mktemp('digits-curated')}"])
     sample_data.write_digits(cfg, BAD_DATE, bad_records=True)
     sample_data.write_digits(cfg, CLEAN_DATE)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +150,7 @@ def cancer_curated(spark, tmp_path_factory):
 
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={tmp_path_factory.mktemp('cancer-curated')}"])
     sample_data.write_breast_cancer(cfg, BAD_DATE, bad_records=True)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +163,7 @@ def co2_curated(spark, tmp_path_factory):
 
     cfg = load_config("conf/co2.yaml", [f"lake.root={tmp_path_factory.mktemp('co2-curated')}"])
     sample_data.write_series(cfg, CLEAN_DATE)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 # --- running the jobs the way a user does ---------------------------------------------------

@@ -19,7 +19,7 @@ def trained(digits_curated):
     cfg, _ = digits_curated
     cfg = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "train.model_name=broken-cnn",
                                            "train.epochs=1", "tracking.enabled=false"])
-    run_id = lake.get_latest(train.run_local(cfg)["model_uri"].rsplit("/", 1)[0])
+    run_id = lake.get_latest(train.run_local(cfg).model_uri.rsplit("/", 1)[0])
     return cfg, run_id, lake.read_bytes(f"{LakeLayout.of(cfg).model_run('broken-cnn', run_id)}/model.pt")
 
 

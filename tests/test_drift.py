@@ -72,7 +72,7 @@ def digits_table(spark, tmp_path_factory):
     j = int(MOVED[1:])
     shifted[:, j] += 3 * x[:, j].std()
     lake.write_bytes(f"{LakeLayout.dated(incoming, SHIFTED)}/scans.csv", _csv(shifted, labels, band, False))
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     train.run_local(cfg)
     return cfg, str(path), m, (x, labels, band)
 
@@ -133,7 +133,7 @@ def test_preprocess_stores_the_train_split_reference(digits_table, spark):
 
 def test_scoring_the_training_rows_flags_nothing(digits_table, spark):
     cfg, _, _, _ = digits_table
-    m = score.run(spark, cfg, SAME)
+    m = score.run(spark, cfg, SAME).manifest
     d = m["drift"]
     assert m["output_count"] == 1797 and d["failed"] == [] and m["warnings"] == []
     assert len(d["features"]) == 65
@@ -164,12 +164,12 @@ def test_one_shifted_feature_is_flagged_alone_and_the_job_exits_4(digits_table):
 def test_report_only_by_default_and_older_lakes_get_a_warning(digits_table, spark):
     cfg, path, m, _ = digits_table
     report_only = load_config(path, ["score.drift.fail_above=0"])
-    assert score.run(spark, report_only, SHIFTED)["drift"]["failed"] == []
+    assert score.run(spark, report_only, SHIFTED).manifest["drift"]["failed"] == []
     uri = m["uri"]
     old = {k: v for k, v in manifest.read(uri).items() if k != "drift_reference"}
     manifest.write(uri, old)  # a dataset version preprocessed before drift was computed
     try:
-        out = score.run(spark, cfg, SHIFTED)
+        out = score.run(spark, cfg, SHIFTED).manifest
     finally:
         manifest.write(uri, m)
     assert out["drift"] is None

@@ -86,7 +86,7 @@ def test_images_reference_is_the_train_split_channel_statistics(digits_model, sp
 
 def test_images_scored_again_flag_nothing_and_lower_contrast_is_flagged(digits_model, spark):
     cfg, _, sets = digits_model
-    same = score.run(spark, cfg, SAME)
+    same = score.run(spark, cfg, SAME).manifest
     d = same["drift"]
     assert same["output_count"] == 1797 and d["failed"] == [] and same["warnings"] == []
     assert set(d["features"]) == {"gray_mean", "gray_std"} and max(d["features"].values()) < 0.1, d
@@ -153,7 +153,7 @@ def test_sequence_reference_is_the_train_values_with_missing_as_null(co2):
 
 def test_sequence_train_weeks_flag_nothing_and_a_shifted_series_is_flagged(co2, spark):
     cfg, _, weeks, sets = co2
-    same = score.run(spark, cfg, SAME)
+    same = score.run(spark, cfg, SAME).manifest
     assert same["drift"]["failed"] == [] and same["drift"]["features"]["co2"] < 0.1, same["drift"]
     assert same["output_count"] + same["quarantined_count"] == len(weeks)
     tracked = load_config("conf/co2.yaml", sets)

@@ -91,7 +91,7 @@ def _check_fit(m, wine, curated):
 
 def test_quarantine_mode(spark, wine, planted):
     root, conflicting, identical = planted
-    m = preprocess.run(spark, _config(root))
+    m = preprocess.run(spark, _config(root)).manifest
     assert m["input_count"] == 178 + 5 == m["output_count"] + m["quarantined_count"]
     assert m["quarantined_by_reason"] == {"duplicate_id": 4, "duplicate_row": 2, "value_too_long": 1}
     curated = _curated(m)
@@ -113,7 +113,7 @@ def test_quarantine_mode(spark, wine, planted):
 @pytest.mark.parametrize("reader", ["auto", "spark"])
 def test_keep_first_keeps_the_first_row_by_file_and_position(spark, wine, planted, reader):
     root, (c_a, c_b), identical = planted
-    m = preprocess.run(spark, _config(root, "dataset.tabular.duplicates=keep_first", f"dataset.tabular.reader={reader}"))
+    m = preprocess.run(spark, _config(root, "dataset.tabular.duplicates=keep_first", f"dataset.tabular.reader={reader}")).manifest
     assert m["input_count"] == 183 == m["output_count"] + m["quarantined_count"]
     assert m["quarantined_by_reason"] == {"duplicate_id": 2, "duplicate_row": 2, "value_too_long": 1}
     curated = _curated(m)

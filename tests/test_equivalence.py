@@ -50,7 +50,7 @@ def dataset(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("lake")
     cfg = load_config("conf/digits.yaml", [f"lake.root={root}"])
     sample_data.write_digits(cfg, DATE)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     path = lake.local_path(m["splits"]["train"]["uri"])
     t = pq.read_table(path)
     lake.remove(m["splits"]["train"]["uri"])

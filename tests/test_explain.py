@@ -45,7 +45,7 @@ def test_tabular_rows_name_their_top_declared_columns_and_sum_to_the_output(spar
     size_band summed into its name), largest |attribution| first; the attributions of every row
     sum to f(x) - f(baseline) within 1%, checked here against the model's own float32 outputs."""
     cfg = load_config("conf/breast_cancer.yaml", [*cancer, IG])
-    m = score.run(spark, cfg, BAD_DATE)
+    m = score.run(spark, cfg, BAD_DATE).manifest
     ex = m["explain"]
     assert ex["rows"] == m["output_count"] == 56 and ex["completeness"] >= 0.99, ex
     t = _published(cfg, "cancer-explained", BAD_DATE)
@@ -120,7 +120,7 @@ def test_a_planted_signal_is_the_top_two(spark, tmp_path):
         rows.to_csv(tmp_path / "raw" / "planted" / where / "rows.csv", index=False)
     preprocess.run(spark, cfg)
     train.run_local(cfg)
-    m = score.run(spark, cfg, CLEAN_DATE)
+    m = score.run(spark, cfg, CLEAN_DATE).manifest
     t = _published(cfg, "planted", CLEAN_DATE)
     found = np.mean([{f["feature"] for f in top} == {"x2", "x7"} for top in t["top_features"]])
     print(f"\nplanted signal: top 2 = {{x2, x7}} on {found:.4f} of {len(t)} rows; explain {m['explain']}")
@@ -134,7 +134,7 @@ def test_images_get_a_map_at_the_input_size_and_overlays_in_the_run(spark, digit
             "score.model=digits-explained@latest"]
     train.run_local(load_config("conf/digits.yaml", [*sets, "tracking.enabled=false"]))
     cfg = load_config("conf/digits.yaml", [*sets, IG])
-    m = score.run(spark, cfg, CLEAN_DATE)
+    m = score.run(spark, cfg, CLEAN_DATE).manifest
     print(f"\ndigits: explain {m['explain']}")
     assert m["explain"]["rows"] == m["output_count"] == 179 and m["explain"]["completeness"] >= 0.99, m["explain"]
     t = _published(cfg, "digits-explained", CLEAN_DATE)
@@ -165,7 +165,7 @@ def test_a_forecast_is_explained_per_input_column_and_its_sum_is_the_forecast_ch
             "train.num_proc=1", "tracking.enabled=false", "score.model=co2-explained@latest"]
     train.run_local(load_config("conf/co2.yaml", sets))
     cfg = load_config("conf/co2.yaml", [*sets, IG])
-    m = score.run(spark, cfg, CLEAN_DATE)
+    m = score.run(spark, cfg, CLEAN_DATE).manifest
     ex = m["explain"]
     assert ex["rows"] == 1 and ex["completeness"] == 1.0, ex  # one series, one forecast explained
     t = _published(cfg, "co2-explained", CLEAN_DATE)

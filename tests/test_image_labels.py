@@ -39,7 +39,7 @@ def test_a_root_image_is_quarantined_as_missing_label_and_the_counts_reconcile(s
                                            "preprocess.files_per_split=1", "preprocess.max_bad_fraction=0.5",
                                            "tracking.enabled=false"])
     fence = Fence(root)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     fence.check(may_write=("curated/pets", "quarantine/pets"))  # the source as it was, nothing outside the lake
 
     q = pq.read_table(lake.local_path(m["quarantine_uri"])).to_pandas()

@@ -78,7 +78,7 @@ def _run(spark, root, src, fmt, reader, numeric=("a", "b"), extra=("dataset.tabu
                              f"dataset.tabular.reader={reader}", "dataset.tabular.label_column=y",
                              f"dataset.tabular.numeric={list(numeric)}", "dataset.tabular.categorical=[c]",
                              "preprocess.max_bad_fraction=1.0", "preprocess.files_per_split=2", *extra])
-    return preprocess.run(spark, cfg)
+    return preprocess.run(spark, cfg).manifest
 
 
 def _curated(m):

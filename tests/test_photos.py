@@ -87,7 +87,7 @@ def test_a_few_photos_preprocess_to_224_px(spark, tmp_path):
     files = sorted(Path(lake.local_path(cfg.resolve(cfg.dataset.source))).rglob("*.jpg"))
     sizes = {Image.open(io.BytesIO(f.read_bytes())).size for f in files}
     assert len(files) == 12 and len(sizes) > 1 and all(256 <= v <= 512 for wh in sizes for v in wh)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     assert m["input_count"] == 12 == m["output_count"] and m["quarantined_count"] == 0
     assert m["image"] == {"height": 224, "width": 224, "channels": 3, "resize": "stretch",
                           "max_pixels": 40_000_000, "draft": True}

@@ -35,14 +35,14 @@ def _quarantine(m):
 def digits_run(spark, tmp_path_factory):
     cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path_factory.mktemp('lake')}"])
     sample_data.write_digits(cfg, DATE, bad_records=True)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 @pytest.fixture(scope="module")
 def tabular_run(spark, tmp_path_factory):
     cfg = load_config("conf/breast_cancer.yaml", [f"lake.root={tmp_path_factory.mktemp('lake')}"])
     sample_data.write_breast_cancer(cfg, DATE, bad_records=True)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 @pytest.mark.parametrize("name, reason", sorted(IMAGE_REASONS.items()))
@@ -111,7 +111,7 @@ def test_json_lines_and_parquet_inputs_give_the_csv_result(spark, tabular_run, t
         good.to_parquet(src / "cases.parquet", index=False)
     other = load_config("conf/breast_cancer.yaml", [f"lake.root={cfg.lake.root}", f"dataset.source=file://{src}",
                                                     f"dataset.name=cancer_{fmt}", f"dataset.tabular.format={fmt}"])
-    m2 = preprocess.run(spark, other)
+    m2 = preprocess.run(spark, other).manifest
     assert m2["input_count"] == m2["output_count"] == m["output_count"] and m2["quarantined_count"] == 0
     assert {s: v["count"] for s, v in m2["splits"].items()} == {s: v["count"] for s, v in m["splits"].items()}
     assert m2["tabular"]["categorical"] == m["tabular"]["categorical"]
@@ -130,7 +130,7 @@ def test_splits_are_identical_across_runs_with_different_partitioning(spark, dig
     cfg2 = load_config(f"conf/{cfg.dataset.name}.yaml", [f"lake.root={cfg.lake.root}", "preprocess.files_per_split=3"])
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16384")  # many more input partitions or pieces
     try:
-        m2 = preprocess.run(spark, cfg2)
+        m2 = preprocess.run(spark, cfg2).manifest
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
 

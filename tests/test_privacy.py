@@ -130,9 +130,10 @@ def test_planted_personal_values_never_reach_the_lake_or_mlflow(spark, tmp_path,
     assert _leaks(raw, needles), "the scan must find the planted values where they are"
     monkeypatch.setenv("PIPELINE_PII_KEY", KEY)
     cfg = _cfg(tmp_path, raw, "train.privacy.noise_multiplier=1.0")
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     trained = train.run_local(cfg)
-    s = score.run(spark, cfg, DATE)
+    metrics = trained.metrics
+    s = score.run(spark, cfg, DATE).manifest
     lake_root = tmp_path / "lake"
 
     assert _leaks(lake_root, needles) == []
@@ -148,17 +149,17 @@ def test_planted_personal_values_never_reach_the_lake_or_mlflow(spark, tmp_path,
     assert set(m["drift_reference"]["features"]) == set(NUMERIC)  # no statistic of a personal column
     curated = pq.read_table(m["splits"]["train"]["uri"])
     assert set(curated.column("id").to_pylist()) <= {_hmac(f"case-{i:04d}") for i in range(500)}
-    assert trained["test_count"] > 0 and s["output_count"] == 69 and s["quarantined_count"] == 1
+    assert metrics["test_count"] > 0 and s["output_count"] == 69 and s["quarantined_count"] == 1
     preds = pq.read_table(s["uri"]).to_pandas()
     assert sorted(preds["email"]) == sorted(_hmac(people[i]["email"]) for i in range(500, 569))
     assert set(preds["id"]) == {_hmac(f"case-{i:04d}") for i in range(500, 569)}
     assert "name" not in preds.columns
 
     # DP-SGD: the cumulative epsilon of every epoch, growing, in the history, manifest and MLflow.
-    eps = [r["dp_epsilon"] for r in lake.read_json(f"{trained['model_uri']}/history.json")]
-    assert len(eps) == 2 and 0 < eps[0] < eps[1] and trained["dp_epsilon"] == eps[1]
-    assert lake.read_json(f"{trained['model_uri']}/_manifest.json")["metrics"]["dp_epsilon"] == eps[1]
-    logged = MlflowClient(tracking.settings(cfg)["uri"]).get_metric_history(trained["mlflow_run_id"], "dp_epsilon")
+    eps = [r["dp_epsilon"] for r in lake.read_json(f"{trained.model_uri}/history.json")]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] and metrics["dp_epsilon"] == eps[1]
+    assert lake.read_json(f"{trained.model_uri}/_manifest.json")["metrics"]["dp_epsilon"] == eps[1]
+    logged = MlflowClient(tracking.settings(cfg)["uri"]).get_metric_history(trained.mlflow_run_id, "dp_epsilon")
     assert [h.value for h in logged] == pytest.approx([*eps, eps[1]])  # per epoch, then the final value
 
     # The registered model hashes raw rows itself, with the key from the environment.
@@ -180,9 +181,9 @@ def test_spark_reader_path_hashes_before_anything_is_written(spark, tmp_path, mo
     raw, people = _write(tmp_path)
     monkeypatch.setenv("PIPELINE_PII_KEY", KEY)
     cfg = _cfg(tmp_path, raw, "dataset.tabular.reader=spark", "train.epochs=1", "tracking.enabled=false")
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     train.run_local(cfg)
-    s = score.run(spark, cfg, DATE)
+    s = score.run(spark, cfg, DATE).manifest
     assert _leaks(tmp_path / "lake", _needles(people)) == []
     out, err = capfd.readouterr()
     assert KEY not in out + err

@@ -32,7 +32,7 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
                                                   "train.epochs=3"])
     fence = Fence(cfg.lake.root)
     result = train.run_local(cfg)
-    assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
+    assert result.registry and result.registry["alias"] == "candidate", result.registry
 
     model = _candidate(cfg, "cancer-pyfunc")
 
@@ -48,7 +48,7 @@ def test_tabular_model_registers_and_predicts_raw_rows_as_the_score_job(spark, c
     out = model.predict(frame)
     assert len(out) == len(raw)
 
-    m = score.run(spark, cfg, BAD_DATE, "cancer-pyfunc@latest")
+    m = score.run(spark, cfg, BAD_DATE, "cancer-pyfunc@latest").manifest
     scored = pq.read_table(lake.local_path(m["uri"])).to_pandas().set_index("id")
     good = out[out["reason"].isna()].assign(id=raw.loc[out["reason"].isna(), tab.id_column].values).set_index("id")
     assert len(good) == m["output_count"]
@@ -72,9 +72,9 @@ def test_sequence_model_registers_as_the_network_on_prepared_windows(spark, tmp_
 
     cfg = load_config("conf/sunspots.yaml", [f"lake.root={tmp_path}", "train.epochs=2", "train.model_name=spots"])
     sample_data.write_series(cfg, BAD_DATE)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     result = train.run_local(cfg)
-    assert result["registry"] and result["registry"]["alias"] == "candidate", result.get("registry")
+    assert result.registry and result.registry["alias"] == "candidate", result.registry
 
     model = _candidate(cfg, "spots")
     windows = np.stack(pq.read_table(lake.local_path(m["splits"]["test"]["uri"]))

@@ -52,11 +52,11 @@ def _digest(uri):
 
 
 def test_nightly_runs_are_idempotent_per_date(spark, digits):
-    m1 = score.run(spark, digits, D1)
-    m2 = score.run(spark, digits, D2)
+    m1 = score.run(spark, digits, D1).manifest
+    m2 = score.run(spark, digits, D2).manifest
     d2_before = _digest(_partition(digits, D2))
     first = _table(_partition(digits, D1))
-    again = score.run(spark, digits, D1)  # the scheduler re-runs D1
+    again = score.run(spark, digits, D1).manifest  # the scheduler re-runs D1
     second = _table(_partition(digits, D1))
     assert len(first) == len(second) == m1["output_count"] == again["output_count"] == 179
     cols = [c for c in first.columns if c != "scored_at"]  # scored_at records when, so it moves
@@ -69,7 +69,7 @@ def test_nightly_runs_are_idempotent_per_date(spark, digits):
 
 
 def test_bad_files_are_quarantined_and_the_manifest_reconciles(spark, digits):
-    m = score.run(spark, digits, D1)
+    m = score.run(spark, digits, D1).manifest
     assert m["input_count"] == 179 + 5 == m["output_count"] + m["quarantined_count"]
     assert m["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1, "too_many_pixels": 1,
                                           "truncated_image": 1, "unsupported_mode": 1}
@@ -85,9 +85,9 @@ def test_model_is_loaded_once_per_worker_not_per_batch(spark, digits):
     train.run_local(load_config("conf/digits.yaml", sets))
     small = load_config("conf/digits.yaml", [*sets, "score.batch_size=8"])
     large = load_config("conf/digits.yaml", [*sets, "score.batch_size=512"])
-    m_small = score.run(spark, small, D2)  # 179 rows: ~23 batches
+    m_small = score.run(spark, small, D2).manifest  # 179 rows: ~23 batches
     loads_small = m_small["model_loads"]
-    loads_large = score.run(spark, large, D2)["model_loads"]  # ~1 batch per task
+    loads_large = score.run(spark, large, D2).manifest["model_loads"]  # ~1 batch per task
     assert m_small["output_count"] == 179
     # local[2]: at most 2 Python workers, each loads the model once, whatever the batch count;
     # the second run's workers are the first run's (Spark reuses them), with the model loaded.
@@ -135,7 +135,7 @@ def test_tabular_scoring_reuses_fitted_parameters_and_handles_unseen_values(spar
     missing = ",".join(["missing-value", "", *fields[2:]])
     with open(f"{path}/cases.csv", "w") as f:
         f.write("\n".join([header, first, unseen, missing]) + "\n")
-    m = score.run(spark, cancer, D2)
+    m = score.run(spark, cancer, D2).manifest
     assert m["output_count"] == 3 and m["quarantined_count"] == 0
     t = _table(_partition(cancer, D2, CANCER)).set_index("id")
     assert set(t["prediction"]) <= {"benign", "malignant"}
@@ -143,7 +143,7 @@ def test_tabular_scoring_reuses_fitted_parameters_and_handles_unseen_values(spar
 
 
 def test_tabular_bad_rows_are_quarantined(spark, cancer):
-    m = score.run(spark, cancer, D1)
+    m = score.run(spark, cancer, D1).manifest
     assert m["quarantined_by_reason"] == {"malformed_record": 1, "non_finite": 2, "wrong_type": 1}
     assert m["input_count"] == m["output_count"] + m["quarantined_count"] == 56 + 4
     # The good rows of a batch that also holds bad ones are scored too (pandas 3 reads the
@@ -214,7 +214,7 @@ def test_tabular_duplicate_ids_and_long_values_when_scoring(spark, cancer, mode,
             score.run(spark, cfg, date)
         assert not lake.exists(_partition(cfg, date, CANCER))
         return
-    m = score.run(spark, cfg, date)
+    m = score.run(spark, cfg, date).manifest
     assert m["input_count"] == 6 == m["output_count"] + m["quarantined_count"]
     assert m["quarantined_by_reason"] == by_reason
     t = _table(_partition(cfg, date, CANCER))

@@ -56,7 +56,7 @@ def sunspots(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("sunspots")
     cfg = load_config("conf/sunspots.yaml", [f"lake.root={root}"])
     sample_data.write_series(cfg, DATE, bad_records=True)
-    return cfg, preprocess.run(spark, cfg)
+    return cfg, preprocess.run(spark, cfg).manifest
 
 
 def test_sunspots_preprocess_reconciles_splits_by_time_and_normalises_on_train(sunspots):

@@ -22,7 +22,7 @@ def wine(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("lake")
     cfg = load_config("conf/wine.yaml", [f"lake.root={root}"])
     sample_data.write_wine(cfg, DATE)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     csv = lake.local_path(cfg.resolve(cfg.dataset.source)) + "/wines.csv"
     spark.read.option("header", "true").option("inferSchema", "true").csv(
         cfg.resolve(cfg.dataset.source)).write.mode("overwrite").saveAsTable("default.wine_typed")
@@ -32,7 +32,7 @@ def wine(spark, tmp_path_factory):
 def _run(spark, cfg, name, source, *sets):
     other = load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", f"dataset.name={name}",
                                            f"dataset.source={source}", *sets])
-    return preprocess.run(spark, other)
+    return preprocess.run(spark, other).manifest
 
 
 def _same_as_reference(m, ref):
@@ -123,7 +123,7 @@ def wine_model(wine):
 
 def test_score_passthrough_and_no_input_for_an_empty_query(spark, wine_model):
     cfg = wine_model
-    m = score.run(spark, cfg, DATE)  # conf/wine.yaml: score.passthrough [lot], through Spark's reader
+    m = score.run(spark, cfg, DATE).manifest  # conf/wine.yaml: score.passthrough [lot], through Spark's reader
     t = pq.read_table(lake.local_path(m["uri"])).to_pandas()
     new = pd.read_csv(lake.local_path(cfg.resolve(cfg.dataset.score_source)) + f"/dt={DATE}/wines.csv", dtype=str)
     assert m["input_count"] == m["output_count"] == len(new) == 17
@@ -145,7 +145,7 @@ def test_score_reads_orc_and_csv_with_options(spark, wine_model, tmp_path):
     for src, sets in [("orc", ["dataset.tabular.format=orc"]), ("semi", ["dataset.tabular.options={sep: ';'}"])]:
         other = load_config("conf/wine.yaml", [f"lake.root={cfg.lake.root}", f"dataset.score_source={tmp_path / src}",
                                                *sets])
-        m = score.run(spark, other, DATE)
+        m = score.run(spark, other, DATE).manifest
         t = pq.read_table(lake.local_path(m["uri"])).to_pandas()
         assert m["output_count"] == 17 and sorted(t["lot"]) == sorted(new["lot"]), src
 
@@ -153,7 +153,7 @@ def test_score_reads_orc_and_csv_with_options(spark, wine_model, tmp_path):
 def test_regression_labels(spark, tmp_path):
     cfg = load_config("conf/diabetes.yaml", [f"lake.root={tmp_path}"])
     sample_data.write_diabetes(cfg, DATE, bad_records=True)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     assert m["quarantined_by_reason"] == {"wrong_type": 1, "non_finite": 1, "missing_label": 1}
     assert m["input_count"] == 398 + 3 and m["label_names"] == [] and m["schema"]["label"] == "float32"
     t = pq.read_table(lake.local_path(m["splits"]["train"]["uri"])).to_pandas()
@@ -202,7 +202,7 @@ def test_images_from_a_table_with_a_binary_column(spark, tmp_path):
     sets = [f"lake.root={tmp_path}", "dataset.source=table:default.digit_images", "dataset.image.content_column=png",
             "dataset.image.label_column=digit", "train.epochs=1"]
     cfg = load_config("conf/digits.yaml", sets)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     assert m["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1, "missing_label": 1}
     assert m["input_count"] == 203 and m["output_count"] == 200 and m["label_names"] == [str(i) for i in range(10)]
     files = [f for f in lake.listdir(m["splits"]["train"]["uri"]) if f.endswith(".parquet")]
@@ -210,7 +210,7 @@ def test_images_from_a_table_with_a_binary_column(spark, tmp_path):
     train.run_local(cfg)
     scoring = load_config("conf/digits.yaml", [*sets, "dataset.score_source=query:SELECT png FROM "
                                                "default.digit_images WHERE batch IN ('b0', 'x')"])
-    s = score.run(spark, scoring, DATE)
+    s = score.run(spark, scoring, DATE).manifest
     assert s["input_count"] == 53 and s["quarantined_by_reason"] == {"empty_file": 1, "not_an_image": 1}
     t = pq.read_table(lake.local_path(s["uri"])).to_pandas()
     assert len(t) == 51 and t["path"].str.len().eq(16).all()

@@ -88,7 +88,7 @@ def test_classes_differ_in_shape_and_position():
 
 def test_preprocess_accepts_synthetic_images(spark, image_lake):
     cfg, _ = image_lake
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     assert m["input_count"] == 300 == m["output_count"]
     assert m["quarantined_count"] == 0 and m["quarantined_by_reason"] == {}
     assert m["label_names"] == [str(k) for k in range(10)]
@@ -161,7 +161,7 @@ def test_tabular_rows_do_not_depend_on_partitioning(spark, tabular_lake, tmp_pat
 
 def test_preprocess_accepts_synthetic_table(spark, tabular_lake):
     cfg = tabular_lake
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     assert m["input_count"] == 400 == m["output_count"]
     assert m["quarantined_count"] == 0
     assert m["label_names"] == ["0", "1", "2"]

@@ -119,24 +119,24 @@ def test_local_launcher_trains_and_is_reproducible(digits):
             as killed:
         b = train.run_local(healing)
     assert killed, "training finished before its rank could be killed"
-    assert b["restarts"] == 1 and manifest.read(b["model_uri"])["restarts"] == 1
-    if b["mlflow_run_id"]:  # where MLflow's store is installed
+    assert b.restarts == 1 and manifest.read(b.model_uri)["restarts"] == 1
+    if b.mlflow_run_id:  # where MLflow's store is installed
         import mlflow
 
         # One MLflow run holds the whole history: each epoch once, before and after the restart.
         client = mlflow.MlflowClient(tracking.settings(healing)["uri"])
         (run,) = tracking._runs(tracking.settings(healing), {"stage": "train", "model_name": "local-heal"})
-        assert run.info.run_id == b["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert run.info.run_id == b.mlflow_run_id and run.info.status == "FINISHED"
         assert sorted(h.step for h in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1, 2, 3]
         assert client.get_run(run.info.run_id).data.metrics["restarts"] == 1
-    assert a["world_size"] == 1 and a["test_accuracy"] > 0.85
-    assert a["run_id"] != b["run_id"]
-    hist_a = lake.read_json(f"{a['model_uri']}/history.json")
-    hist_b = lake.read_json(f"{b['model_uri']}/history.json")
+    assert a.metrics["world_size"] == 1 and a.metrics["test_accuracy"] > 0.85
+    assert a.run_id != b.run_id
+    hist_a = lake.read_json(f"{a.model_uri}/history.json")
+    hist_b = lake.read_json(f"{b.model_uri}/history.json")
     for x, y in zip(hist_a, hist_b):
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-6)
         assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-6)
-    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
 
 
 def test_horovodrun_launcher(digits):
@@ -159,7 +159,7 @@ def test_horovodrun_launcher(digits):
 def test_bf16_mixed_precision_on_cpu(digits):
     root, _ = digits
     m = train.run_local(_cfg(root, "train.epochs=2", "train.mixed_precision=bf16", "train.model_name=bf16-cnn"))
-    assert m["device"] == "cpu" and m["test_accuracy"] > 0.7
+    assert m.metrics["device"] == "cpu" and m.metrics["test_accuracy"] > 0.7
 
 
 def _make_uneven(root, m, sizes):
@@ -180,19 +180,19 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
     root = tmp_path_factory.mktemp("uneven")
     cfg = _cfg(root, "train.epochs=3", "train.model_name=uneven-cnn", "preprocess.files_per_split=3")
     sample_data.write_digits(cfg, DATE)
-    m = preprocess.run(spark, cfg)
+    m = preprocess.run(spark, cfg).manifest
     n = m["splits"]["train"]["count"]
     # Rank 0 gets row groups 0 and 2, rank 1 only row group 1: a 10x imbalance.
     _make_uneven(root, m, [n - 120, 60, 60])
     result = train.run(spark, cfg)  # real horovod.spark.run or TorchDistributor, 2 ranks on local[2]
-    ranks = sorted(result["ranks"], key=lambda r: r["rank"])
-    steps = result["steps_per_epoch"]
+    ranks = sorted(result.metrics["ranks"], key=lambda r: r["rank"])
+    steps = result.metrics["steps_per_epoch"]
     assert steps == n // (32 * 2)
     assert [r["steps_run"] for r in ranks] == [steps * 3, steps * 3]
     assert [r["rows_read"] for r in ranks] == [steps * 3 * 32] * 2
     # Evaluation covers every row exactly once across the uneven shards.
-    assert result["test_count"] == m["splits"]["test"]["count"]
-    hist = lake.read_json(f"{result['model_uri']}/history.json")
+    assert result.metrics["test_count"] == m["splits"]["test"]["count"]
+    hist = lake.read_json(f"{result.model_uri}/history.json")
     assert [h["samples"] for h in hist] == [steps * 32 * 2] * 3
 
 
@@ -214,13 +214,13 @@ def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, digits):
         healed = train.run(spark, _cfg(root, *over, "train.model_name=spark-heal", "train.max_restarts=1"))
     assert killed, "training finished before a rank could be killed"
     ref = train.run(spark, _cfg(root, *over, "train.model_name=spark-ref"))
-    assert healed["restarts"] == 1 and manifest.read(healed["model_uri"])["restarts"] == 1
-    resumed, reference = (lake.read_json(f"{m['model_uri']}/history.json") for m in (healed, ref))
+    assert healed.restarts == 1 and manifest.read(healed.model_uri)["restarts"] == 1
+    resumed, reference = (lake.read_json(f"{m.model_uri}/history.json") for m in (healed, ref))
     assert len(resumed) == len(reference) == 2
     for a, b in zip(resumed, reference):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
-    assert healed["test_accuracy"] == ref["test_accuracy"]
+    assert healed.metrics["test_accuracy"] == ref.metrics["test_accuracy"]
 
 
 def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path):
@@ -318,20 +318,21 @@ def test_tabular_mlp_is_at_least_as_accurate_as_logistic_regression(spark, cance
     baseline = lr.score(x_test, y_test)
     lr_auc = skm.roc_auc_score(y_test, lr.predict_proba(x_test)[:, 1])
     lr_f1 = skm.f1_score(y_test, lr.predict(x_test), average="macro")
-    assert result["test_count"] == len(y_test)
-    assert result["test_accuracy"] >= baseline, (result["test_accuracy"], baseline)
-    print(f"\nbreast cancer on the same {len(y_test)} test rows: MLP accuracy {result['test_accuracy']:.4f}, "
-          f"ROC AUC {result['test_roc_auc']:.4f}, PR AUC {result['test_pr_auc']:.4f}, macro-F1 {result['test_macro_f1']:.4f}; "
+    assert result.metrics["test_count"] == len(y_test)
+    assert result.metrics["test_accuracy"] >= baseline, (result.metrics["test_accuracy"], baseline)
+    mlp = result.metrics
+    print(f"\nbreast cancer on the same {len(y_test)} test rows: MLP accuracy {mlp['test_accuracy']:.4f}, "
+          f"ROC AUC {mlp['test_roc_auc']:.4f}, PR AUC {mlp['test_pr_auc']:.4f}, macro-F1 {mlp['test_macro_f1']:.4f}; "
           f"LogisticRegression accuracy {baseline:.4f}, ROC AUC {lr_auc:.4f}, macro-F1 {lr_f1:.4f}")
-    assert result["test_roc_auc"] >= lr_auc - 0.02 and result["test_macro_f1"] >= lr_f1 - 0.02
+    assert result.metrics["test_roc_auc"] >= lr_auc - 0.02 and result.metrics["test_macro_f1"] >= lr_f1 - 0.02
     # The reported metrics are scikit-learn's on the saved model's predictions for the test rows.
     probs = artifact.load_model(cfg.lake.root, "cancer-spark@latest").predict_proba(x_test.astype(np.float32))
-    assert result["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y_test, probs[:, 1]), abs=1e-6)
-    assert result["test_pr_auc"] == pytest.approx(skm.average_precision_score(y_test, probs[:, 1]), abs=1e-6)
-    assert result["test_macro_f1"] == pytest.approx(skm.f1_score(y_test, probs.argmax(1), average="macro"), abs=1e-9)
-    cm = lake.read_json(f"{result['model_uri']}/confusion_matrix.json")
+    assert result.metrics["test_roc_auc"] == pytest.approx(skm.roc_auc_score(y_test, probs[:, 1]), abs=1e-6)
+    assert result.metrics["test_pr_auc"] == pytest.approx(skm.average_precision_score(y_test, probs[:, 1]), abs=1e-6)
+    assert mlp["test_macro_f1"] == pytest.approx(skm.f1_score(y_test, probs.argmax(1), average="macro"), abs=1e-9)
+    cm = lake.read_json(f"{result.model_uri}/confusion_matrix.json")
     assert cm["confusion_matrix"] == skm.confusion_matrix(y_test, probs.argmax(1)).tolist()
-    assert lake.exists(f"{result['model_uri']}/confusion_matrix.png")
+    assert lake.exists(f"{result.model_uri}/confusion_matrix.png")
 
 
 FACTORY = """import torch
@@ -354,8 +355,8 @@ def test_model_from_a_module_path_is_trained_and_scored(spark, digits, tmp_path,
     cfg = _cfg(root, "train.epochs=3", "train.arch=team_models:build", "train.model_name=team-model",
                "train.optimizer=adam", "train.lr=0.003")
     result = train.run_local(cfg)
-    assert result["test_accuracy"] > 0.85
-    spec = lake.read_json(f"{result['model_uri']}/model.json")
+    assert result.metrics["test_accuracy"] > 0.85
+    spec = lake.read_json(f"{result.model_uri}/model.json")
     assert spec["model"]["factory"]["path"] == "team_models:build" and spec["model"]["factory"]["version"] == "0.3"
-    out = score.run(spark, cfg, CLEAN_DATE, "team-model@latest")
+    out = score.run(spark, cfg, CLEAN_DATE, "team-model@latest").manifest
     assert out["output_count"] == 179 and out["quarantined_count"] == 0

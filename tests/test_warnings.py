@@ -3,7 +3,7 @@ in MLflow): a feature with no value in the train split, a class with no train ro
 import numpy as np
 
 from pipeline import preprocess
-from pipeline.core import lake
+from pipeline.core import lake, manifest
 from pipeline.core.config import load_config
 from pipeline.core.splits import NAMES, assign
 from untouched import Fence
@@ -22,8 +22,11 @@ def test_all_null_feature_and_class_without_training_rows_are_warned(spark, tmp_
     lake.write_bytes(f"file://{root}/raw/warned/part.csv", ("id,label,x,empty\n" + "\n".join(rows) + "\n").encode())
 
     fence = Fence(root)
-    m = preprocess.run(spark, cfg)
+    result = preprocess.run(spark, cfg)
     fence.check(may_write=("curated/warned", "quarantine/warned"))  # the source as it was, nothing outside the lake
+    m = result.manifest  # what the job returns is what it wrote next to its output
+    assert m == manifest.read(result.uri) and (result.stage, result.run_id, result.output_count) == \
+        ("preprocess", m["version"], 400)
     assert m["input_count"] == m["output_count"] == 400
     codes = {(w["code"], w["column"]) for w in m["warnings"]}
     assert codes == {("all_null_feature", "empty"), ("class_without_training_rows", "label")}, m["warnings"]

@@ -1,10 +1,11 @@
-"""The ``_manifest.json`` every job writes next to its output.
+"""The ``_manifest.json`` every job writes next to its output, and what a job returns.
 
 Its invariant, checked before writing: input_count = output_count + quarantined_count.
 """
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,26 @@ MANIFEST = "_manifest.json"
 
 class ReconciliationError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What preprocess and score return: the counts and where the output is, typed, and the
+    manifest written next to it (the JSON document, read by key) for what is the stage's own."""
+    stage: str
+    run_id: str
+    uri: str
+    input_count: int
+    output_count: int
+    quarantined_count: int
+    mlflow_run_id: str | None
+    manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, m: dict[str, Any]) -> JobResult:
+        return cls(stage=m["stage"], run_id=m["run_id"], uri=m["uri"], input_count=m["input_count"],
+                   output_count=m["output_count"], quarantined_count=m["quarantined_count"],
+                   mlflow_run_id=m.get("mlflow_run_id"), manifest=m)
 
 
 def code_version() -> str:
