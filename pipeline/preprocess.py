@@ -7,7 +7,6 @@ moves to the new version only after everything above is written.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pyspark.sql import SparkSession
 

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import psutil
 
-from conftest import ROOT, TEST_JVM_OPTS, free_port, job_env
+from conftest import ROOT, SPARK_CONF_DIR, TEST_JVM_OPTS, free_port, job_env
 
 DRIVER_PREFIX = Path(sys.prefix)  # the driver's virtualenv: executors must never use it
 JOB_TIMEOUT_S = 600
@@ -42,7 +42,7 @@ def _node_env() -> dict[str, str]:
            if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and Path(p).resolve() != Path(venv_bin).resolve())
-    env.update(SPARK_HOME=str(_spark_home()), SPARK_CONF_DIR=str(ROOT / "conf" / "spark"),
+    env.update(SPARK_HOME=str(_spark_home()), SPARK_CONF_DIR=str(SPARK_CONF_DIR),
                SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_JAVA_OPTS=TEST_JVM_OPTS)
     return env
 
