@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -339,7 +338,8 @@ class Job:
     """A job's MLflow run and its cost meter, started when the job starts.
 
     ``fields()`` gives what the manifest carries (``mlflow_run_id``, ``cost``); ``finish(manifest)``
-    logs the counts, the cost and the manifest to the run and ends it; ``fail()`` marks it failed.
+    logs the counts, the cost and the manifest to the run and ends it. Used as ``with Job(...) as
+    job:`` around the job's body, so that an error or a SIGTERM ends the run too.
     """
 
     def __init__(self, cfg, spark, stage: str, run_name: str, tags: dict[str, Any] | None = None,
@@ -387,18 +387,14 @@ class Job:
         t.log_json("_manifest.json", m)
         t.end()
 
-    def fail(self, error: BaseException | None = None) -> None:
-        """End the run FAILED, or KILLED when the job is being stopped (SIGTERM)."""
-        self.tracker.end(ending_status(error or sys.exc_info()[1]))
-
     def __enter__(self) -> "Job":
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        """Whatever stops the job once its run exists (an error, SIGTERM) ends the run; a run the
-        job finished stays FINISHED."""
+        """Whatever stops the job once its run exists ends the run: FAILED, or KILLED when the job
+        is being stopped (SIGTERM); a run the job finished stays FINISHED."""
         if error is not None:
-            self.fail(error)
+            self.tracker.end(ending_status(error))
 
 
 def ending_status(error: BaseException | None) -> str:
