@@ -95,7 +95,6 @@ def test_whatever_stops_a_job_once_its_run_exists_ends_the_run(tmp_path, monkeyp
     it, even while its parameters are still being logged; a finished run stays FINISHED."""
     cfg = load_config("conf/digits.yaml", [f"lake.root={tmp_path}"])
     s = tracking.settings(cfg)
-    client = mlflow.MlflowClient(s["uri"])
     previous = signal.signal(signal.SIGTERM, cli._terminate)  # as every job installs it
     try:
         log_params = tracking.Tracker.log_params
@@ -121,7 +120,6 @@ def test_whatever_stops_a_job_once_its_run_exists_ends_the_run(tmp_path, monkeyp
             job.tracker.end()  # finished, then an error (as score's drift exit after publishing)
             raise ValueError("after the run finished")
         assert [_statuses(s, m) for m in ("stopped", "fails", "done")] == [["KILLED"], ["FAILED"], ["FINISHED"]]
-        assert client.search_experiments()  # the real store answered
     finally:
         signal.signal(signal.SIGTERM, previous)
 
