@@ -43,7 +43,12 @@ def _node_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and Path(p).resolve() != Path(venv_bin).resolve())
     env.update(SPARK_HOME=str(_spark_home()), SPARK_CONF_DIR=str(SPARK_CONF_DIR),
-               SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_JAVA_OPTS=TEST_JVM_OPTS)
+               SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_JAVA_OPTS=TEST_JVM_OPTS,
+               # Every executor of every application unpacks the 1.4 GB environment: the workers
+               # delete the directories of ended applications, as a long-running cluster does, so
+               # a session leaves no 9 GB of them behind.
+               SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=5 "
+                                 "-Dspark.worker.cleanup.appDataTtl=5")
     return env
 
 
@@ -179,6 +184,7 @@ class Seen:
     cwd: str
     argv: list[str]
     environ: dict[str, str]
+    unpacked: bool  # the archive's env/pyvenv.cfg was in its directory (workers delete it once the application ends)
     libs: set[str] = field(default_factory=set)
 
     @property
@@ -234,7 +240,7 @@ class ExecutorWatch(threading.Thread):
                 return  # executor JVMs, shells
             environ = dict(kv.decode(errors="replace").split("=", 1)
                            for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
-            s = self.seen[key] = Seen(self.job, cwd, argv, environ)
+            s = self.seen[key] = Seen(self.job, cwd, argv, environ, os.path.isfile(f"{cwd}/env/pyvenv.cfg"))
         for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
             parts = line.split(maxsplit=5)
             if len(parts) == 6 and ".so" in parts[5]:

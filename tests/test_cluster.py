@@ -61,7 +61,7 @@ def _assert_from_the_archive(s: Seen, must_map: tuple[str, ...] = ()) -> None:
     env_dir = _executor_dir(s) / "env"
     what = f"{s.job}: {' '.join(s.argv[:3])} (pid in {s.cwd})"
     assert s.interpreter == str(env_dir / "bin" / "python"), f"{what} was started with {s.interpreter}"
-    assert (env_dir / "pyvenv.cfg").is_file(), f"{what}: no unpacked archive at {env_dir}"
+    assert s.unpacked, f"{what}: no unpacked archive at {env_dir}"
     from_driver = sorted(lib for lib in s.libs if lib.startswith(str(DRIVER_PREFIX) + os.sep))
     assert not from_driver, f"{what} mapped libraries from the driver's virtualenv: {from_driver[:5]}"
     for name in must_map:
