@@ -176,15 +176,22 @@ def _make_uneven(root, m, sizes):
         start += n
 
 
-def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_path_factory):
+@pytest.fixture(scope="module")
+def uneven(spark, tmp_path_factory):
+    """The digits preprocessed into 3 train files, rewritten so that rank 0 gets row groups 0 and
+    2 and rank 1 only row group 1 (a 10x imbalance), and one uninterrupted 3-epoch training of
+    them on the Spark launcher: (config, preprocess manifest, training result)."""
     root = tmp_path_factory.mktemp("uneven")
     cfg = _cfg(root, "train.epochs=3", "train.model_name=uneven-cnn", "preprocess.files_per_split=3")
     sample_data.write_digits(cfg, DATE)
     m = preprocess.run(spark, cfg).manifest
+    _make_uneven(root, m, [m["splits"]["train"]["count"] - 120, 60, 60])
+    return cfg, m, train.run(spark, cfg)  # real horovod.spark.run or TorchDistributor, 2 ranks on local[2]
+
+
+def test_uneven_shards_run_equal_steps_and_account_for_every_sample(uneven):
+    _, m, result = uneven
     n = m["splits"]["train"]["count"]
-    # Rank 0 gets row groups 0 and 2, rank 1 only row group 1: a 10x imbalance.
-    _make_uneven(root, m, [n - 120, 60, 60])
-    result = train.run(spark, cfg)  # real horovod.spark.run or TorchDistributor, 2 ranks on local[2]
     ranks = sorted(result.metrics["ranks"], key=lambda r: r["rank"])
     steps = result.metrics["steps_per_epoch"]
     assert steps == n // (32 * 2)
@@ -196,12 +203,13 @@ def test_uneven_shards_run_equal_steps_and_account_for_every_sample(spark, tmp_p
     assert [h["samples"] for h in hist] == [steps * 32 * 2] * 3
 
 
-def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, digits):
+def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, uneven):
     """horovod.spark.run (or TorchDistributor on the modern profile) on local[2], where the executor
     is the driver: a rank SIGKILLed early in epoch 2 fails the launch, which train.max_restarts
-    retries from the last checkpoint; the per-epoch losses are an uninterrupted run's."""
-    root, _ = digits
-    over = ["train.epochs=2", "tracking.enabled=false"]  # the one MLflow run of a restarted training: above
+    retries from the last checkpoint; the per-epoch losses are those of the uninterrupted run of
+    the same data and settings (the fixture's, on uneven shards)."""
+    cfg, _, ref = uneven
+    root = lake.local_path(cfg.lake.root)
     def ranks():  # below the Spark tasks: horovod.spark.run's ranks, or the workers of TorchDistributor's torchrun
         def rank(c):
             try:
@@ -210,13 +218,15 @@ def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, digits):
                 return False
         return [c for c in psutil.Process().children(recursive=True) if rank(c)]
 
+    healing = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "train.epochs=3",
+                                               "preprocess.files_per_split=3", "train.model_name=spark-heal",
+                                               "train.max_restarts=1", "tracking.enabled=false"])
     with _kill_a_rank(f"{root}/models/spark-heal", "epoch=0000.pt", ranks) as killed:
-        healed = train.run(spark, _cfg(root, *over, "train.model_name=spark-heal", "train.max_restarts=1"))
+        healed = train.run(spark, healing)
     assert killed, "training finished before a rank could be killed"
-    ref = train.run(spark, _cfg(root, *over, "train.model_name=spark-ref"))
     assert healed.restarts == 1 and manifest.read(healed.model_uri)["restarts"] == 1
     resumed, reference = (lake.read_json(f"{m.model_uri}/history.json") for m in (healed, ref))
-    assert len(resumed) == len(reference) == 2
+    assert len(resumed) == len(reference) == 3
     for a, b in zip(resumed, reference):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
