@@ -176,13 +176,16 @@ def _make_uneven(root, m, sizes):
         start += n
 
 
+UNEVEN = ("train.epochs=3", "preprocess.files_per_split=3")
+
+
 @pytest.fixture(scope="module")
 def uneven(spark, tmp_path_factory):
     """The digits preprocessed into 3 train files, rewritten so that rank 0 gets row groups 0 and
     2 and rank 1 only row group 1 (a 10x imbalance), and one uninterrupted 3-epoch training of
     them on the Spark launcher: (config, preprocess manifest, training result)."""
     root = tmp_path_factory.mktemp("uneven")
-    cfg = _cfg(root, "train.epochs=3", "train.model_name=uneven-cnn", "preprocess.files_per_split=3")
+    cfg = _cfg(root, *UNEVEN, "train.model_name=uneven-cnn")
     sample_data.write_digits(cfg, DATE)
     m = preprocess.run(spark, cfg).manifest
     _make_uneven(root, m, [m["splits"]["train"]["count"] - 120, 60, 60])
@@ -218,9 +221,7 @@ def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, uneven):
                 return False
         return [c for c in psutil.Process().children(recursive=True) if rank(c)]
 
-    healing = load_config("conf/digits.yaml", [f"lake.root={cfg.lake.root}", "train.epochs=3",
-                                               "preprocess.files_per_split=3", "train.model_name=spark-heal",
-                                               "train.max_restarts=1", "tracking.enabled=false"])
+    healing = _cfg(root, *UNEVEN, "train.model_name=spark-heal", "train.max_restarts=1", "tracking.enabled=false")
     with _kill_a_rank(f"{root}/models/spark-heal", "epoch=0000.pt", ranks) as killed:
         healed = train.run(spark, healing)
     assert killed, "training finished before a rank could be killed"
