@@ -221,6 +221,7 @@ def test_spark_launcher_relaunches_after_a_rank_is_killed(spark, uneven):
                 return False
         return [c for c in psutil.Process().children(recursive=True) if rank(c)]
 
+    # Tracking off: the one MLflow run of a restarted training is checked with the local launcher.
     healing = _cfg(root, *UNEVEN, "train.model_name=spark-heal", "train.max_restarts=1", "tracking.enabled=false")
     with _kill_a_rank(f"{root}/models/spark-heal", "epoch=0000.pt", ranks) as killed:
         healed = train.run(spark, healing)
