@@ -115,6 +115,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+# The CPU budget per test: with PIPELINE_TEST_CPU=<file>, each test appends its node id, wall
+# seconds and the whole machine's busy CPU-seconds (/proc/stat) to <file>. The machine's, because
+# a test's work runs in JVMs, ranks and executors it does not wait for; so it means something only
+# for one pytest process (-n 0) on an otherwise idle machine. A session fixture's set-up counts
+# against the first test that uses it.
+def _busy_cpu_seconds() -> float:
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    report = os.environ.get("PIPELINE_TEST_CPU")
+    if not report:
+        yield
+        return
+    cpu, wall = _busy_cpu_seconds(), time.perf_counter()
+    yield
+    with open(report, "a") as f:
+        f.write(f"{item.nodeid}\t{time.perf_counter() - wall:.1f}\t{_busy_cpu_seconds() - cpu:.1f}\n")
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
