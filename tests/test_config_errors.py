@@ -108,6 +108,33 @@ def test_a_config_error_from_a_stage_check_is_exit_2_in_one_line(tmp_path, capsy
                   "predictions\n"
 
 
+def test_the_exit_reason_is_one_write(tmp_path, monkeypatch):
+    """Both ranks of a training share one stderr pipe: a line written in two parts (print writes
+    the newline apart) can run into the other rank's line, so each reason must be one write."""
+    from pipeline.core.locks import OutputBusy
+
+    class Writes:
+        def __init__(self):
+            self.calls: list[str] = []
+
+        def write(self, text):
+            self.calls.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    def body(spark, cfg, args):
+        raise OutputBusy("model m is being written by another job")
+
+    writes = Writes()
+    monkeypatch.setattr(sys, "stderr", writes)
+    rc = cli.run_job("train", "", body, argv=["--config", str(tmp_path / _file(tmp_path, "ok.yaml", GOOD))],
+                     needs_spark=lambda args: False)
+    assert rc == cli.EXIT_BUSY
+    assert writes.calls == ["train: output busy: model m is being written by another job\n"]
+
+
 def test_an_empty_config_file_means_the_defaults(tmp_path):
     from pipeline.core.config import load_config
 

@@ -93,13 +93,21 @@ def parse(job: str, p: JobParser, argv: list[str] | None = None) -> tuple[Any, a
     try:
         p.check(args)
     except InvalidValue as e:
-        print(f"{job}: invalid argument: {one_line(e)}", file=sys.stderr)
+        report(f"{job}: invalid argument: {one_line(e)}")
         return EXIT_BAD_CONFIG
     try:
         return load_config(args.config, args.overrides), args
     except (ConfigError, InvalidValue) as e:
-        print(f"{job}: invalid config: {one_line(e)}", file=sys.stderr)
+        report(f"{job}: invalid config: {one_line(e)}")
         return EXIT_BAD_CONFIG
+
+
+def report(line: str) -> None:
+    """One line on stderr in one write: every rank of a training reports its own exit reason
+    through the same pipe, and print's separate write of the newline lets two ranks' lines run
+    together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def one_line(e: BaseException) -> str:
@@ -138,29 +146,29 @@ def run_job(job: str, description: str, body: Callable[[Any, Any, argparse.Names
         body(spark, cfg, args)
         return EXIT_OK
     except NoInput as e:
-        print(f"{job}: no input: {e}", file=sys.stderr)
+        report(f"{job}: no input: {e}")
         return EXIT_NO_INPUT
     except Drifted as e:
-        print(f"{job}: drift: {e}", file=sys.stderr)
+        report(f"{job}: drift: {e}")
         return EXIT_DRIFT
     except ConfigError as e:  # a check made once the job runs (a kind's own settings)
-        print(f"{job}: invalid config: {one_line(e)}", file=sys.stderr)
+        report(f"{job}: invalid config: {one_line(e)}")
         return EXIT_BAD_CONFIG
     except InputError as e:
-        print(f"{job}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        report(f"{job}: FAILED: {type(e).__name__}: {e}")
         return EXIT_FAILED
     except OutputBusy as e:
-        print(f"{job}: output busy: {e}", file=sys.stderr)
+        report(f"{job}: output busy: {e}")
         return EXIT_BUSY
     except RestartsExhausted as e:
-        print(f"{job}: restarts exhausted: {one_line(e)}", file=sys.stderr)
+        report(f"{job}: restarts exhausted: {one_line(e)}")
         return EXIT_RESTARTS_EXHAUSTED
     except Terminated as e:
-        print(f"{job}: terminated: {e}; partial output removed, nothing published", file=sys.stderr)
+        report(f"{job}: terminated: {e}; partial output removed, nothing published")
         return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - the one place errors become an exit code
         logging.getLogger(job).exception("failed")
-        print(f"{job}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        report(f"{job}: FAILED: {type(e).__name__}: {e}")
         return EXIT_FAILED
     finally:
         if spark is not None:
