@@ -108,12 +108,19 @@ def _descendants(marker, of=None):
     return [c for c in psutil.Process(of).children(recursive=True) if running(c)]
 
 
-def test_local_launcher_trains_and_is_reproducible(digits):
+@pytest.fixture(scope="module")
+def local_cnn(digits):
+    """One 4-epoch training on the local launcher: (config, result)."""
+    root, _ = digits
+    cfg = _cfg(root, "train.epochs=4", "train.model_name=local-cnn")
+    return cfg, train.run_local(cfg)
+
+
+def test_local_launcher_trains_and_is_reproducible(digits, local_cnn):
     """Twice the same training; the second in a child process that is SIGKILLed in epoch 2 and
     restarted by the launcher (train.max_restarts), from its last checkpoint: the same result."""
     root, _ = digits
-    cfg = _cfg(root, "train.epochs=4", "train.model_name=local-cnn")
-    a = train.run_local(cfg)
+    _, a = local_cnn
     healing = _cfg(root, "train.epochs=4", "train.model_name=local-heal", "train.max_restarts=1")
     with _kill_a_rank(f"{root}/models/local-heal", "epoch=0000.pt", lambda: _descendants("--multiprocessing-fork")) \
             as killed:
@@ -292,11 +299,10 @@ def test_killed_worker_then_resume_matches_an_uninterrupted_run(digits, tmp_path
     assert m_res["test_accuracy"] == m_ref["test_accuracy"]
 
 
-def test_load_model_returns_everything_scoring_needs(digits):
-    root, m = digits
-    cfg = _cfg(root, "train.epochs=2", "train.model_name=loadable")
-    train.run_local(cfg)
-    loaded = artifact.load_model(cfg.lake.root, "loadable@latest")
+def test_load_model_returns_everything_scoring_needs(digits, local_cnn):
+    _, m = digits
+    cfg, _ = local_cnn
+    loaded = artifact.load_model(cfg.lake.root, "local-cnn@latest")
     assert loaded.label_names == [str(i) for i in range(10)]
     assert loaded.spec["dataset"]["version"] == m["version"]
     t = pq.read_table(lake.local_path(m["splits"]["test"]["uri"])).to_pandas()
@@ -307,7 +313,7 @@ def test_load_model_returns_everything_scoring_needs(digits):
     assert probs.shape == (len(t), 10)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
     with pytest.raises(artifact.ModelNotFound, match="runs available"):
-        artifact.load_model(cfg.lake.root, "loadable@nope")
+        artifact.load_model(cfg.lake.root, "local-cnn@nope")
     with pytest.raises(artifact.ModelNotFound, match="no trained model named 'ghost'"):
         artifact.load_model(cfg.lake.root, "ghost@latest")
 
