@@ -101,7 +101,15 @@ def test_training_ranks_ran_from_the_archive(cluster_run):
             "unless given executable=. pipeline/train.py should pass executable=spark.sparkContext.pythonExec "
             "(here ./env/bin/python) and env={'PYTHONPATH': <basenames of spark.submit.pyFiles>}, without which "
             "the archive's interpreter cannot import pipeline (docs/cluster.md, 'Horovod ranks on the executors')")
-        _assert_from_the_archive(s, must_map=("libtorch_cpu", "horovod/torch/mpi_lib"))
+        _assert_from_the_archive(s)
+    # Each rank trained with the archive's torch and Horovod. Not every rank process gets that far:
+    # the executor kill fails the launch, and a rank torn down while it starts has loaded neither.
+    for rank in by_rank:
+        trained = [s for s in ranks if s.environ.get("HOROVOD_RANK") == rank
+                   and any("horovod/torch/mpi_lib" in lib for lib in s.libs)]  # imported after torch
+        assert trained, f"train: no process of rank {rank} mapped horovod/torch/mpi_lib"
+        for s in trained:
+            _assert_from_the_archive(s, must_map=("libtorch_cpu", "horovod/torch/mpi_lib"))
 
 
 def test_rank_0_on_an_executor_logs_to_the_tracking_server(cluster_run):
